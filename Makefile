@@ -1,0 +1,34 @@
+# Two commands for a new user: `make demo` and `make test`. Everything installs from uv.lock into .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+STAMP := $(VENV)/.awo-installed
+PYTEST_WORKERS ?= 2
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml uv.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(UV) || $(PY) -m pip install --quiet --disable-pip-version-check uv
+	$(UV) sync --frozen --quiet --python $(PY)
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/awo demo
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15
+
+bench: install
+	$(PY) benchmarks/mining.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

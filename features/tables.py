@@ -1,0 +1,160 @@
+"""Schemas of the mined tables and crash-safe writes.
+
+Several tables of one data directory are replaced together through a redo journal: each new table is
+written to a temporary file and fsynced, then a journal naming every (temporary → final) pair is written
+atomically, then the files are renamed and the journal removed. A crash before the journal leaves the old
+tables; a crash after it is finished by the next reader (`recover`). Readers never see a half-written
+table or a mix of old and new tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.change_metrics import KAMEI_METRICS
+from features.errors import BadTable
+
+JOURNAL = "_journal.json"
+
+# commits.parquet: one row per non-merge commit, in point-in-time order (`seq`).
+COMMITS_SCHEMA = pa.schema(
+    [
+        ("repo", pa.string()),
+        ("sha", pa.string()),
+        ("seq", pa.int64()),  # position in point-in-time order, 0-based
+        ("parents", pa.list_(pa.string())),
+        ("committed_at", pa.timestamp("us", tz="UTC")),  # committer date
+        ("history_at", pa.timestamp("us", tz="UTC")),  # point-in-time of the metrics (see mine)
+        ("author_id", pa.string()),  # salted hash, stable per identity after .mailmap
+        ("author_name", pa.string()),
+        ("author_email", pa.string()),
+        ("is_bot", pa.bool_()),
+        ("message_subject", pa.string()),
+        ("is_fix", pa.bool_()),
+        ("change_kind", pa.string()),
+        ("ns", pa.int32()),
+        ("nd", pa.int32()),
+        ("nf", pa.int32()),
+        ("entropy", pa.float64()),
+        ("la", pa.int64()),
+        ("ld", pa.int64()),
+        ("lt", pa.int64()),
+        ("fix", pa.bool_()),
+        ("ndev", pa.int32()),
+        ("age", pa.float64()),
+        ("nuc", pa.int32()),
+        ("exp", pa.int32()),
+        ("rexp", pa.float64()),
+        ("sexp", pa.int32()),
+    ]
+)
+assert all(name in COMMITS_SCHEMA.names for name in KAMEI_METRICS)
+
+# files.parquet: one row per (commit, file).
+FILES_SCHEMA = pa.schema(
+    [
+        ("repo", pa.string()),
+        ("sha", pa.string()),
+        ("path", pa.string()),
+        ("old_path", pa.string()),  # renames only
+        ("change_type", pa.string()),  # ADD / MODIFY / DELETE / RENAME
+        ("la", pa.int64()),
+        ("ld", pa.int64()),
+        ("is_binary", pa.bool_()),
+        ("is_test", pa.bool_()),
+        ("is_docs", pa.bool_()),
+        ("is_config", pa.bool_()),
+        ("is_migration", pa.bool_()),
+        ("is_ui_text", pa.bool_()),
+        ("subsystem", pa.string()),
+        ("service", pa.string()),
+    ]
+)
+
+
+def to_arrow(frame: pd.DataFrame, schema: pa.Schema, name: str) -> pa.Table:
+    """The frame as an Arrow table of exactly `schema` (extra columns are kept after the schema's)."""
+    missing = [f for f in schema.names if f not in frame.columns]
+    if missing:
+        raise BadTable(f"table {name} lacks columns {missing}")
+    extra = [c for c in frame.columns if c not in schema.names]
+    table = pa.Table.from_pandas(frame[list(schema.names) + extra], preserve_index=False)
+    fields = [schema.field(n) for n in schema.names] + [table.schema.field(c) for c in extra]
+    return table.cast(pa.schema(fields))
+
+
+def recover(directory: Path) -> None:
+    """Finish an interrupted multi-table replace, if one was committed to the journal."""
+    journal = directory / JOURNAL
+    if not journal.exists():
+        return
+    try:
+        moves = json.loads(journal.read_text())
+    except json.JSONDecodeError:
+        # The journal is written atomically, so a broken one is not ours to interpret.
+        raise BadTable(f"{journal} is corrupt; remove it to keep the previous tables") from None
+    for tmp, final in moves:
+        if (directory / tmp).exists():
+            os.replace(directory / tmp, directory / final)
+    _fsync_dir(directory)
+    journal.unlink()
+    _fsync_dir(directory)
+
+
+def write_tables(directory: Path, tables: dict[str, pa.Table]) -> None:
+    """Replace the named parquet files of `directory` all together, crash-safely."""
+    directory.mkdir(parents=True, exist_ok=True)
+    recover(directory)
+    for stale in directory.glob(".tmp-*"):
+        stale.unlink()
+    moves: list[tuple[str, str]] = []
+    for filename, table in tables.items():
+        tmp = f".tmp-{uuid.uuid4().hex}-{filename}"
+        with open(directory / tmp, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+        moves.append((tmp, filename))
+    _atomic_write_text(directory / JOURNAL, json.dumps(moves))
+    recover(directory)
+
+
+def read_table(path: Path, schema: pa.Schema | None = None) -> pd.DataFrame | None:
+    """A table written by `write_tables`, or None when it does not exist yet."""
+    recover(path.parent)
+    if not path.exists():
+        return None
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise BadTable(f"{path} is not a readable parquet file: {exc}") from exc
+    if schema is not None:
+        missing = [n for n in schema.names if n not in table.schema.names]
+        if missing:
+            raise BadTable(f"{path} lacks columns {missing}; re-create it with a full run")
+    return table.to_pandas()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,186 @@
+"""The `awo` command line: one command per pipeline stage. Heavy libraries are imported inside the
+commands, so `awo --help` starts fast."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from features.errors import AwoError
+
+app = typer.Typer(
+    name="awo",
+    help="Agentic Workflow Orchestrator: how risky is a change, what to test, how to ship it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+DataOption = Annotated[
+    Path | None,
+    typer.Option("--data", help="directory of this repository's tables (default: <data root>/<repo name>/)"),
+]
+
+
+def _settings(**overrides):
+    from features.settings import load_settings
+
+    return load_settings(**overrides)
+
+
+def _fail(exc: AwoError) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def mine(
+    repo: Annotated[Path, typer.Argument(help="path of a local git repository")],
+    data: DataOption = None,
+    branch: Annotated[str | None, typer.Option(help="branch to mine (default: HEAD)")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="parallel git processes for diffs")] = 1,
+    name: Annotated[
+        str | None, typer.Option(help="repository name in the tables (default: folder name)")
+    ] = None,
+    service_map: Annotated[Path | None, typer.Option(help="YAML of path globs → service")] = None,
+) -> None:
+    """Mine per-commit change metrics (Kamei et al.) and per-file rows, incrementally."""
+    try:
+        settings = _settings(service_map=service_map)
+        result = _run_mine(repo, settings, data, branch, workers, name)
+    except AwoError as exc:
+        _fail(exc)
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    _print_mine_summary(result)
+
+
+def _run_mine(repo, settings, data, branch, workers, name):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pipelines.mine import mine_repository
+
+    progress = Progress(
+        TextColumn("mining"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>8.0f} commits/s"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    )
+    task = progress.add_task("mine", total=None, rate=0.0)
+
+    def on_progress(done: int, total: int) -> None:
+        if done == 1 or done % 200 == 0 or done == total:
+            elapsed = progress.tasks[0].elapsed or 1e-9
+            progress.update(task, completed=done, total=total, rate=done / elapsed)
+
+    with progress:
+        return mine_repository(repo, settings, data, branch, workers, name, on_progress)
+
+
+def _print_mine_summary(result) -> None:
+    if result.commits_mined == 0:
+        console.print(
+            f"{result.repo}: up to date at {result.head[:12]} — {result.commits_total} commits "
+            f"({result.fix_commits} fixes) in {result.out_dir}",
+            highlight=False,
+        )
+        return
+    console.print(
+        f"{result.repo}: mined {result.commits_mined} of {result.commits_total} commits, "
+        f"{result.files_mined} file changes, {result.fix_commits} fix commits in total, "
+        f"{result.seconds:.2f} s ({result.commits_per_second:,.0f} commits/s)"
+        + (f", dropped {result.dropped} rewritten commits" if result.dropped else "")
+        + f"\n  tables: {result.out_dir}/commits.parquet, files.parquet",
+        highlight=False,
+    )
+
+
+@app.command("demo-world")
+def demo_world(
+    out: Annotated[Path, typer.Option(help="folder to create the demo repository in")],
+    seed: Annotated[int, typer.Option(help="random seed; the same seed gives the same world")] = 7,
+    commits: Annotated[int, typer.Option(min=50, max=200_000, help="number of commits")] = 2000,
+) -> None:
+    """Generate a git repository with known planted defects (ground truth in truth.parquet)."""
+    from pipelines.demo_world import generate_world
+
+    try:
+        world = generate_world(out, seed=seed, n_commits=commits)
+    except AwoError as exc:
+        _fail(exc)
+    console.print(
+        f"demo world: {world.commits} commits by {world.authors} authors over {world.days} days "
+        f"in {world.repo}\n"
+        f"  planted defects in {world.bug_inducing} commits, fixed by {world.fix_commits} commits "
+        f"({world.unfixed} never fixed); truth: {world.truth_path}",
+        highlight=False,
+    )
+
+
+@app.command()
+def demo(
+    seed: Annotated[int, typer.Option(help="random seed of the demo world")] = 7,
+    commits: Annotated[int, typer.Option(min=50, help="commits in the demo world")] = 2000,
+) -> None:
+    """Run the whole flow on the embedded demo world: generate it, mine it, summarise."""
+    from pipelines.demo_world import generate_world
+
+    try:
+        settings = _settings()
+        root = settings.data_dir / "demo"
+        world = generate_world(root / "world", seed=seed, n_commits=commits, overwrite=True)
+        console.print(
+            f"[bold]1. demo world[/]: {world.commits} commits, {world.authors} authors, {world.days} days, "
+            f"{world.bug_inducing} defect-inducing commits ({world.unfixed} never fixed)",
+            highlight=False,
+        )
+        result = _run_mine(world.repo, settings, root / "tables", None, 1, "demo")
+        console.print("[bold]2. mine[/]:", end=" ")
+        _print_mine_summary(result)
+        _print_table_overview(root / "tables")
+    except AwoError as exc:
+        _fail(exc)
+
+
+def _print_table_overview(tables: Path) -> None:
+    import pandas as pd
+    from rich.table import Table
+
+    commits = pd.read_parquet(tables / "commits.parquet")
+    table = Table(title="change metrics (Kamei et al. 2013) over the mined commits")
+    for column in ("metric", "mean", "median", "p90", "max"):
+        table.add_column(column, justify="right")
+    for metric in ("la", "ld", "nf", "ns", "entropy", "lt", "ndev", "age", "nuc", "exp", "rexp", "sexp"):
+        s = commits[metric].astype(float)
+        table.add_row(
+            metric, f"{s.mean():.1f}", f"{s.median():.1f}", f"{s.quantile(0.9):.1f}", f"{s.max():.1f}"
+        )
+    console.print(table)
+    kinds = commits["change_kind"].value_counts()
+    console.print("change kinds: " + ", ".join(f"{k} {v}" for k, v in kinds.items()), highlight=False)
+
+
+def main() -> None:  # pragma: no cover - entry point
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

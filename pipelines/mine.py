@@ -1,0 +1,313 @@
+"""`awo mine`: per-commit change metrics and per-file rows of one repository, written incrementally.
+
+Point-in-time order. Commits are processed in order of `history_at` — the committer time raised, where
+clocks disagree, to the latest `history_at` of the parents (git's "corrected commit date") — then
+generation number, then sha. That order puts parents before children, depends only on a commit's
+ancestors, and so is the same in every run. A commit's metrics use only the commits before it in that
+order ("history strictly before the commit").
+
+Incremental runs. The tables themselves are the checkpoint: the history state is replayed from the
+rows kept, then only the rest is diffed. Rows from the earliest new or vanished commit onwards are
+recomputed, so a run on top of earlier runs gives exactly the tables of a full re-mine — also after a
+force-push (vanished commits are dropped with a warning) or a killed run (the next run resumes from the
+last checkpoint).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from features.change_metrics import KAMEI_METRICS, Change, ChangeHistory, FileChange
+from features.classify import (
+    BotRule,
+    ServiceMap,
+    author_id,
+    change_kind,
+    file_kind,
+    is_fix_message,
+    subsystem_of,
+)
+from features.errors import AwoError
+from features.settings import Settings
+from features.tables import COMMITS_SCHEMA, FILES_SCHEMA, read_table, to_arrow, write_tables
+from pipelines.gitlog import GraphNode, RawCommit, Repository
+
+log = logging.getLogger(__name__)
+
+COMMITS_FILE = "commits.parquet"
+FILES_FILE = "files.parquet"
+
+
+@dataclass
+class MineResult:
+    repo: str
+    out_dir: Path
+    head: str
+    commits_total: int = 0
+    commits_mined: int = 0
+    files_mined: int = 0
+    fix_commits: int = 0
+    dropped: int = 0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def commits_per_second(self) -> float:
+        return self.commits_mined / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Order:
+    history_ts: int
+    generation: int
+
+
+def point_in_time_order(graph: list[GraphNode]) -> dict[str, _Order]:
+    """history_at (corrected commit time) and generation of every commit; `graph` lists parents first."""
+    order: dict[str, _Order] = {}
+    for node in graph:
+        parents = [order[p] for p in node.parents if p in order]
+        history_ts = max([node.committed_ts, *(p.history_ts for p in parents)])
+        generation = 1 + max((p.generation for p in parents), default=0)
+        order[node.sha] = _Order(history_ts, generation)
+    return order
+
+
+def epoch_seconds(timestamps: pd.Series) -> pd.Series:
+    """Whole unix seconds of a tz-aware timestamp column, whatever its resolution."""
+    return (timestamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+
+
+@contextmanager
+def _exclusive(directory: Path) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AwoError(f"another awo job is writing {directory}; wait for it to finish") from None
+        yield
+
+
+class _Rows:
+    """Column lists of new rows, in processing order."""
+
+    def __init__(self) -> None:
+        self.commits: dict[str, list] = {name: [] for name in COMMITS_SCHEMA.names}
+        self.files: dict[str, list] = {name: [] for name in FILES_SCHEMA.names}
+
+    def __len__(self) -> int:
+        return len(self.commits["sha"])
+
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        commits = pd.DataFrame(self.commits)
+        for col in ("committed_at", "history_at"):
+            commits[col] = pd.to_datetime(commits[col], unit="s", utc=True)
+        return commits, pd.DataFrame(self.files)
+
+
+def mine_repository(
+    repo_path: Path,
+    settings: Settings,
+    out_dir: Path | None = None,
+    branch: str | None = None,
+    workers: int = 1,
+    name: str | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> MineResult:
+    """Mine `repo_path` into `out_dir` (default `<data root>/<repo name>/`)."""
+    started = time.perf_counter()
+    repository = Repository(repo_path)
+    repo_name = name or repository.name
+    out_dir = Path(out_dir) if out_dir else settings.repo_data_dir(repo_name)
+    head = repository.resolve_branch(branch)
+    services = ServiceMap.from_yaml(settings.service_map)
+    bots = BotRule(settings.bot_patterns)
+    result = MineResult(repo=repo_name, out_dir=out_dir, head=head)
+
+    with _exclusive(out_dir):
+        graph = repository.graph(head)
+        order = point_in_time_order(graph)
+        parents = {node.sha: node.parents for node in graph}
+        non_merge = sorted(
+            (sha for sha, p in parents.items() if len(p) <= 1),
+            key=lambda sha: (order[sha].history_ts, order[sha].generation, sha),
+        )
+        result.commits_total = len(non_merge)
+
+        old_commits = read_table(out_dir / COMMITS_FILE, COMMITS_SCHEMA)
+        old_files = read_table(out_dir / FILES_FILE, FILES_SCHEMA)
+        if old_commits is not None and old_files is None:
+            raise AwoError(f"{out_dir / FILES_FILE} is missing beside {COMMITS_FILE}; remove both to re-mine")
+        if old_commits is not None:
+            foreign = set(old_commits["repo"].unique()) - {repo_name}
+            if foreign:
+                raise AwoError(
+                    f"{out_dir} holds tables of repository {sorted(foreign)[0]!r}, not {repo_name!r}; "
+                    "pass another --data directory"
+                )
+        kept_commits, kept_files, cut_ts = _rows_to_keep(old_commits, old_files, non_merge, order, result)
+        kept_shas = set(kept_commits["sha"]) if kept_commits is not None else set()
+        todo = [sha for sha in non_merge if sha not in kept_shas and order[sha].history_ts >= cut_ts]
+
+        history = ChangeHistory()
+        if kept_commits is not None:
+            _replay(history, kept_commits, kept_files)
+        if not todo:
+            result.seconds = time.perf_counter() - started
+            result.fix_commits = int(kept_commits["is_fix"].sum()) if kept_commits is not None else 0
+            return result
+
+        rows = _Rows()
+        seq = len(kept_shas)
+        last_checkpoint = time.monotonic()
+        for done, raw in enumerate(repository.stream_commits(todo, workers), start=1):
+            _add_commit(
+                rows, raw, seq, order[raw.sha].history_ts, repo_name, history, settings, bots, services
+            )
+            seq += 1
+            if on_progress:
+                on_progress(done, len(todo))
+            if time.monotonic() - last_checkpoint > settings.checkpoint_seconds:
+                _write(out_dir, kept_commits, kept_files, rows)
+                last_checkpoint = time.monotonic()
+        if len(rows) != len(todo):
+            raise AwoError(f"{repository.path}: git returned {len(rows)} of {len(todo)} commits")
+        commits = _write(out_dir, kept_commits, kept_files, rows)
+
+    result.commits_mined = len(rows)
+    result.files_mined = len(rows.files["sha"])
+    result.fix_commits = int(commits["is_fix"].sum())
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _rows_to_keep(
+    old_commits: pd.DataFrame | None,
+    old_files: pd.DataFrame | None,
+    non_merge: list[str],
+    order: dict[str, _Order],
+    result: MineResult,
+) -> tuple[pd.DataFrame | None, pd.DataFrame | None, int]:
+    """Rows of an earlier run that stay valid, and the point-in-time from which to recompute."""
+    if old_commits is None or old_commits.empty:
+        return None, None, -(2**62)
+    current = set(non_merge)
+    mined = set(old_commits["sha"])
+    old_ts = dict(zip(old_commits["sha"], epoch_seconds(old_commits["history_at"]), strict=True))
+    vanished = mined - current
+    added = current - mined
+    cut_candidates = [order[sha].history_ts for sha in added] + [old_ts[sha] for sha in vanished]
+    if vanished:
+        message = (
+            f"history was rewritten: {len(vanished)} mined commits are no longer on the branch; "
+            "dropping them and re-mining from where the histories diverge"
+        )
+        log.warning(message)
+        result.warnings.append(message)
+        result.dropped = len(vanished)
+    if not cut_candidates:
+        return old_commits, old_files, 2**62
+    cut_ts = min(cut_candidates)
+    keep = (epoch_seconds(old_commits["history_at"]) < cut_ts) & old_commits["sha"].isin(current)
+    commits = old_commits[keep].reset_index(drop=True)
+    files = old_files[old_files["sha"].isin(set(commits["sha"]))].reset_index(drop=True)
+    return commits, files, cut_ts
+
+
+def _replay(history: ChangeHistory, commits: pd.DataFrame, files: pd.DataFrame) -> None:
+    """Rebuild the history state from stored rows, in their point-in-time order."""
+    by_sha: dict[str, list[FileChange]] = {}
+    for sha, path, old_path, change_type, la, ld, binary in zip(
+        files["sha"], files["path"], files["old_path"], files["change_type"], files["la"], files["ld"],
+        files["is_binary"], strict=True,
+    ):  # fmt: skip
+        by_sha.setdefault(sha, []).append(
+            FileChange(
+                path, change_type, int(la), int(ld), old_path if isinstance(old_path, str) else None, binary
+            )
+        )
+    commits = commits.sort_values("seq")
+    at = epoch_seconds(commits["history_at"])
+    for sha, author, ts, is_fix, is_bot in zip(
+        commits["sha"], commits["author_id"], at, commits["is_fix"], commits["is_bot"], strict=True
+    ):
+        history.record(Change(tuple(by_sha.get(sha, ())), author, float(ts), bool(is_fix), bool(is_bot)))
+
+
+def _add_commit(
+    rows: _Rows,
+    raw: RawCommit,
+    seq: int,
+    history_ts: int,
+    repo_name: str,
+    history: ChangeHistory,
+    settings: Settings,
+    bots: BotRule,
+    services: ServiceMap,
+) -> None:
+    is_bot = bots.is_bot(raw.author_name, raw.author_email)
+    ident = author_id(raw.author_email, raw.author_name, settings.identity_salt)
+    is_fix = is_fix_message(raw.message)
+    kinds = [file_kind(f.path) for f in raw.files]
+    metrics = history.metrics_then_record(Change(raw.files, ident, float(history_ts), is_fix, is_bot))
+    shown_name, shown_email = (ident, ident) if settings.pseudonymize else (raw.author_name, raw.author_email)
+    c = rows.commits
+    c["repo"].append(repo_name)
+    c["sha"].append(raw.sha)
+    c["seq"].append(seq)
+    c["parents"].append(list(raw.parents))
+    c["committed_at"].append(raw.committed_ts)
+    c["history_at"].append(history_ts)
+    c["author_id"].append(ident)
+    c["author_name"].append(shown_name)
+    c["author_email"].append(shown_email)
+    c["is_bot"].append(is_bot)
+    c["message_subject"].append(raw.message.split("\n", 1)[0].strip())
+    c["is_fix"].append(is_fix)
+    c["change_kind"].append(change_kind(raw.message, kinds))
+    for metric in KAMEI_METRICS:
+        c[metric].append(metrics[metric])
+    f = rows.files
+    for change, kind in zip(raw.files, kinds, strict=True):
+        f["repo"].append(repo_name)
+        f["sha"].append(raw.sha)
+        f["path"].append(change.path)
+        f["old_path"].append(change.old_path)
+        f["change_type"].append(change.change_type)
+        f["la"].append(change.la)
+        f["ld"].append(change.ld)
+        f["is_binary"].append(change.is_binary)
+        f["is_test"].append(kind.is_test)
+        f["is_docs"].append(kind.is_docs)
+        f["is_config"].append(kind.is_config)
+        f["is_migration"].append(kind.is_migration)
+        f["is_ui_text"].append(kind.is_ui_text)
+        f["subsystem"].append(subsystem_of(change.path))
+        f["service"].append(services.service_of(change.path))
+
+
+def _write(
+    out_dir: Path, kept_commits: pd.DataFrame | None, kept_files: pd.DataFrame | None, rows: _Rows
+) -> pd.DataFrame:
+    new_commits, new_files = rows.frames()
+    commits = (
+        new_commits if kept_commits is None else pd.concat([kept_commits, new_commits], ignore_index=True)
+    )
+    files = new_files if kept_files is None else pd.concat([kept_files, new_files], ignore_index=True)
+    write_tables(
+        out_dir,
+        {
+            FILES_FILE: to_arrow(files, FILES_SCHEMA, FILES_FILE),
+            COMMITS_FILE: to_arrow(commits, COMMITS_SCHEMA, COMMITS_FILE),
+        },
+    )
+    return commits
