@@ -105,7 +105,8 @@ def _print_mine_summary(result) -> None:
         )
         return
     console.print(
-        f"{result.repo}: mined {result.commits_mined} of {result.commits_total} commits, "
+        f"{result.repo}: mined {result.commits_mined} of {result.commits_total} commits "
+        f"({result.commits_new} new, {result.commits_mined - result.commits_new} recomputed), "
         f"{result.files_mined} file changes, {result.fix_commits} fix commits in total, "
         f"{result.seconds:.2f} s ({result.commits_per_second:,.0f} commits/s)"
         + (f", dropped {result.dropped} rewritten commits" if result.dropped else "")

@@ -135,7 +135,11 @@ class Repository:
             # git does the diffing in parallel; parsing stays in this thread, chunk by chunk in order.
             futures = [pool.submit(self._log_output, chunk) for chunk in chunks]
             for future in futures:
-                yield from _parse_records(iter([future.result()]))
+                output = future.result()  # raises UnreadableRepository when git failed
+                try:
+                    yield from _parse_records(iter([output]))
+                except (ValueError, IndexError) as exc:
+                    raise UnreadableRepository(f"{self.path}: unexpected git log output ({exc})") from exc
 
     def _start_log(self, shas: list[str]) -> tuple[subprocess.Popen, threading.Thread, list[bytes]]:
         with tempfile.TemporaryFile() as stdin:
@@ -168,9 +172,12 @@ class Repository:
         proc, drain, errors = self._start_log(shas)
         try:
             yield from _parse_records(iter(lambda: proc.stdout.read(1 << 16), b""))
-        finally:
-            if proc.poll() is None and proc.stdout and not proc.stdout.closed:
-                proc.stdout.read()
+        except (ValueError, IndexError) as exc:
+            # git may print part of a commit before it fails on an unreadable object: its exit status
+            # says what went wrong, not the truncated output.
+            proc.stdout.read()
+            self._finish(proc, drain, errors)
+            raise UnreadableRepository(f"{self.path}: unexpected git log output ({exc})") from exc
         self._finish(proc, drain, errors)
 
 
@@ -178,9 +185,10 @@ def _first_line(text: str | bytes | None) -> str:
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-    for ln in lines:
-        if ln.startswith(("fatal:", "error:")):
-            return ln
+    for prefix in ("fatal:", "error:"):  # git's last word names the object; earlier errors are symptoms
+        for ln in lines:
+            if ln.startswith(prefix):
+                return ln
     return lines[0] if lines else "no message"
 
 

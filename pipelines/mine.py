@@ -52,7 +52,8 @@ class MineResult:
     out_dir: Path
     head: str
     commits_total: int = 0
-    commits_mined: int = 0
+    commits_mined: int = 0  # rows (re)computed in this run
+    commits_new: int = 0  # of which never mined before
     files_mined: int = 0
     fix_commits: int = 0
     dropped: int = 0
@@ -157,6 +158,8 @@ def mine_repository(
         kept_commits, kept_files, cut_ts = _rows_to_keep(old_commits, old_files, non_merge, order, result)
         kept_shas = set(kept_commits["sha"]) if kept_commits is not None else set()
         todo = [sha for sha in non_merge if sha not in kept_shas and order[sha].history_ts >= cut_ts]
+        mined_before = set(old_commits["sha"]) if old_commits is not None else set()
+        result.commits_new = sum(1 for sha in todo if sha not in mined_before)
 
         history = ChangeHistory()
         if kept_commits is not None:
