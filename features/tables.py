@@ -57,6 +57,14 @@ COMMITS_SCHEMA = pa.schema(
 )
 assert all(name in COMMITS_SCHEMA.names for name in KAMEI_METRICS)
 
+# commits.parquet after `awo label`: the same, plus the bug-inducing label (null = not mature yet).
+LABEL_COLUMNS = ("bug_inducing", "fixed_by", "fix_delay_days")
+LABELLED_COMMITS_SCHEMA = (
+    COMMITS_SCHEMA.append(pa.field("bug_inducing", pa.bool_()))
+    .append(pa.field("fixed_by", pa.list_(pa.string())))
+    .append(pa.field("fix_delay_days", pa.float64()))
+)
+
 # files.parquet: one row per (commit, file).
 FILES_SCHEMA = pa.schema(
     [

@@ -115,6 +115,73 @@ def _print_mine_summary(result) -> None:
     )
 
 
+@app.command()
+def label(
+    repo: Annotated[Path, typer.Argument(help="path of the mined git repository")],
+    data: DataOption = None,
+    issues: Annotated[
+        Path | None, typer.Option(help="issues.csv (issue_id, opened_at) for the date filter")
+    ] = None,
+    maturity_days: Annotated[float, typer.Option(min=0, help="labels younger than this are null")] = 180.0,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="parallel git blame processes")] = 2,
+    fix: Annotated[str | None, typer.Option(help="only print the SZZ candidates of this fix commit")] = None,
+    truth: Annotated[
+        Path | None, typer.Option(help="truth.parquet to measure label precision/recall")
+    ] = None,
+) -> None:
+    """Label bug-inducing commits with R-SZZ (blame with move/copy detection)."""
+    from pipelines.gitlog import Repository
+    from pipelines.label import audit_fix, label_repository
+
+    try:
+        settings = _settings()
+        out_dir = data or settings.repo_data_dir(Repository(repo).name)
+        if fix:
+            _print_audit(audit_fix(repo, out_dir, fix, issues, workers))
+            return
+        result = label_repository(repo, settings, out_dir, issues, maturity_days, workers)
+        console.print(
+            f"labelled {result.bug_inducing + result.clean + result.unknown} commits: "
+            f"{result.bug_inducing} bug-inducing, {result.clean} clean, {result.unknown} unknown "
+            f"(younger than {maturity_days:g} days); {result.fixes} fixes, {result.fixes_with_candidates} "
+            f"with SZZ candidates ({result.candidates} candidates judged), {result.seconds:.1f} s",
+            highlight=False,
+        )
+        if truth:
+            _print_label_quality(out_dir, truth)
+    except AwoError as exc:
+        _fail(exc)
+
+
+def _print_audit(frame) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"SZZ candidates of fix {frame.attrs['fix'][:12]}")
+    for column in frame.columns:
+        table.add_column(column)
+    for row in frame.itertuples(index=False):
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+    if frame.empty:
+        console.print("no candidates: the fix removes or changes no code line (SZZ cannot label it)")
+
+
+def _print_label_quality(out_dir: Path, truth: Path) -> None:
+    import pandas as pd
+
+    from features.labels import label_quality
+
+    if not truth.exists():
+        raise AwoError(f"truth file {truth} does not exist")
+    quality = label_quality(pd.read_parquet(out_dir / "commits.parquet"), pd.read_parquet(truth))
+    console.print(
+        f"against {truth.name}: precision {quality['precision']:.3f}, recall {quality['recall']:.3f} "
+        f"(of defects ever fixed: {quality['recall_fixed']:.3f}); {quality['true_positive']} of "
+        f"{quality['labelled_positive']} labels right, {quality['truly_inducing']} truly bug-inducing",
+        highlight=False,
+    )
+
+
 @app.command("demo-world")
 def demo_world(
     out: Annotated[Path, typer.Option(help="folder to create the demo repository in")],
@@ -158,6 +225,15 @@ def demo(
         console.print("[bold]2. mine[/]:", end=" ")
         _print_mine_summary(result)
         _print_table_overview(root / "tables")
+        from pipelines.label import label_repository
+
+        labels = label_repository(world.repo, settings, root / "tables")
+        console.print(
+            f"[bold]3. label[/] (R-SZZ): {labels.bug_inducing} bug-inducing, {labels.clean} clean, "
+            f"{labels.unknown} not mature yet, from {labels.fixes} fix commits",
+            highlight=False,
+        )
+        _print_label_quality(root / "tables", world.truth_path)
     except AwoError as exc:
         _fail(exc)
 

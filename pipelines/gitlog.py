@@ -29,6 +29,10 @@ _DIFF_OPTIONS = (
     "--no-walk=unsorted", "--stdin", "-M", "--raw", "--numstat", "-z", "--no-color", "--no-ext-diff",
     "--no-textconv", "--no-show-signature", "--encoding=UTF-8", f"--format={_LOG_FORMAT}",
 )  # fmt: skip
+_PATCH_OPTIONS = (
+    "--no-walk=unsorted", "--stdin", "-M", "-p", "-w", "--unified=0", "--no-color", "--no-ext-diff",
+    "--no-textconv", "--no-show-signature", "--format=%x1e%x1eAWO%H",
+)  # fmt: skip
 _CHANGE_TYPES = {"A": ADD, "C": ADD, "D": DELETE, "R": RENAME}
 
 
@@ -141,11 +145,13 @@ class Repository:
                 except (ValueError, IndexError) as exc:
                     raise UnreadableRepository(f"{self.path}: unexpected git log output ({exc})") from exc
 
-    def _start_log(self, shas: list[str]) -> tuple[subprocess.Popen, threading.Thread, list[bytes]]:
+    def _start_log(
+        self, shas: list[str], options: tuple[str, ...] = _DIFF_OPTIONS
+    ) -> tuple[subprocess.Popen, threading.Thread, list[bytes]]:
         with tempfile.TemporaryFile() as stdin:
             stdin.write("\n".join(shas).encode() + b"\n")
             stdin.seek(0)
-            handle = self._git.repo.git.log(*_DIFF_OPTIONS, as_process=True, istream=stdin)
+            handle = self._git.repo.git.log(*options, as_process=True, istream=stdin)
         # GitPython kills the process when its handle is collected: keep it alive with the process.
         proc = handle.proc
         proc._awo_handle = handle
@@ -161,6 +167,54 @@ class Repository:
         if code != 0:
             message = errors[0].decode(errors="replace") if errors else ""
             raise UnreadableRepository(f"{self.path}: git log failed (exit {code}): {_first_line(message)}")
+
+    def messages(self, shas: list[str]) -> dict[str, str]:
+        """Full commit messages of `shas`."""
+        if not shas:
+            return {}
+        proc, drain, errors = self._start_log(
+            shas, ("--no-walk=unsorted", "--stdin", "--format=%x1e%x1eAWO%H%x1f%B")
+        )
+        out = {}
+        for record in _split_records(iter(lambda: proc.stdout.read(1 << 16), b"")):
+            sha, _, message = record.partition("\x1f")
+            out[sha] = message.strip()
+        self._finish(proc, drain, errors)
+        return out
+
+    def parents_of(self, sha: str) -> list[str]:
+        return self._run("rev-list", "--parents", "-n", "1", sha).split()[1:]
+
+    def stream_patches(self, shas: list[str]) -> Iterator[tuple[str, str]]:
+        """(sha, patch text) of each commit: zero-context hunks, whitespace-only changes ignored."""
+        if not shas:
+            return
+        proc, drain, errors = self._start_log(shas, _PATCH_OPTIONS)
+        for record in _split_records(iter(lambda: proc.stdout.read(1 << 16), b"")):
+            sha, _, patch = record.partition("\n")
+            yield sha.strip(), patch
+        self._finish(proc, drain, errors)
+
+    def blame_lines(self, rev: str, path: str, lines: list[int]) -> dict[int, str]:
+        """The commit that last wrote each of `lines` of `path` at `rev`, ignoring whitespace and following
+        lines moved or copied within the file and from other files of the same commit (git blame -w -M -C)."""
+        from git.exc import GitCommandError
+
+        ranges: list[str] = []
+        for start, end in _runs(sorted(set(lines))):
+            ranges += ["-L", f"{start},{end}"]
+        try:
+            out = self._git.repo.git.blame("-w", "-M", "-C", "--porcelain", *ranges, rev, "--", path)
+        except GitCommandError as exc:
+            raise UnreadableRepository(
+                f"{self.path}: git blame {rev} -- {path} failed: {_first_line(exc.stderr)}"
+            ) from None
+        blamed: dict[int, str] = {}
+        for line in out.splitlines():
+            head = line.split(" ", 3)
+            if len(head) >= 3 and len(head[0]) == 40 and head[1].isdigit() and head[2].isdigit():
+                blamed[int(head[2])] = head[0]
+        return blamed
 
     def _log_output(self, shas: list[str]) -> bytes:
         proc, drain, errors = self._start_log(shas)
@@ -181,6 +235,20 @@ class Repository:
         self._finish(proc, drain, errors)
 
 
+def _runs(numbers: list[int]) -> Iterator[tuple[int, int]]:
+    """Consecutive runs of sorted numbers as (first, last)."""
+    start = prev = None
+    for n in numbers:
+        if prev is not None and n == prev + 1:
+            prev = n
+            continue
+        if start is not None:
+            yield start, prev
+        start = prev = n
+    if start is not None:
+        yield start, prev
+
+
 def _first_line(text: str | bytes | None) -> str:
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
@@ -192,18 +260,20 @@ def _first_line(text: str | bytes | None) -> str:
     return lines[0] if lines else "no message"
 
 
-def _parse_records(chunks: Iterable[bytes]) -> Iterator[RawCommit]:
+def _split_records(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The text of each commit in a `git log` stream whose format starts with the record mark."""
     buffer = ""
-    mark = _MARK
     for chunk in chunks:
         buffer += chunk.decode("utf-8", errors="replace")
-        parts = buffer.split(mark)
+        parts = buffer.split(_MARK)
         buffer = parts.pop()
-        for part in parts:
-            if part:
-                yield _parse_record(part)
+        yield from (part for part in parts if part)
     if buffer:
-        yield _parse_record(buffer)
+        yield buffer
+
+
+def _parse_records(chunks: Iterable[bytes]) -> Iterator[RawCommit]:
+    return map(_parse_record, _split_records(chunks))
 
 
 def _parse_record(record: str) -> RawCommit:

@@ -37,7 +37,7 @@ from features.classify import (
 )
 from features.errors import AwoError
 from features.settings import Settings
-from features.tables import COMMITS_SCHEMA, FILES_SCHEMA, read_table, to_arrow, write_tables
+from features.tables import COMMITS_SCHEMA, FILES_SCHEMA, LABEL_COLUMNS, read_table, to_arrow, write_tables
 from pipelines.gitlog import GraphNode, RawCommit, Repository
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def epoch_seconds(timestamps: pd.Series) -> pd.Series:
 
 
 @contextmanager
-def _exclusive(directory: Path) -> Iterator[None]:
+def exclusive(directory: Path) -> Iterator[None]:
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / ".lock", "w") as lock:
         try:
@@ -134,7 +134,7 @@ def mine_repository(
     bots = BotRule(settings.bot_patterns)
     result = MineResult(repo=repo_name, out_dir=out_dir, head=head)
 
-    with _exclusive(out_dir):
+    with exclusive(out_dir):
         graph = repository.graph(head)
         order = point_in_time_order(graph)
         parents = {node.sha: node.parents for node in graph}
@@ -302,6 +302,9 @@ def _write(
     out_dir: Path, kept_commits: pd.DataFrame | None, kept_files: pd.DataFrame | None, rows: _Rows
 ) -> pd.DataFrame:
     new_commits, new_files = rows.frames()
+    if kept_commits is not None:
+        # Labels depend on the newest commit (maturity) and on new fixes: `awo label` recomputes them.
+        kept_commits = kept_commits.drop(columns=list(LABEL_COLUMNS), errors="ignore")
     commits = (
         new_commits if kept_commits is None else pd.concat([kept_commits, new_commits], ignore_index=True)
     )

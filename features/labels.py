@@ -1,0 +1,134 @@
+"""Bug-inducing labels from SZZ candidates, as pure functions of data.
+
+R-SZZ (Rosa et al., ICSE 2021): of the commits that last touched the lines a fix removed or changed, keep
+only the most recent one — the most precise SZZ variant against a developer-informed oracle. With the
+issue-date filter, candidates committed after the fixed issue was opened are dropped first (they cannot
+have caused a bug already reported).
+
+Label maturity: defects surface late, so a commit younger than the maturity window (measured back from the
+newest commit) whose label is not positive is unknown (null), not clean; training skips it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pandas as pd
+
+ISSUE_REFERENCE = re.compile(r"(?:#|\b[A-Z][A-Z0-9]+-)(\d+)\b")
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One blamed commit for one fix: the line it wrote that the fix removed or changed."""
+
+    fix_sha: str
+    candidate_sha: str
+    path: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    fix_sha: str
+    candidate_sha: str
+    kept: bool
+    reason: str
+    lines: int
+
+
+def issue_ids(message: str) -> list[str]:
+    """Issue numbers a commit message references (`#123`, `PROJ-123`)."""
+    return ISSUE_REFERENCE.findall(message)
+
+
+def select_inducing(
+    candidates: list[Candidate],
+    seq: dict[str, int],
+    committed_at: dict[str, pd.Timestamp],
+    is_merge: set[str] | None = None,
+    issue_opened: dict[str, pd.Timestamp] | None = None,
+) -> list[Verdict]:
+    """Keep or drop every candidate of every fix, with the reason. `seq` is the point-in-time order of the
+    mined commits; `issue_opened` maps a fix sha to the earliest open date of the issues it references."""
+    is_merge = is_merge or set()
+    issue_opened = issue_opened or {}
+    by_fix: dict[str, dict[str, int]] = {}
+    for c in candidates:
+        by_fix.setdefault(c.fix_sha, {})
+        by_fix[c.fix_sha][c.candidate_sha] = by_fix[c.fix_sha].get(c.candidate_sha, 0) + 1
+    verdicts: list[Verdict] = []
+    for fix, counted in by_fix.items():
+        alive: list[str] = []
+        for sha, lines in counted.items():
+            if sha == fix:
+                reason = "dropped: the fix itself"
+            elif sha in is_merge:
+                reason = "dropped: a merge commit"
+            elif sha not in seq:
+                reason = "dropped: not a mined commit of this branch"
+            elif fix in seq and seq[sha] >= seq[fix]:
+                reason = "dropped: not earlier than the fix"
+            elif fix in issue_opened and committed_at[sha] > issue_opened[fix]:
+                reason = f"dropped: committed after the issue was opened ({issue_opened[fix]:%Y-%m-%d})"
+            else:
+                alive.append(sha)
+                continue
+            verdicts.append(Verdict(fix, sha, False, reason, lines))
+        if alive:
+            newest = max(alive, key=lambda s: seq[s])
+            for sha in alive:
+                kept = sha == newest
+                reason = "kept: most recent candidate (R-SZZ)" if kept else "dropped: older candidate (R-SZZ)"
+                verdicts.append(Verdict(fix, sha, kept, reason, counted[sha]))
+    return verdicts
+
+
+def label_commits(
+    commits: pd.DataFrame, verdicts: list[Verdict], maturity_days: float = 180.0
+) -> pd.DataFrame:
+    """`commits` with `bug_inducing` (nullable boolean), `fixed_by` (list of fix shas) and
+    `fix_delay_days` (days from the commit to its first fix) added or replaced."""
+    fixes: dict[str, list[str]] = {}
+    for v in verdicts:
+        if v.kept:
+            fixes.setdefault(v.candidate_sha, []).append(v.fix_sha)
+    at = dict(zip(commits["sha"], commits["committed_at"], strict=True))
+    out = commits.drop(columns=["bug_inducing", "fixed_by", "fix_delay_days"], errors="ignore").copy()
+    fixed_by = [
+        sorted(set(fixes.get(sha, [])), key=lambda f: at.get(f, pd.Timestamp.max)) for sha in out["sha"]
+    ]
+    positive = pd.Series([bool(f) for f in fixed_by], index=out.index)
+    newest = out["committed_at"].max()
+    immature = out["committed_at"] > newest - pd.Timedelta(days=maturity_days)
+    label = positive.astype("boolean")
+    label[immature & ~positive] = pd.NA
+    out["bug_inducing"] = label
+    out["fixed_by"] = fixed_by
+    delays = []
+    for sha, fixers in zip(out["sha"], fixed_by, strict=True):
+        first = min((at[f] for f in fixers if f in at), default=None)
+        delays.append((first - at[sha]).total_seconds() / 86_400 if first is not None else float("nan"))
+    out["fix_delay_days"] = delays
+    return out
+
+
+def label_quality(labels: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
+    """Precision and recall of positive labels against a ground truth (`sha, bug_inducing, fixed_by`).
+    `recall_fixed` counts only true defects that were ever fixed: the ones SZZ can possibly find."""
+    joined = labels[["sha", "bug_inducing"]].merge(truth[["sha", "bug_inducing", "fixed_by"]], on="sha",
+                                                   suffixes=("", "_true"))  # fmt: skip
+    predicted = joined["bug_inducing"].astype("boolean").fillna(False).astype(bool)
+    actual = joined["bug_inducing_true"].astype(bool)
+    fixed = actual & joined["fixed_by"].map(len).gt(0)
+    hits = int((predicted & actual).sum())
+    return {
+        "labelled_positive": int(predicted.sum()),
+        "true_positive": hits,
+        "truly_inducing": int(actual.sum()),
+        "precision": hits / max(1, int(predicted.sum())),
+        "recall": hits / max(1, int(actual.sum())),
+        "recall_fixed": int((predicted & fixed).sum()) / max(1, int(fixed.sum())),
+        "null_labels": int(joined["bug_inducing"].isna().sum()),
+    }
