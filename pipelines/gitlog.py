@@ -200,11 +200,11 @@ class Repository:
         lines moved or copied within the file and from other files of the same commit (git blame -w -M -C)."""
         from git.exc import GitCommandError
 
-        ranges: list[str] = []
-        for start, end in _runs(sorted(set(lines))):
-            ranges += ["-L", f"{start},{end}"]
+        # The whole file is blamed: restricted to a few lines (-L), git's move/copy detection misses
+        # moved blocks, whose similarity it judges within the range only.
+        wanted = set(lines)
         try:
-            out = self._git.repo.git.blame("-w", "-M", "-C", "--porcelain", *ranges, rev, "--", path)
+            out = self._git.repo.git.blame("-w", "-M", "-C", "--porcelain", rev, "--", path)
         except GitCommandError as exc:
             raise UnreadableRepository(
                 f"{self.path}: git blame {rev} -- {path} failed: {_first_line(exc.stderr)}"
@@ -212,7 +212,8 @@ class Repository:
         blamed: dict[int, str] = {}
         for line in out.splitlines():
             head = line.split(" ", 3)
-            if len(head) >= 3 and len(head[0]) == 40 and head[1].isdigit() and head[2].isdigit():
+            is_header = len(head) >= 3 and len(head[0]) == 40 and head[1].isdigit() and head[2].isdigit()
+            if is_header and int(head[2]) in wanted:
                 blamed[int(head[2])] = head[0]
         return blamed
 
@@ -233,20 +234,6 @@ class Repository:
             self._finish(proc, drain, errors)
             raise UnreadableRepository(f"{self.path}: unexpected git log output ({exc})") from exc
         self._finish(proc, drain, errors)
-
-
-def _runs(numbers: list[int]) -> Iterator[tuple[int, int]]:
-    """Consecutive runs of sorted numbers as (first, last)."""
-    start = prev = None
-    for n in numbers:
-        if prev is not None and n == prev + 1:
-            prev = n
-            continue
-        if start is not None:
-            yield start, prev
-        start = prev = n
-    if start is not None:
-        yield start, prev
 
 
 def _first_line(text: str | bytes | None) -> str:
