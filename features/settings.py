@@ -4,7 +4,7 @@ optional YAML file (`AWO_CONFIG`); passed down explicitly, never read at import 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     )
     service_map: Path | None = Field(
         default=None, description="YAML file mapping path globs to service names"
+    )
+    incident_window_hours: float = Field(
+        default=48.0, gt=0, description="an incident links to a deployment that started this long before it"
+    )
+    incident_min_severity: Literal["low", "medium", "high", "critical"] = Field(
+        default="high", description="incidents at least this severe mark their deployment failed"
     )
     checkpoint_seconds: float = Field(
         default=30.0, gt=0, description="a long mining run saves what it has at this interval"

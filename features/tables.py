@@ -9,6 +9,8 @@ table or a mix of old and new tables.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import os
 import uuid
@@ -22,6 +24,12 @@ from features.change_metrics import KAMEI_METRICS
 from features.errors import BadTable
 
 JOURNAL = "_journal.json"
+
+# Arrow's parquet reader can leave scanner threads in a reference cycle; torn down after Arrow's memory
+# pools at interpreter exit, they abort the process ("terminate called without an active exception",
+# exit 134; apache/arrow#34314, seen here in 1 of 6 runs of `pd.read_parquet`). Collecting before
+# teardown joins them while Arrow is still alive.
+atexit.register(gc.collect)
 
 # commits.parquet: one row per non-merge commit, in point-in-time order (`seq`).
 COMMITS_SCHEMA = pa.schema(
@@ -63,6 +71,11 @@ LABELLED_COMMITS_SCHEMA = (
     COMMITS_SCHEMA.append(pa.field("bug_inducing", pa.bool_()))
     .append(pa.field("fixed_by", pa.list_(pa.string())))
     .append(pa.field("fix_delay_days", pa.float64()))
+)
+
+# graph.parquet: every commit reachable from the mined branch head, merges included.
+GRAPH_SCHEMA = pa.schema(
+    [("sha", pa.string()), ("parents", pa.list_(pa.string())), ("committed_at", pa.timestamp("us", tz="UTC"))]
 )
 
 # files.parquet: one row per (commit, file).
@@ -130,7 +143,7 @@ def write_tables(directory: Path, tables: dict[str, pa.Table]) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         moves.append((tmp, filename))
-    _atomic_write_text(directory / JOURNAL, json.dumps(moves))
+    atomic_write_text(directory / JOURNAL, json.dumps(moves))
     recover(directory)
 
 
@@ -150,7 +163,7 @@ def read_table(path: Path, schema: pa.Schema | None = None) -> pd.DataFrame | No
     return table.to_pandas()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
     with open(tmp, "w") as fh:
         fh.write(text)

@@ -4,7 +4,9 @@ commands, so `awo --help` starts fast."""
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -167,19 +169,69 @@ def _print_audit(frame) -> None:
 
 
 def _print_label_quality(out_dir: Path, truth: Path) -> None:
-    import pandas as pd
-
     from features.labels import label_quality
+    from features.tables import read_table
 
     if not truth.exists():
         raise AwoError(f"truth file {truth} does not exist")
-    quality = label_quality(pd.read_parquet(out_dir / "commits.parquet"), pd.read_parquet(truth))
+    quality = label_quality(read_table(out_dir / "commits.parquet"), read_table(truth))
     console.print(
         f"against {truth.name}: precision {quality['precision']:.3f}, recall {quality['recall']:.3f} "
         f"(of defects ever fixed: {quality['recall_fixed']:.3f}); {quality['true_positive']} of "
         f"{quality['labelled_positive']} labels right, {quality['truly_inducing']} truly bug-inducing",
         highlight=False,
     )
+
+
+class DeliveryKind(StrEnum):
+    deployments = "deployments"
+    incidents = "incidents"
+    test_runs = "test-runs"
+
+
+@app.command()
+def ingest(
+    kind: Annotated[DeliveryKind, typer.Argument(help="what the file holds")],
+    file: Annotated[Path, typer.Argument(help="CSV (with header) or JSON lines")],
+    data: Annotated[Path, typer.Option("--data", help="the repository's data directory (as for awo mine)")],
+    strict: Annotated[bool, typer.Option(help="reject the whole file if any row is bad")] = False,
+) -> None:
+    """Ingest deployments, incidents or test runs; link them to commits and each other."""
+    from pipelines.ingest import ingest_file
+
+    try:
+        result = ingest_file(kind.value, file, _settings(), data, strict)
+    except AwoError as exc:
+        _fail(exc)
+    _print_ingest_summary(result)
+
+
+def _print_ingest_summary(result) -> None:
+    for reject in result.rejects[:10]:
+        err_console.print(
+            f"[yellow]rejected[/] {result.source}, line {reject.line}, field {reject.field}: {reject.reason}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if len(result.rejects) > 10:
+        err_console.print(
+            f"... and {len(result.rejects) - 10} more in {result.rejects_path}", highlight=False
+        )
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    lines = [
+        f"{result.kind}: {result.accepted} of {result.rows_read} rows accepted, "
+        f"{len(result.rejects)} problems"
+        + (f" (written to {result.rejects_path})" if result.rejects_path else "")
+        + f"; {result.stored} stored"
+    ]
+    if result.deployments:
+        lines.append(f"  deployments: {result.deployments}, failed {result.failed_deployments}")
+    if result.incidents:
+        lines.append(f"  incidents: {result.incidents}, linked to a deployment {result.linked_incidents}")
+    if result.tests:
+        lines.append(f"  tests: {result.tests}, flaky {result.flaky_tests}")
+    console.print("\n".join(lines), highlight=False)
 
 
 @app.command("demo-world")
@@ -216,6 +268,7 @@ def demo(
         settings = _settings()
         root = settings.data_dir / "demo"
         world = generate_world(root / "world", seed=seed, n_commits=commits, overwrite=True)
+        shutil.rmtree(root / "tables", ignore_errors=True)  # the demo always starts from scratch
         console.print(
             f"[bold]1. demo world[/]: {world.commits} commits, {world.authors} authors, {world.days} days, "
             f"{world.bug_inducing} defect-inducing commits ({world.unfixed} never fixed)",
@@ -234,15 +287,22 @@ def demo(
             highlight=False,
         )
         _print_label_quality(root / "tables", world.truth_path)
+        from pipelines.ingest import ingest_file
+
+        console.print("[bold]4. ingest[/] delivery history:")
+        for kind, name in (("deployments", "deployments.csv"), ("incidents", "incidents.csv"),
+                           ("test-runs", "test-runs.csv")):  # fmt: skip
+            _print_ingest_summary(ingest_file(kind, world.repo.parent / name, settings, root / "tables"))
     except AwoError as exc:
         _fail(exc)
 
 
 def _print_table_overview(tables: Path) -> None:
-    import pandas as pd
     from rich.table import Table
 
-    commits = pd.read_parquet(tables / "commits.parquet")
+    from features.tables import read_table
+
+    commits = read_table(tables / "commits.parquet")
     table = Table(title="change metrics (Kamei et al. 2013) over the mined commits")
     for column in ("metric", "mean", "median", "p90", "max"):
         table.add_column(column, justify="right")

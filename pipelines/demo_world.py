@@ -15,6 +15,8 @@ Commits are written with `git fast-import` (2,000 commits in a few seconds). The
 
 from __future__ import annotations
 
+import bisect
+import csv
 import math
 import random
 import shutil
@@ -92,6 +94,9 @@ class WorldSummary:
     bug_inducing: int
     fix_commits: int
     unfixed: int
+    deployments: int = 0
+    incidents: int = 0
+    test_runs: int = 0
 
 
 @dataclass
@@ -455,6 +460,7 @@ def generate_world(out: Path, seed: int = 7, n_commits: int = 2000, overwrite: b
     truth = _truth(world, shas)
     truth_path = out / "truth.parquet"
     truth.to_parquet(truth_path, index=False)
+    delivery = write_delivery(world, shas, out, seed)
     return WorldSummary(
         repo=repo,
         truth_path=truth_path,
@@ -464,6 +470,9 @@ def generate_world(out: Path, seed: int = 7, n_commits: int = 2000, overwrite: b
         bug_inducing=int(truth["bug_inducing"].sum()),
         fix_commits=int(truth["is_fix"].sum()),
         unfixed=sum(1 for d in world.defects if d.fixed_by is None),
+        deployments=delivery["deployments"],
+        incidents=delivery["incidents"],
+        test_runs=delivery["test_runs"],
     )
 
 
@@ -484,3 +493,111 @@ def _truth(world: _World, shas: list[str]) -> pd.DataFrame:
             "kind": [c.kind for c in world.commits],
         }
     )
+
+
+# --- delivery history ------------------------------------------------------------------------------
+
+STRATEGY = {"payments": "canary", "gateway": "blue-green"}
+FLAKY_TESTS = {("payments-integration", "test_checkout_timeout"), ("search-unit", "test_ranking_ties"),
+               ("gateway-integration", "test_websocket_reconnect")}  # fmt: skip
+
+
+def _suites(service: str, modules: list[str]) -> list[tuple[str, list[str]]]:
+    unit = [f"test_{m}" for m in modules[:4]]
+    integration = ["test_end_to_end", "test_contract"]
+    for suite, test in FLAKY_TESTS:
+        if suite.startswith(service + "-"):
+            (unit if suite.endswith("-unit") else integration).append(test)
+    return [(f"{service}-unit", unit), (f"{service}-integration", integration)]
+
+
+def _iso(ts: float) -> str:
+    return pd.Timestamp(int(ts), unit="s", tz="UTC").isoformat().replace("+00:00", "Z")
+
+
+def _services_of(commit: _Commit) -> set[str]:
+    return {p.split("/")[0] for p in commit.writes if "/" in p and p.split("/")[0] in SERVICES}
+
+
+def write_delivery(world: _World, shas: list[str], out: Path, seed: int) -> dict[str, int]:
+    """deployments.csv, incidents.csv and test-runs.csv whose failures follow the planted defects: a
+    deployment that ships a defect of its service fails far more often (rolled back, failed, or an incident
+    hours later), plus background noise and a few flaky tests."""
+    rng = random.Random(seed * 7919 + 1)
+    planted: dict[int, int] = {}
+    for defect in world.defects:
+        planted[defect.planted_by] = planted.get(defect.planted_by, 0) + 1
+    services_of = [_services_of(c) for c in world.commits]
+    times = [c.at for c in world.commits]
+    deployments: list[list] = []
+    incidents: list[list] = []
+    end = times[-1]
+    for service in SERVICES:
+        t = times[0] + rng.uniform(1, 4) * DAY
+        last_index = 0
+        while t < end:
+            head = max(last_index, bisect.bisect_right(times, t) - 1)  # the commit at main's tip at t
+            shipped = [i for i in range(last_index + 1, head + 1) if service in services_of[i]]
+            defects = sum(planted.get(i, 0) for i in shipped)
+            p_fail = 1 - (1 - 0.03) * (1 - 0.35) ** defects * (1 - 0.01) ** len(shipped)
+            stage_at = t - 2 * 3600
+            n = len(deployments)
+            deployments.append([f"dep-{n:05d}", service, "staging", shas[head], _iso(stage_at),
+                                _iso(stage_at + 600), "rolling",
+                                "failed" if rng.random() < 0.25 * p_fail else "succeeded"])  # fmt: skip
+            deploy_id = f"dep-{n + 1:05d}"
+            strategy = STRATEGY.get(service, "full" if rng.random() < 0.1 else "rolling")
+            outcome = "succeeded"
+            if rng.random() < p_fail:
+                r = rng.random()
+                if r < 0.45:
+                    outcome = "rolled-back"
+                elif r < 0.6:
+                    outcome = "failed"
+                if r >= 0.3:  # an incident follows; half of them name the deployment
+                    started = t + rng.uniform(0.5, 20) * 3600
+                    incidents.append([f"inc-{len(incidents):05d}", service, rng.choice(["high", "critical"]),
+                                      _iso(started), _iso(started + rng.uniform(0.5, 6) * 3600),
+                                      deploy_id if rng.random() < 0.5 else "", "",
+                                      f"{service} errors after release"])  # fmt: skip
+            deployments.append([deploy_id, service, "production", shas[head], _iso(t), _iso(t + 900),
+                                strategy, outcome])  # fmt: skip
+            if rng.random() < 0.12:  # background noise: minor incidents unrelated to releases
+                started = t + rng.uniform(1, 72) * 3600
+                severity = rng.choice(["low", "medium", "medium", "high"])
+                incidents.append([f"inc-{len(incidents):05d}", service, severity, _iso(started),
+                                  _iso(started + 3600), "", "", f"{service} degraded"])  # fmt: skip
+            last_index = head
+            t += rng.expovariate(1 / 3.0) * DAY + 3600
+    runs: list[list] = []
+    for i in range(len(world.commits)):
+        broken = planted.get(i, 0) > 0
+        for service in sorted(services_of[i]):
+            for suite, tests in _suites(service, world.modules[service]):
+                for test in tests:
+                    flaky = (suite, test) in FLAKY_TESTS
+                    fails = (broken and rng.random() < 0.15) or (flaky and rng.random() < 0.2)
+                    duration = round(rng.lognormvariate(0.5 if suite.endswith("unit") else 2.5, 0.4), 3)
+                    runs.append(
+                        [f"ci-{i:05d}", shas[i], suite, test, duration, "failed" if fails else "passed", 1]
+                    )
+                    if fails:  # CI retries failures once: flaky tests usually pass, real failures do not
+                        again = "passed" if flaky and rng.random() < 0.9 else "failed"
+                        runs.append([f"ci-{i:05d}", shas[i], suite, test, duration, again, 2])
+    for name, header, rows in (
+        (
+            "deployments.csv",
+            "deploy_id,service,environment,sha,started_at,finished_at,strategy,outcome",
+            deployments,
+        ),
+        (
+            "incidents.csv",
+            "incident_id,service,severity,started_at,resolved_at,deploy_id,sha,summary",
+            incidents,
+        ),
+        ("test-runs.csv", "run_id,sha,suite,test_id,duration_s,outcome,attempt", runs),
+    ):
+        with open(out / name, "w", newline="") as fh:
+            fh.write(header + "\n")
+            csv.writer(fh).writerows(rows)
+    return {"deployments": len(deployments), "incidents": len(incidents), "test_runs": len(runs)}

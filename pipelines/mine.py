@@ -37,13 +37,22 @@ from features.classify import (
 )
 from features.errors import AwoError
 from features.settings import Settings
-from features.tables import COMMITS_SCHEMA, FILES_SCHEMA, LABEL_COLUMNS, read_table, to_arrow, write_tables
+from features.tables import (
+    COMMITS_SCHEMA,
+    FILES_SCHEMA,
+    GRAPH_SCHEMA,
+    LABEL_COLUMNS,
+    read_table,
+    to_arrow,
+    write_tables,
+)
 from pipelines.gitlog import GraphNode, RawCommit, Repository
 
 log = logging.getLogger(__name__)
 
 COMMITS_FILE = "commits.parquet"
 FILES_FILE = "files.parquet"
+GRAPH_FILE = "graph.parquet"
 
 
 @dataclass
@@ -164,7 +173,12 @@ def mine_repository(
         history = ChangeHistory()
         if kept_commits is not None:
             _replay(history, kept_commits, kept_files)
-        if not todo:
+        graph_table = _graph_frame(graph)
+        if not todo and not result.dropped:
+            stored_graph = read_table(out_dir / GRAPH_FILE, GRAPH_SCHEMA)
+            if stored_graph is None or set(stored_graph["sha"]) != set(graph_table["sha"]):
+                # New merges of mined commits change only the graph.
+                write_tables(out_dir, {GRAPH_FILE: to_arrow(graph_table, GRAPH_SCHEMA, GRAPH_FILE)})
             result.seconds = time.perf_counter() - started
             result.fix_commits = int(kept_commits["is_fix"].sum()) if kept_commits is not None else 0
             return result
@@ -180,11 +194,11 @@ def mine_repository(
             if on_progress:
                 on_progress(done, len(todo))
             if time.monotonic() - last_checkpoint > settings.checkpoint_seconds:
-                _write(out_dir, kept_commits, kept_files, rows)
+                _write(out_dir, kept_commits, kept_files, rows, graph_table)
                 last_checkpoint = time.monotonic()
         if len(rows) != len(todo):
             raise AwoError(f"{repository.path}: git returned {len(rows)} of {len(todo)} commits")
-        commits = _write(out_dir, kept_commits, kept_files, rows)
+        commits = _write(out_dir, kept_commits, kept_files, rows, graph_table)
 
     result.commits_mined = len(rows)
     result.files_mined = len(rows.files["sha"])
@@ -298,8 +312,22 @@ def _add_commit(
         f["service"].append(services.service_of(change.path))
 
 
+def _graph_frame(graph: list[GraphNode]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "sha": [n.sha for n in graph],
+            "parents": [list(n.parents) for n in graph],
+            "committed_at": pd.to_datetime([n.committed_ts for n in graph], unit="s", utc=True),
+        }
+    )
+
+
 def _write(
-    out_dir: Path, kept_commits: pd.DataFrame | None, kept_files: pd.DataFrame | None, rows: _Rows
+    out_dir: Path,
+    kept_commits: pd.DataFrame | None,
+    kept_files: pd.DataFrame | None,
+    rows: _Rows,
+    graph: pd.DataFrame,
 ) -> pd.DataFrame:
     new_commits, new_files = rows.frames()
     if kept_commits is not None:
@@ -312,6 +340,7 @@ def _write(
     write_tables(
         out_dir,
         {
+            GRAPH_FILE: to_arrow(graph, GRAPH_SCHEMA, GRAPH_FILE),
             FILES_FILE: to_arrow(files, FILES_SCHEMA, FILES_FILE),
             COMMITS_FILE: to_arrow(commits, COMMITS_SCHEMA, COMMITS_FILE),
         },

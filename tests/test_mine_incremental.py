@@ -93,3 +93,41 @@ def test_parallel_workers_give_the_same_tables(small_world, tmp_path):
     mine_repository(small_world.repo, settings, tmp_path / "one", workers=1)
     mine_repository(small_world.repo, settings, tmp_path / "four", workers=4)
     _assert_same_tables(tmp_path / "one", tmp_path / "four")
+
+
+def test_force_push_that_only_removes_commits_drops_their_rows(tiny_repo, tmp_path):
+    settings = load_settings(data_dir=tmp_path / "data")
+    shas = []
+    for i in range(4):
+        tiny_repo.lines(f"src/m{i}.py", 3 + i)
+        shas.append(tiny_repo.commit(f"Add m{i}", at=T0 + i * DAY))
+    mine_repository(tiny_repo.path, settings, tmp_path / "t")
+    git(tiny_repo.path, "reset", "-q", "--hard", shas[1])
+    result = mine_repository(tiny_repo.path, settings, tmp_path / "t")
+    commits, files = _tables(tmp_path / "t")
+    assert result.dropped == 2 and list(commits["sha"]) == shas[:2]
+    assert set(files["sha"]) == set(shas[:2])
+    graph = pd.read_parquet(tmp_path / "t" / "graph.parquet")
+    assert set(graph["sha"]) == set(shas[:2])
+
+
+def test_a_merge_of_mined_commits_updates_the_graph(tiny_repo, tmp_path):
+    settings = load_settings(data_dir=tmp_path / "data")
+    tiny_repo.lines("src/a.py", 3)
+    tiny_repo.commit("Add a", at=T0)
+    git(tiny_repo.path, "checkout", "-q", "-b", "topic")
+    tiny_repo.lines("src/b.py", 3)
+    topic = tiny_repo.commit("Add b", at=T0 + DAY)
+    git(tiny_repo.path, "checkout", "-q", "main")
+    tiny_repo.lines("src/c.py", 3)
+    tiny_repo.commit("Add c", at=T0 + 2 * DAY)
+    mine_repository(tiny_repo.path, settings, tmp_path / "t", branch="main")
+    mine_repository(tiny_repo.path, settings, tmp_path / "topic", branch="topic")
+    env = {"GIT_AUTHOR_DATE": f"@{T0 + 3 * DAY} +0000", "GIT_COMMITTER_DATE": f"@{T0 + 3 * DAY} +0000"}
+    who = ["-c", "user.name=A", "-c", "user.email=a@x.org"]
+    git(tiny_repo.path, *who, "merge", "-q", "--no-ff", "-m", "Merge", topic, env=env)
+    result = mine_repository(tiny_repo.path, settings, tmp_path / "t", branch="main")
+    assert result.commits_new == 1  # the topic commit; the merge itself is not a row
+    graph = pd.read_parquet(tmp_path / "t" / "graph.parquet")
+    merge = git(tiny_repo.path, "rev-parse", "main").strip()
+    assert merge in set(graph["sha"]) and len(graph) == 4
