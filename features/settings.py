@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     incident_min_severity: Literal["low", "medium", "high", "critical"] = Field(
         default="high", description="incidents at least this severe mark their deployment failed"
     )
+    online_store: str | None = Field(
+        default=None,
+        description="Feast online store: redis://HOST:PORT (default: SQLite under the data root)",
+    )
     checkpoint_seconds: float = Field(
         default=30.0, gt=0, description="a long mining run saves what it has at this interval"
     )

@@ -234,6 +234,104 @@ def _print_ingest_summary(result) -> None:
     console.print("\n".join(lines), highlight=False)
 
 
+features_app = typer.Typer(help="The Feast feature store: apply, build, materialize, training sets.")
+app.add_typer(features_app, name="features")
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """Register the entities, feature views and feature services in the Feast registry."""
+    from features.store import apply, open_store, store_dir
+
+    try:
+        settings = _settings()
+        counts = apply(open_store(settings))
+    except AwoError as exc:
+        _fail(exc)
+    console.print(
+        f"applied {counts['entities']} entities, {counts['feature_views']} feature views, "
+        f"{counts['feature_services']} feature services to {store_dir(settings)}",
+        highlight=False,
+    )
+
+
+@features_app.command("build")
+def features_build(
+    data: Annotated[Path, typer.Option("--data", help="the repository's data directory (as for awo mine)")],
+) -> None:
+    """Compute point-in-time history features of a repository into the Feast sources."""
+    from pipelines.features_job import build_features
+
+    try:
+        result = build_features(_settings(), data)
+    except AwoError as exc:
+        _fail(exc)
+    rows = ", ".join(f"{name} {n}" for name, n in result.rows.items())
+    console.print(
+        f"built features of {result.repo} in {result.seconds:.1f} s: {rows} rows"
+        + ("" if result.labelled else " (no labels yet: run `awo label` for defect history)"),
+        highlight=False,
+    )
+
+
+@features_app.command("materialize")
+def features_materialize(
+    end: Annotated[str | None, typer.Option(help="materialize up to this ISO time (default: now)")] = None,
+) -> None:
+    """Load the newest feature values into the online store (incremental)."""
+    import time
+    from datetime import datetime
+
+    from features.store import materialize, open_store
+
+    try:
+        until = None
+        if end:
+            try:
+                until = datetime.fromisoformat(end.replace("Z", "+00:00"))
+            except ValueError:
+                raise AwoError(f"--end {end!r} is not an ISO 8601 time") from None
+        started = time.perf_counter()
+        result = materialize(open_store(_settings()), until)
+    except AwoError as exc:
+        _fail(exc)
+    console.print(
+        f"materialized {result['feature_views']} feature views up to {result['end']:%Y-%m-%d %H:%M:%S} "
+        f"in {time.perf_counter() - started:.1f} s",
+        highlight=False,
+    )
+
+
+@features_app.command("training-set")
+def features_training_set(
+    entities: Annotated[Path, typer.Option(help="parquet or CSV: join keys and event_timestamp")],
+    out: Annotated[Path, typer.Option(help="parquet file to write")],
+    service: Annotated[str, typer.Option(help="feature service")] = "change_risk_v1",
+) -> None:
+    """Point-in-time correct features (Feast get_historical_features) for a list of entities."""
+    import pandas as pd
+
+    from features.store import open_store, training_set
+
+    try:
+        if not entities.exists():
+            raise AwoError(f"entities file {entities} does not exist")
+        frame = pd.read_csv(entities) if entities.suffix == ".csv" else pd.read_parquet(entities)
+        if "event_timestamp" in frame.columns:
+            frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+        result = training_set(open_store(_settings()), frame, service)
+        result.to_parquet(out, index=False)
+    except AwoError as exc:
+        _fail(exc)
+    features = result.shape[1] - frame.shape[1]
+    missing = int(result.iloc[:, frame.shape[1] :].isna().all(axis=1).sum())
+    console.print(
+        f"training set: {len(result)} rows x {features} features of {service} -> {out}"
+        f" ({missing} rows with no features at their timestamp)",
+        highlight=False,
+    )
+
+
 @app.command("demo-world")
 def demo_world(
     out: Annotated[Path, typer.Option(help="folder to create the demo repository in")],

@@ -1,0 +1,352 @@
+"""Rolling history features, computed as of each event's time from strictly earlier data only.
+
+A defect counts in a history only once it is *known*: a bug-inducing commit becomes a known defect when
+its first fix lands. So a defect discovered after a commit never changes that commit's features.
+
+Produced tables (the Feast sources, see features/feature_repo/definitions.py):
+- commit_change (repo, sha, committed_at): the 14 Kamei metrics, change-kind flags, file-type counts.
+- commit_history (repo, sha, committed_at): the author's, files' and subsystems' history before the commit,
+  per-file values rolled up to the commit (max / mean over its files).
+- author_history (author_id, event_at): an author's state after each of their commits (online lookups).
+- file_history (repo, path, event_at): a file's state after each change (online lookups).
+- deployment_change (deploy_id, started_at): what a deployment ships and its service's health before it.
+- service_health (service, event_at): a service's health after each deployment or incident (online).
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from features.change_metrics import KAMEI_METRICS
+
+CHANGE_KINDS = ("fix", "feature", "refactor", "docs", "test", "chore")
+FILE_FLAGS = ("is_test", "is_docs", "is_config", "is_migration", "is_ui_text")
+DAY = pd.Timedelta(days=1)
+
+COMMIT_CHANGE_FEATURES = (
+    *KAMEI_METRICS,
+    *(f"kind_{k}" for k in CHANGE_KINDS),
+    "n_test_files",
+    "n_docs_files",
+    "n_config_files",
+    "n_migration_files",
+    "n_ui_text_files",
+)
+COMMIT_HISTORY_FEATURES = (
+    "author_commits_30d",
+    "author_commits_90d",
+    "author_known_defects",
+    "author_defect_rate",
+    "file_changes_max",
+    "file_changes_mean",
+    "file_defects_max",
+    "file_defects_mean",
+    "file_authors_max",
+    "file_authors_mean",
+    "file_days_since_defect_min",
+    "file_churn_90d_max",
+    "file_churn_90d_mean",
+    "subsystem_changes_max",
+    "subsystem_defects_max",
+    "subsystem_defect_rate_max",
+    "subsystem_authors_max",
+    "subsystem_churn_90d_max",
+    "defective_churn_share",
+)
+DEPLOYMENT_FEATURES = (
+    "n_commits",
+    "n_authors",
+    "la_sum",
+    "ld_sum",
+    "nf_sum",
+    "entropy_max",
+    "fix_share",
+    "min_author_exp",
+    "touches_migration",
+    "touches_config",
+    "hours_since_previous_deploy",
+    "strategy_canary",
+    "strategy_blue_green",
+    "is_production",
+    "hour_of_day",
+    "weekday",
+    "deploys_7d",
+    "deploys_30d",
+    "failed_deploys_7d",
+    "failed_deploys_30d",
+    "incidents_30d",
+    "hours_since_last_incident",
+)
+
+SERVICE_HEALTH_FEATURES = DEPLOYMENT_FEATURES[-6:]
+AUTHOR_HISTORY_FEATURES = (
+    "author_exp", "author_commits_30d_now", "author_commits_90d_now", "author_known_defects_now",
+    "author_defect_rate_now",
+)  # fmt: skip
+FILE_HISTORY_FEATURES = (
+    "file_changes",
+    "file_defects",
+    "file_authors",
+    "file_last_defect_epoch",
+    "file_churn_90d",
+)
+
+
+@dataclass(slots=True)
+class _Track:
+    """History of one file, subsystem or author: change times, churn, authors, known defects."""
+
+    times: list[pd.Timestamp] = field(default_factory=list)
+    churn: list[int] = field(default_factory=list)
+    authors: set[str] = field(default_factory=set)
+    defects: int = 0
+    last_defect_at: pd.Timestamp | None = None
+
+    def churn_since(self, since: pd.Timestamp) -> int:
+        start = bisect.bisect_left(self.times, since)
+        return int(sum(self.churn[start:]))
+
+    def count_since(self, since: pd.Timestamp) -> int:
+        return len(self.times) - bisect.bisect_left(self.times, since)
+
+
+def commit_tables(commits: pd.DataFrame, files: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """commit_change, commit_history, author_history and file_history of one repository's mined tables
+    (labelled commits: `bug_inducing`, `fixed_by`; unlabelled commits have no known defects)."""
+    commits = commits.sort_values("seq").reset_index(drop=True)
+    at = dict(zip(commits["sha"], commits["committed_at"], strict=True))
+    files_of: dict[str, list[tuple]] = {}
+    for row in files.itertuples(index=False):
+        files_of.setdefault(row.sha, []).append(row)
+
+    # Known-defect events: (time of the first fix, inducing sha), applied before any later commit.
+    events: list[tuple[pd.Timestamp, int, str]] = []
+    if "fixed_by" in commits.columns:
+        for sha, label, fixes in zip(
+            commits["sha"], commits["bug_inducing"], commits["fixed_by"], strict=True
+        ):
+            fixed_at = [at[f] for f in (fixes if fixes is not None else []) if f in at]
+            if label is True and fixed_at:
+                heapq.heappush(events, (min(fixed_at), len(events), sha))
+
+    file_tracks: dict[str, _Track] = {}
+    subsystem_tracks: dict[str, _Track] = {}
+    author_tracks: dict[str, _Track] = {}
+    touched_by: dict[str, list[_Track]] = {}  # commit → tracks to credit when its defect becomes known
+    change_rows, history_rows, author_rows, file_rows = [], [], [], []
+    repo = commits["repo"].iloc[0] if len(commits) else ""
+    for c in commits.itertuples(index=False):
+        now = c.committed_at
+        while events and events[0][0] < now:
+            fixed_at, _, inducing = heapq.heappop(events)
+            for track in touched_by.get(inducing, ()):
+                track.defects += 1
+                track.last_defect_at = fixed_at
+        rows = files_of.get(c.sha, [])
+        author = author_tracks.setdefault(c.author_id, _Track()) if not c.is_bot else _Track()
+        ftracks = [
+            file_tracks.get(r.old_path if r.change_type == "RENAME" and r.old_path else r.path) or _Track()
+            for r in rows
+        ]
+        stracks = [subsystem_tracks.get(s) or _Track() for s in {r.subsystem for r in rows}]
+        history_rows.append(_commit_history(c, rows, ftracks, stracks, author, now))
+        change_rows.append(_commit_change(c, rows))
+        # Record the commit in every history it belongs to.
+        credited: list[_Track] = []
+        for r in rows:
+            old = r.old_path if r.change_type == "RENAME" and r.old_path else r.path
+            track = file_tracks.pop(old, None) or _Track()
+            if r.change_type != "DELETE":
+                file_tracks[r.path] = track
+            _record(track, now, r.la + r.ld, c.author_id, c.is_bot)
+            credited.append(track)
+            file_rows.append(
+                (
+                    repo,
+                    r.path,
+                    now,
+                    len(track.times),
+                    track.defects,
+                    len(track.authors),
+                    _epoch(track.last_defect_at),
+                    track.churn_since(now - 90 * DAY),
+                )
+            )
+        for s in {r.subsystem for r in rows}:
+            track = subsystem_tracks.setdefault(s, _Track())
+            _record(track, now, sum(r.la + r.ld for r in rows if r.subsystem == s), c.author_id, c.is_bot)
+            credited.append(track)
+        if not c.is_bot:
+            _record(author, now, int(c.la + c.ld), c.author_id, False)
+            credited.append(author)
+            author_rows.append(
+                (
+                    c.author_id,
+                    now,
+                    len(author.times),
+                    author.count_since(now - 30 * DAY),
+                    author.count_since(now - 90 * DAY),
+                    author.defects,
+                    author.defects / len(author.times),
+                )
+            )
+        touched_by[c.sha] = credited
+    change = pd.DataFrame(change_rows)
+    history = pd.DataFrame(history_rows, columns=["repo", "sha", "committed_at", *COMMIT_HISTORY_FEATURES])
+    authors = pd.DataFrame(author_rows, columns=["author_id", "event_at", *AUTHOR_HISTORY_FEATURES])
+    file_history = pd.DataFrame(file_rows, columns=["repo", "path", "event_at", *FILE_HISTORY_FEATURES])
+    return {
+        "commit_change": change,
+        "commit_history": history,
+        "author_history": _last_per_key(authors, ["author_id", "event_at"]),
+        "file_history": _last_per_key(file_history, ["repo", "path", "event_at"]),
+    }
+
+
+def _record(track: _Track, now: pd.Timestamp, churn: int, author: str, is_bot: bool) -> None:
+    track.times.append(now)
+    track.churn.append(int(churn))
+    if not is_bot:
+        track.authors.add(author)
+
+
+def _seconds(timestamps: pd.Series) -> np.ndarray:
+    """Unix seconds of a tz-aware timestamp column (NaN where missing)."""
+    return ((timestamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype=float)
+
+
+def _epoch(ts: pd.Timestamp | None) -> float:
+    return float("nan") if ts is None else ts.timestamp()
+
+
+def _last_per_key(frame: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    """One row per entity and timestamp (the last state when several events share a second)."""
+    return frame.drop_duplicates(key, keep="last").reset_index(drop=True)
+
+
+def _commit_change(c, rows) -> dict:
+    out = {"repo": c.repo, "sha": c.sha, "committed_at": c.committed_at}
+    for metric in KAMEI_METRICS:
+        out[metric] = float(getattr(c, metric))
+    for kind in CHANGE_KINDS:
+        out[f"kind_{kind}"] = float(c.change_kind == kind)
+    for flag in FILE_FLAGS:
+        out[f"n_{flag.removeprefix('is_')}_files"] = float(sum(bool(getattr(r, flag)) for r in rows))
+    return out
+
+
+def _commit_history(c, rows, ftracks: list[_Track], stracks: list[_Track], author: _Track, now) -> tuple:
+    since90, since30 = now - 90 * DAY, now - 30 * DAY
+    exp = len(author.times)
+
+    def stats(values: list[float]) -> tuple[float, float]:
+        return (max(values), sum(values) / len(values)) if values else (0.0, 0.0)
+
+    changes = stats([len(t.times) for t in ftracks])
+    defects = stats([t.defects for t in ftracks])
+    authors = stats([len(t.authors) for t in ftracks])
+    churn90 = stats([t.churn_since(since90) for t in ftracks])
+    since_defect = [(now - t.last_defect_at) / DAY for t in ftracks if t.last_defect_at is not None]
+    churn = [r.la + r.ld for r in rows]
+    defective = sum(ch for ch, t in zip(churn, ftracks, strict=True) if t.defects > 0)
+    return (
+        c.repo,
+        c.sha,
+        now,
+        float(author.count_since(since30)),
+        float(author.count_since(since90)),
+        float(author.defects),
+        author.defects / exp if exp else 0.0,
+        *changes,
+        *defects,
+        *authors,
+        min(since_defect) if since_defect else math.nan,
+        *churn90,
+        float(max((len(t.times) for t in stracks), default=0)),
+        float(max((t.defects for t in stracks), default=0)),
+        max((t.defects / len(t.times) for t in stracks if t.times), default=0.0),
+        float(max((len(t.authors) for t in stracks), default=0)),
+        float(max((t.churn_since(since90) for t in stracks), default=0)),
+        defective / sum(churn) if sum(churn) else 0.0,
+    )
+
+
+def deployment_tables(
+    deployments: pd.DataFrame, incidents: pd.DataFrame | None, commits: pd.DataFrame, files: pd.DataFrame
+) -> dict[str, pd.DataFrame]:
+    """deployment_change (features of each deployment as of its start) and service_health."""
+    info = commits.set_index("sha")
+    incidents = incidents if incidents is not None else pd.DataFrame(columns=["service", "started_at"])
+    deployments = deployments.sort_values("started_at", kind="stable").reset_index(drop=True)
+    # When a deployment's failure became known: at its end for a failed outcome, at the incident otherwise.
+    known_failed_at: list[pd.Timestamp | None] = []
+    incident_start = dict(zip(incidents.get("incident_id", []), incidents.get("started_at", []), strict=True))
+    for d in deployments.itertuples(index=False):
+        if not d.failed:
+            known_failed_at.append(None)
+        elif str(d.failure_reason).startswith("incident "):
+            known_failed_at.append(incident_start.get(str(d.failure_reason).removeprefix("incident ")))
+        else:
+            known_failed_at.append(d.finished_at if pd.notna(d.finished_at) else d.started_at)
+    deployments["known_failed_at"] = known_failed_at
+    migration = set(files.loc[files["is_migration"], "sha"])
+    config = set(files.loc[files["is_config"], "sha"])
+    rows, health = [], []
+    for (service, _), group in deployments.groupby(["service", "environment"], sort=False):
+        # Times as unix seconds: numpy compares them fast; windows are [t - w, t), strictly before t.
+        by_service = deployments[deployments["service"] == service]
+        starts = _seconds(by_service["started_at"])
+        failed_at = _seconds(pd.to_datetime(by_service["known_failed_at"], utc=True))
+        incident_starts = np.sort(_seconds(incidents.loc[incidents["service"] == service, "started_at"]))
+        env_starts = _seconds(group["started_at"])
+        for position, d in enumerate(group.itertuples(index=False)):
+            t = env_starts[position]
+            before = starts < t
+            known = before & (failed_at < t)  # NaN (never failed) compares False
+            in7, in30 = starts >= t - 7 * 86_400, starts >= t - 30 * 86_400
+            n_incidents = int(np.searchsorted(incident_starts, t))
+            recent_incidents = n_incidents - int(np.searchsorted(incident_starts, t - 30 * 86_400))
+            shipped = [s for s in d.shipped if s in info.index]
+            sc = info.loc[shipped] if shipped else info.iloc[0:0]
+            values = {
+                "deploy_id": d.deploy_id, "service": service, "started_at": d.started_at,
+                "n_commits": float(len(sc)), "n_authors": float(sc["author_id"].nunique()),
+                "la_sum": float(sc["la"].sum()), "ld_sum": float(sc["ld"].sum()),
+                "nf_sum": float(sc["nf"].sum()),
+                "entropy_max": float(sc["entropy"].max()) if len(sc) else 0.0,
+                "fix_share": float(sc["is_fix"].mean()) if len(sc) else 0.0,
+                "min_author_exp": float(sc["exp"].min()) if len(sc) else math.nan,
+                "touches_migration": float(bool(migration.intersection(shipped))),
+                "touches_config": float(bool(config.intersection(shipped))),
+                "hours_since_previous_deploy": (t - env_starts[position - 1]) / 3600
+                if position else math.nan,
+                "strategy_canary": float(d.strategy == "canary"),
+                "strategy_blue_green": float(d.strategy == "blue-green"),
+                "is_production": float(d.environment in ("production", "prod")),
+                "hour_of_day": float(d.started_at.hour), "weekday": float(d.started_at.weekday()),
+                "deploys_7d": float((before & in7).sum()), "deploys_30d": float((before & in30).sum()),
+                "failed_deploys_7d": float((known & in7).sum()),
+                "failed_deploys_30d": float((known & in30).sum()),
+                "incidents_30d": float(recent_incidents),
+                "hours_since_last_incident": (t - incident_starts[n_incidents - 1]) / 3600
+                if n_incidents else math.nan,
+            }  # fmt: skip
+            rows.append(values)
+            health.append({"service": service, "event_at": d.started_at,
+                           **{k: values[k] for k in SERVICE_HEALTH_FEATURES}})  # fmt: skip
+    rows.sort(key=lambda r: r["started_at"])
+    health.sort(key=lambda r: r["event_at"])
+    change = pd.DataFrame(rows, columns=["deploy_id", "service", "started_at", *DEPLOYMENT_FEATURES])
+    return {
+        "deployment_change": change,
+        "service_health": _last_per_key(
+            pd.DataFrame(health, columns=["service", "event_at", *SERVICE_HEALTH_FEATURES]),
+            ["service", "event_at"],
+        ),
+    }

@@ -1,0 +1,200 @@
+"""The feature store: opening Feast on the data root, applying the definitions, materializing, and
+reading training sets and online features by feature-service name. Feast is imported lazily: its
+import alone takes seconds."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from features.errors import AwoError, BadConfig
+from features.settings import Settings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+FEATURE_REPO = Path(__file__).resolve().parent / "feature_repo"
+SOURCE_TABLES = (
+    "commit_change",
+    "commit_history",
+    "author_history",
+    "file_history",
+    "deployment_change",
+    "service_health",
+)
+FEATURE_SERVICES = ("change_risk_v1", "deploy_failure_v1")
+
+
+class FeatureNotFound(AwoError):
+    pass
+
+
+def store_dir(settings: Settings) -> Path:
+    return settings.data_dir / "feast"
+
+
+def sources_dir(settings: Settings) -> Path:
+    return store_dir(settings) / "sources"
+
+
+def online_store_config(url: str | None) -> dict[str, Any] | None:
+    """The online store block for `AWO_ONLINE_STORE`: None (SQLite from feature_store.yaml),
+    `sqlite:///PATH` or `redis://HOST:PORT[/DB]`."""
+    if not url:
+        return None
+    if url.startswith("redis://"):
+        rest = url.removeprefix("redis://").rstrip("/")
+        host_port, _, db = rest.partition("/")
+        if ":" not in host_port:
+            raise BadConfig(f"AWO_ONLINE_STORE={url!r}: expected redis://HOST:PORT")
+        return {"type": "redis", "connection_string": host_port + (f",db={db}" if db else "")}
+    if url.startswith("sqlite:///"):
+        return {"type": "sqlite", "path": url.removeprefix("sqlite:///")}
+    raise BadConfig(f"AWO_ONLINE_STORE={url!r}: use redis://HOST:PORT or sqlite:///PATH")
+
+
+def open_store(settings: Settings) -> FeatureStore:
+    import yaml
+    from feast import FeatureStore, RepoConfig
+
+    raw = yaml.safe_load((FEATURE_REPO / "feature_store.yaml").read_text())
+    online = online_store_config(settings.online_store)
+    if online is not None:
+        raw["online_store"] = online
+    root = store_dir(settings)
+    root.mkdir(parents=True, exist_ok=True)
+    config = RepoConfig(**raw)
+    config.repo_path = root
+    return FeatureStore(repo_path=str(root), config=config)
+
+
+def definitions() -> list:
+    """Every Feast object declared in feature_repo/definitions.py."""
+    from feast import Entity, FeatureService, FeatureView, FileSource
+
+    from features.feature_repo import definitions as module
+
+    kinds = (Entity, FileSource, FeatureView, FeatureService)
+    return [v for v in vars(module).values() if isinstance(v, kinds)]
+
+
+def apply(store: FeatureStore) -> dict[str, int]:
+    from feast import Entity, FeatureService, FeatureView
+
+    objects = definitions()
+    store.apply(objects)
+    return {
+        "entities": sum(isinstance(o, Entity) for o in objects),
+        "feature_views": sum(isinstance(o, FeatureView) for o in objects),
+        "feature_services": sum(isinstance(o, FeatureService) for o in objects),
+    }
+
+
+def feature_service(store: FeatureStore, name: str):
+    from feast.errors import FeatureServiceNotFoundException
+
+    try:
+        return store.get_feature_service(name)
+    except FeatureServiceNotFoundException:
+        raise FeatureNotFound(
+            f"feature service {name!r} is not in the registry (known: {', '.join(FEATURE_SERVICES)}); "
+            "run `awo features apply`"
+        ) from None
+
+
+def feature_names(store: FeatureStore, service_name: str) -> list[str]:
+    service = feature_service(store, service_name)
+    return [f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features]
+
+
+def resolve_features(store: FeatureStore, requested: list[str]) -> list[str]:
+    """Validate `view:feature` references (or bare feature names) against the registry."""
+    known: dict[str, str] = {}
+    for view in store.list_feature_views():
+        for f in view.features:
+            known[f"{view.name}:{f.name}"] = f"{view.name}:{f.name}"
+            known.setdefault(f.name, f"{view.name}:{f.name}")
+    missing = [r for r in requested if r not in known]
+    if missing:
+        raise FeatureNotFound(f"unknown features {missing}; see `awo features list`")
+    return [known[r] for r in requested]
+
+
+def materialize(store: FeatureStore, end: datetime | None = None) -> dict[str, Any]:
+    """Incremental materialization up to `end` (default now). The first run starts at the oldest row."""
+    end = end or datetime.now(UTC)
+    views = store.list_feature_views()
+    first = [v for v in views if not v.materialization_intervals]
+    if first:
+        start = datetime(1970, 1, 2, tzinfo=UTC)
+        store.materialize(start, end, feature_views=[v.name for v in first])
+    rest = [v.name for v in views if v.materialization_intervals]
+    if rest:
+        store.materialize_incremental(end, feature_views=rest)
+    return {"feature_views": len(views), "end": end}
+
+
+@dataclass
+class OnlineResult:
+    rows: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+
+
+def online_features(
+    store: FeatureStore,
+    service_name: str,
+    entity_rows: list[dict[str, Any]],
+    settings: Settings | None = None,
+) -> OnlineResult:
+    """The feature vector of each entity row; an entity missing from the store gets explicit nulls (None,
+    never 0) and a warning, and a stale store (materialized before the newest source data) is reported."""
+    service = feature_service(store, service_name)
+    response = store.get_online_features(features=service, entity_rows=entity_rows).to_dict()
+    names = [f.name for p in service.feature_view_projections for f in p.features]
+    rows = [{name: response[name][i] for name in names} for i in range(len(entity_rows))]
+    warnings = []
+    for row, entity in zip(rows, entity_rows, strict=True):
+        if all(v is None or (isinstance(v, float) and math.isnan(v)) for v in row.values()):
+            warnings.append(f"no features for {entity} in the online store")
+    if settings is not None:
+        warnings += staleness(store, settings, service)
+    return OnlineResult(rows, warnings)
+
+
+def staleness(store: FeatureStore, settings: Settings, service) -> list[str]:
+    """Warnings for views whose online data ends before the newest row of their source."""
+    warnings = []
+    for projection in service.feature_view_projections:
+        view = store.get_feature_view(projection.name)
+        newest = newest_event(settings, view.name)
+        done = max((i[1] for i in view.materialization_intervals), default=None)
+        if newest is not None and (done is None or done < newest.to_pydatetime()):
+            warnings.append(
+                f"online store is stale for {view.name}: materialized up to {done or 'never'}, "
+                f"newest data at {newest}; run `awo features materialize`"
+            )
+    return warnings
+
+
+def newest_event(settings: Settings, table: str) -> pd.Timestamp | None:
+    import pyarrow.parquet as pq
+
+    path = sources_dir(settings) / f"{table}.parquet"
+    if not path.exists():
+        return None
+    frame = pq.read_table(path).to_pandas()
+    ts_col = next(c for c in ("committed_at", "event_at", "started_at") if c in frame.columns)
+    return frame[ts_col].max() if len(frame) else None
+
+
+def training_set(store: FeatureStore, entities: pd.DataFrame, service_name: str) -> pd.DataFrame:
+    """Point-in-time correct features for `entities` (join keys + `event_timestamp`)."""
+    service = feature_service(store, service_name)
+    if "event_timestamp" not in entities.columns:
+        raise AwoError("the entities need an event_timestamp column (the time each row is scored as of)")
+    return store.get_historical_features(entity_df=entities, features=service).to_df()
