@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.awo-installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean services
 
 $(STAMP): pyproject.toml uv.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,11 +24,19 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+# Real services the tests start: installed from Debian when missing and we may (root with apt);
+# otherwise the tests that need them skip with the reason.
+services:
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server) >/dev/null 2>&1; } || \
+	  echo "note: redis-server not available; the Redis tests will skip"
+
+test: lint services
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15
 
 bench: install
 	$(PY) benchmarks/mining.py
+	$(PY) benchmarks/features.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -7,6 +7,9 @@ Produced tables (the Feast sources, see features/feature_repo/definitions.py):
 - commit_change (repo, sha, committed_at): the 14 Kamei metrics, change-kind flags, file-type counts.
 - commit_history (repo, sha, committed_at): the author's, files' and subsystems' history before the commit,
   per-file values rolled up to the commit (max / mean over its files).
+- change_risk_v1_vector (repo, sha, committed_at): both of the above packed into one array, in the
+  feature service's order, for batch online lookups (Feast's SQLite store keeps one row per entity and
+  feature: 100 commits x 44 features is 4,400 rows to decode, one vector per commit is 100).
 - author_history (author_id, event_at): an author's state after each of their commits (online lookups).
 - file_history (repo, path, event_at): a file's state after each change (online lookups).
 - deployment_change (deploy_id, started_at): what a deployment ships and its service's health before it.
@@ -84,6 +87,8 @@ DEPLOYMENT_FEATURES = (
     "hours_since_last_incident",
 )
 
+# The change_risk_v1 feature service, in its order: the element order of its packed online vector.
+CHANGE_RISK_V1 = (*COMMIT_CHANGE_FEATURES, *COMMIT_HISTORY_FEATURES)
 SERVICE_HEALTH_FEATURES = DEPLOYMENT_FEATURES[-6:]
 AUTHOR_HISTORY_FEATURES = (
     "author_exp", "author_commits_30d_now", "author_commits_90d_now", "author_known_defects_now",
@@ -201,9 +206,13 @@ def commit_tables(commits: pd.DataFrame, files: pd.DataFrame) -> dict[str, pd.Da
     history = pd.DataFrame(history_rows, columns=["repo", "sha", "committed_at", *COMMIT_HISTORY_FEATURES])
     authors = pd.DataFrame(author_rows, columns=["author_id", "event_at", *AUTHOR_HISTORY_FEATURES])
     file_history = pd.DataFrame(file_rows, columns=["repo", "path", "event_at", *FILE_HISTORY_FEATURES])
+    vector = change[["repo", "sha", "committed_at"]].copy()
+    both = change.merge(history, on=["repo", "sha", "committed_at"])
+    vector["change_risk_v1"] = list(both[list(CHANGE_RISK_V1)].to_numpy(dtype=float))
     return {
         "commit_change": change,
         "commit_history": history,
+        "change_risk_v1_vector": vector,
         "author_history": _last_per_key(authors, ["author_id", "event_at"]),
         "file_history": _last_per_key(file_history, ["repo", "path", "event_at"]),
     }

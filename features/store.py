@@ -5,8 +5,9 @@ import alone takes seconds."""
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 FEATURE_REPO = Path(__file__).resolve().parent / "feature_repo"
 SOURCE_TABLES = (
     "commit_change",
+    "change_risk_v1_vector",
     "commit_history",
     "author_history",
     "file_history",
@@ -28,6 +30,8 @@ SOURCE_TABLES = (
     "service_health",
 )
 FEATURE_SERVICES = ("change_risk_v1", "deploy_failure_v1")
+# Feature services with a packed online vector: view name, field, and the element order.
+PACKED = {"change_risk_v1": ("change_risk_v1_vector", "change_risk_v1")}
 
 
 class FeatureNotFound(AwoError):
@@ -125,18 +129,66 @@ def resolve_features(store: FeatureStore, requested: list[str]) -> list[str]:
     return [known[r] for r in requested]
 
 
+REBUILT_MARK = "_rebuilt_since.json"
+
+
+def mark_rebuilt(settings: Settings, since: pd.Timestamp | None) -> None:
+    """Record that sources were rewritten from `since` on: a build can add rows older than the last
+    materialization (a newly mined repository), which incremental materialization would never load."""
+    import json
+
+    from features.tables import atomic_write_text
+
+    if since is None:
+        return
+    path = sources_dir(settings) / REBUILT_MARK
+    if path.exists():
+        since = min(since, pd.Timestamp(json.loads(path.read_text())["since"]))
+    atomic_write_text(path, json.dumps({"since": since.isoformat()}))
+
+
 def materialize(store: FeatureStore, end: datetime | None = None) -> dict[str, Any]:
-    """Incremental materialization up to `end` (default now). The first run starts at the oldest row."""
+    """Incremental materialization up to `end` (default now); the first run of a view starts at its oldest
+    row, and after a build that rewrote older rows, at the oldest rewritten one. Views whose source has
+    no data yet (no deployments ingested, say) are skipped and named."""
+    import json
+
     end = end or datetime.now(UTC)
-    views = store.list_feature_views()
-    first = [v for v in views if not v.materialization_intervals]
+    mark = Path(store.config.repo_path) / "sources" / REBUILT_MARK
+    rebuilt_since = (
+        pd.Timestamp(json.loads(mark.read_text())["since"]).to_pydatetime() if mark.exists() else None
+    )
+    views, empty = [], []
+    for view in store.list_feature_views():
+        source = Path(view.batch_source.path)
+        source = source if source.is_absolute() else Path(store.config.repo_path) / source
+        (views if source.exists() else empty).append(view)
+    first = [v.name for v in views if not v.materialization_intervals or rebuilt_since is not None]
     if first:
-        start = datetime(1970, 1, 2, tzinfo=UTC)
-        store.materialize(start, end, feature_views=[v.name for v in first])
-    rest = [v.name for v in views if v.materialization_intervals]
+        start = min(rebuilt_since, end) if rebuilt_since is not None else datetime(1970, 1, 2, tzinfo=UTC)
+        store.materialize(start - timedelta(seconds=1), end, feature_views=first)
+    rest = [v.name for v in views if v.name not in first]
     if rest:
         store.materialize_incremental(end, feature_views=rest)
-    return {"feature_views": len(views), "end": end}
+    if mark.exists():
+        mark.unlink()
+    return {"feature_views": len(views), "skipped": [v.name for v in empty], "end": end}
+
+
+# Registry look-ups cost milliseconds; a feature service's list of features never changes under the same
+# name (a new feature set is a new service version), so it is read once per store.
+_SERVICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _service_and_names(store: FeatureStore, service_name: str) -> tuple[Any, list[str]]:
+    cached = _SERVICES.setdefault(store, {})
+    if service_name not in cached:
+        service = feature_service(store, service_name)
+        cached[service_name] = (
+            service,
+            [f.name for p in service.feature_view_projections for f in p.features],
+        )
+    return cached[service_name]
 
 
 @dataclass
@@ -151,16 +203,33 @@ def online_features(
     entity_rows: list[dict[str, Any]],
     settings: Settings | None = None,
 ) -> OnlineResult:
-    """The feature vector of each entity row; an entity missing from the store gets explicit nulls (None,
-    never 0) and a warning, and a stale store (materialized before the newest source data) is reported."""
-    service = feature_service(store, service_name)
-    response = store.get_online_features(features=service, entity_rows=entity_rows).to_dict()
-    names = [f.name for p in service.feature_view_projections for f in p.features]
-    rows = [{name: response[name][i] for name in names} for i in range(len(entity_rows))]
-    warnings = []
-    for row, entity in zip(rows, entity_rows, strict=True):
-        if all(v is None or (isinstance(v, float) and math.isnan(v)) for v in row.values()):
-            warnings.append(f"no features for {entity} in the online store")
+    """The feature vector of each entity row, by feature name. An entity missing from the store gets
+    explicit nulls (None, never 0) and a warning; a missing value inside a vector is None too; a stale store
+    (materialized before the newest source data) is reported. A service with a packed vector is read
+    through it: one value per entity instead of one per feature."""
+    service, names = _service_and_names(store, service_name)
+    if service_name in PACKED:
+        view, field_name = PACKED[service_name]
+        response = store.get_online_features(
+            features=[f"{view}:{field_name}"], entity_rows=entity_rows
+        ).to_dict()
+        vectors = response[field_name]
+        if any(v is not None and len(v) != len(names) for v in vectors):
+            raise AwoError(
+                f"{view} holds vectors of another length than {service_name}: run `awo features build`"
+            )
+        rows = [dict(zip(names, v if v is not None else [None] * len(names), strict=True)) for v in vectors]
+    else:
+        response = store.get_online_features(features=service, entity_rows=entity_rows).to_dict()
+        rows = [{name: response[name][i] for name in names} for i in range(len(entity_rows))]
+    rows = [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows
+    ]
+    warnings = [
+        f"no features for {entity} in the online store"
+        for row, entity in zip(rows, entity_rows, strict=True)
+        if all(v is None for v in row.values())
+    ]
     if settings is not None:
         warnings += staleness(store, settings, service)
     return OnlineResult(rows, warnings)

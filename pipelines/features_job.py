@@ -14,7 +14,7 @@ import pyarrow as pa
 from features.errors import AwoError
 from features.history import commit_tables, deployment_tables
 from features.settings import Settings
-from features.store import sources_dir
+from features.store import mark_rebuilt, sources_dir
 from features.tables import read_table, write_tables
 from pipelines.mine import COMMITS_FILE, FILES_FILE, exclusive
 
@@ -29,6 +29,16 @@ class BuildResult:
     rows: dict[str, int] = field(default_factory=dict)
     labelled: bool = False
     seconds: float = 0.0
+
+
+def _earliest_event(tables: dict[str, pd.DataFrame]) -> pd.Timestamp | None:
+    times = [
+        frame[column].min()
+        for frame in tables.values()
+        for column in ("committed_at", "event_at", "started_at")
+        if column in frame.columns and len(frame)
+    ]
+    return min(times) if times else None
 
 
 def build_features(settings: Settings, data: Path) -> BuildResult:
@@ -57,5 +67,6 @@ def build_features(settings: Settings, data: Path) -> BuildResult:
             merged[f"{name}.parquet"] = pa.Table.from_pandas(frame, preserve_index=False)
             result.rows[name] = len(frame)
         write_tables(out, merged)
+        mark_rebuilt(settings, _earliest_event(tables))
     result.seconds = time.perf_counter() - started
     return result

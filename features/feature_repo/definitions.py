@@ -8,10 +8,11 @@ history value in them is computed from data strictly before the row's event time
 from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
-from feast.types import Float64
+from feast.types import Array, Float64
 
 from features.history import (
     AUTHOR_HISTORY_FEATURES,
+    CHANGE_RISK_V1,
     COMMIT_CHANGE_FEATURES,
     COMMIT_HISTORY_FEATURES,
     DEPLOYMENT_FEATURES,
@@ -46,6 +47,9 @@ deployment = Entity(
 commit_change_source = FileSource(
     name="commit_change", path="sources/commit_change.parquet", timestamp_field="committed_at"
 )
+change_risk_v1_vector_source = FileSource(
+    name="change_risk_v1_vector", path="sources/change_risk_v1_vector.parquet", timestamp_field="committed_at"
+)
 commit_history_source = FileSource(
     name="commit_history", path="sources/commit_history.parquet", timestamp_field="committed_at"
 )
@@ -78,6 +82,16 @@ commit_history = FeatureView(
     ttl=FOREVER,
     source=commit_history_source,
     schema=[Field(name=n, dtype=Float64) for n in COMMIT_HISTORY_FEATURES],
+)
+# change_risk_v1 packed into one array per commit (element order: features.history.CHANGE_RISK_V1), so a
+# batch lookup reads one value per commit instead of one per feature.
+change_risk_v1_vector = FeatureView(
+    name="change_risk_v1_vector",
+    entities=[repo, commit],
+    ttl=FOREVER,
+    source=change_risk_v1_vector_source,
+    schema=[Field(name="change_risk_v1", dtype=Array(Float64))],
+    description=f"{len(CHANGE_RISK_V1)} values in the order of change_risk_v1",
 )
 # An author's state after each of their commits: for changes that are not mined yet.
 author_history = FeatureView(
