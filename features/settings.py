@@ -71,6 +71,9 @@ class Settings(BaseSettings):
         default=None,
         description="Feast online store: redis://HOST:PORT (default: SQLite under the data root)",
     )
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking/registry URI (default: sqlite under the data root)"
+    )
     checkpoint_seconds: float = Field(
         default=30.0, gt=0, description="a long mining run saves what it has at this interval"
     )

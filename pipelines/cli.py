@@ -333,6 +333,135 @@ def features_training_set(
     )
 
 
+class ModelKind(StrEnum):
+    change_risk = "change-risk"
+    deploy_failure = "deploy-failure"
+
+
+@app.command()
+def train(
+    model: Annotated[ModelKind, typer.Argument(help="which model to train")],
+    data: Annotated[Path, typer.Option("--data", help="the repository's data directory")],
+    gap_days: Annotated[float, typer.Option(min=0, help="label-maturity gap before the test period")] = 30.0,
+    config: Annotated[Path | None, typer.Option(help="YAML of model hyperparameters (ModelConfig)")] = None,
+) -> None:
+    """Train a model on the Feast training set, evaluate it time-ordered, register it as challenger."""
+    from pipelines.train import train as run_training
+
+    try:
+        result = run_training(model.value, _settings(), data, _model_config(config), gap_days)
+    except AwoError as exc:
+        _fail(exc)
+    for note in result.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    m = result.metrics
+    console.print(
+        f"{result.kind} version {result.version} ({result.model_kind}): train {result.rows['train']}, "
+        f"validation {result.rows['validation']}, calibration {result.rows['calibration']}, "
+        f"test {result.rows['test']} rows, {result.seconds:.1f} s\n"
+        f"  test: AUC {m['auc']:.3f}, PR-AUC {m['pr_auc']:.3f}, Brier {m['brier']:.3f}, F1 {m['f1']:.3f}, "
+        f"Recall@20%Effort {m['recall_at_20_effort']:.3f}, Effort@20%Recall {m['effort_at_20_recall']:.3f}, "
+        f"Popt {m['popt']:.3f}",
+        highlight=False,
+    )
+    if len(result.rolling):
+        aucs = ", ".join(f"{r.test_from:%Y-%m}: {r.auc:.2f}" for r in result.rolling.itertuples())
+        console.print(f"  rolling AUC by test window: {aucs}", highlight=False)
+
+
+def _model_config(path: Path | None):
+    from pydantic import ValidationError
+
+    from models.risk_model import ModelConfig
+
+    if path is None:
+        return None
+    import yaml
+
+    try:
+        return ModelConfig(**(yaml.safe_load(path.read_text()) or {}))
+    except FileNotFoundError:
+        raise AwoError(f"model config {path} does not exist") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise AwoError(f"model config {path}, field {first['loc'][0]}: {first['msg']}") from None
+
+
+@app.command()
+def promote(
+    model: Annotated[ModelKind, typer.Argument(help="which model")],
+    data: Annotated[Path, typer.Option("--data", help="the repository's data directory")],
+    gap_days: Annotated[float, typer.Option(min=0)] = 30.0,
+) -> None:
+    """Promote the challenger to champion if it is at least as good on the same held-out period."""
+    from pipelines.train import promote_model
+
+    try:
+        result = promote_model(model.value, _settings(), data, gap_days)
+    except AwoError as exc:
+        _fail(exc)
+    for role in ("champion", "challenger"):
+        m = result["metrics"].get(role)
+        if m:
+            console.print(
+                f"  {role:<10} v{result[role]}: AUC {m['auc']:.3f}, Brier {m['brier']:.4f}, "
+                f"Popt {m['popt']:.3f}",
+                highlight=False,
+            )
+    verdict = "promoted" if result["promoted"] else "kept the champion"
+    console.print(f"{model.value}: {verdict} — {result['reason']}", highlight=False)
+
+
+@app.command("mlflow-ui")
+def mlflow_ui(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 5000,
+) -> None:
+    """Start the MLflow UI on the project's tracking store."""
+    import os
+
+    from models.registry import tracking_uri
+
+    settings = _settings()
+    uri = tracking_uri(settings)
+    artifacts = (settings.data_dir / "mlartifacts").resolve()
+    console.print(f"MLflow UI on http://{host}:{port} for {uri}", highlight=False)
+    mlflow = Path(sys.executable).with_name("mlflow")
+    os.execv(str(mlflow), [str(mlflow), "ui", "--backend-store-uri", uri, "--default-artifact-root",
+                           artifacts.as_uri(), "--host", host, "--port", str(port)])  # fmt: skip
+
+
+benchmark_app = typer.Typer(help="Benchmarks on public data.")
+app.add_typer(benchmark_app, name="benchmark")
+
+
+@benchmark_app.command("jit")
+def benchmark_jit(
+    dataset: Annotated[Path, typer.Option(help="folder of CSVs in the ISSTA'21 JIT schema")],
+    out: Annotated[Path | None, typer.Option(help="write the table as JSON here too")] = None,
+    track: Annotated[bool, typer.Option(help="log one MLflow run per project")] = True,
+) -> None:
+    """Within-project JIT defect prediction: first 80% train, last 20% test, beside two baselines."""
+    from pipelines.train import run_jit_benchmark
+
+    try:
+        table = run_jit_benchmark(dataset, _settings() if track else None, out)
+    except AwoError as exc:
+        _fail(exc)
+    _print_benchmark(table)
+
+
+def _print_benchmark(table) -> None:
+    from rich.table import Table
+
+    view = Table(title="JIT defect prediction, last 20% of each project as test")
+    for column in table.columns:
+        view.add_column(column, justify="right" if column not in ("project", "model") else "left")
+    for row in table.itertuples(index=False):
+        view.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    console.print(view)
+
+
 @app.command("demo-world")
 def demo_world(
     out: Annotated[Path, typer.Option(help="folder to create the demo repository in")],

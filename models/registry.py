@@ -1,0 +1,190 @@
+"""Models in MLflow: tracking and registry in `<data root>/mlflow.db` by default (MLFLOW_TRACKING_URI or
+the `mlflow_tracking_uri` setting override, e.g. a tracking server with Postgres), artifacts under
+`<data root>/mlartifacts` — never relative to the current directory.
+
+A trained RiskModel is logged as one pyfunc model: it carries the booster, the calibrator, the threshold
+and the name of its feature service; `predict` returns the calibrated probability and, with
+`params={"contributions": True}`, the per-feature contributions. A new version becomes `challenger`; the
+first version also becomes `champion`; `promote` moves `champion` only when the challenger is at least as
+good on the same held-out period."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from features.errors import AwoError
+from features.settings import Settings
+from models.risk_model import RiskModel
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+class RegistryError(AwoError):
+    pass
+
+
+def tracking_uri(settings: Settings) -> str:
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or settings.mlflow_tracking_uri
+        or f"sqlite:///{(settings.data_dir / 'mlflow.db').resolve()}"
+    )
+
+
+def connect(settings: Settings) -> str:
+    import mlflow
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri(settings)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def experiment(settings: Settings, name: str) -> str:
+    """The id of experiment `name`, created with its artifacts under the data root."""
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = (settings.data_dir / "mlartifacts" / name).resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def _pyfunc_class():
+    import mlflow.pyfunc
+
+    class RiskPyfunc(mlflow.pyfunc.PythonModel):
+        """A calibrated risk model: probability, and contributions on request."""
+
+        def load_context(self, context) -> None:
+            import joblib
+
+            self.model: RiskModel = joblib.load(context.artifacts["risk_model"])
+            self.meta = json.loads(Path(context.artifacts["meta"]).read_text())
+
+        def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+            out = pd.DataFrame(
+                {"probability": self.model.predict_proba(model_input)}, index=model_input.index
+            )
+            if params and params.get("contributions"):
+                out = out.join(self.model.contributions(model_input).add_prefix("contribution:"))
+            return out
+
+    return RiskPyfunc
+
+
+def log_model(
+    model: RiskModel,
+    registered_name: str,
+    feature_service: str,
+    input_example: pd.DataFrame,
+    meta: dict[str, Any],
+) -> str:
+    """Log `model` in the active run and register it; returns the new version (now `challenger`, and
+    `champion` too when it is the first)."""
+    import joblib
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+
+    meta = {
+        **meta,
+        "feature_service": feature_service,
+        "features": model.features,
+        "threshold": model.threshold_,
+    }
+    example = input_example[model.features].head(5)
+    output = pd.DataFrame({"probability": model.predict_proba(example)})
+    signature = infer_signature(example, output, params={"contributions": False})
+    with tempfile.TemporaryDirectory() as tmp:
+        joblib.dump(model, Path(tmp) / "risk_model.joblib")
+        (Path(tmp) / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=_pyfunc_class()(),
+            artifacts={
+                "risk_model": str(Path(tmp) / "risk_model.joblib"),
+                "meta": str(Path(tmp) / "meta.json"),
+            },
+            signature=signature,
+            input_example=example,
+            registered_model_name=registered_name,
+        )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    client.set_model_version_tag(registered_name, version, "feature_service", feature_service)
+    client.set_model_version_tag(registered_name, version, "model_kind", str(meta.get("model_kind", "")))
+    client.set_registered_model_alias(registered_name, CHALLENGER, version)
+    if alias_version(registered_name, CHAMPION) is None:
+        client.set_registered_model_alias(registered_name, CHAMPION, version)
+    return version
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: str
+    alias: str
+    model: RiskModel
+    meta: dict[str, Any]
+
+    @property
+    def feature_service(self) -> str:
+        return self.meta["feature_service"]
+
+
+def load(name: str, alias: str = CHAMPION) -> LoadedModel:
+    """The registered model version behind `alias`, with everything serving needs."""
+    import mlflow.pyfunc
+
+    version = alias_version(name, alias)
+    if version is None:
+        where = mlflow.get_tracking_uri()
+        raise RegistryError(
+            f"no {alias} of model {name!r} in the registry at {where}: run `awo train {name}`"
+        )
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+    inner = pyfunc.unwrap_python_model()
+    return LoadedModel(name, version, alias, inner.model, inner.meta)
+
+
+def promote(name: str, score: callable, brier_tolerance: float = 0.01) -> dict[str, Any]:
+    """Compare challenger and champion with `score(model) -> metrics` on the same held-out period; move
+    `champion` to the challenger only when its AUC is at least the champion's and its Brier score is not
+    worse by more than `brier_tolerance`."""
+    from mlflow import MlflowClient
+
+    champion, challenger = load(name, CHAMPION), load(name, CHALLENGER)
+    if champion.version == challenger.version:
+        return {"promoted": False, "reason": f"version {champion.version} is already champion",
+                "champion": champion.version, "challenger": challenger.version, "metrics": {}}  # fmt: skip
+    metrics = {"champion": score(champion), "challenger": score(challenger)}
+    better_auc = metrics["challenger"]["auc"] >= metrics["champion"]["auc"]
+    calibrated = metrics["challenger"]["brier"] <= metrics["champion"]["brier"] + brier_tolerance
+    promoted = better_auc and calibrated
+    if promoted:
+        MlflowClient().set_registered_model_alias(name, CHAMPION, challenger.version)
+        reason = "challenger at least as good on AUC and Brier"
+    else:
+        reason = "challenger has lower AUC" if not better_auc else "challenger is worse calibrated (Brier)"
+    return {"promoted": promoted, "reason": reason, "champion": champion.version,
+            "challenger": challenger.version, "metrics": metrics}  # fmt: skip

@@ -1,0 +1,325 @@
+"""`awo train change-risk|deploy-failure`, `awo promote`, `awo benchmark jit`: the training jobs.
+
+Training sets come from the Feast store by the model's feature service; evaluation is time-ordered with a
+gap for label maturity (train on the past, skip the gap, test on the newest 20%), plus a rolling
+evaluation that shows how a model ages. A repository with too few mature positive labels gets a
+cross-project model trained on the public benchmark data on the 14 Kamei metrics both share (cold start),
+and its registry entry says so."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.change_metrics import KAMEI_METRICS
+from features.errors import AwoError
+from features.settings import PROJECT_ROOT, Settings
+from features.tables import read_table
+from models.evaluation import classification_metrics, rolling_windows, time_split
+from models.risk_model import ModelConfig, RiskModel, TooFewLabels
+
+PUBLIC_JIT = PROJECT_ROOT.parent / "shared" / "data" / "jit" / "issta21"
+MIN_POSITIVE_LABELS = 50
+
+
+@dataclass
+class TrainingData:
+    kind: str
+    service: str
+    features: list[str]
+    frame: pd.DataFrame  # features, `label`, `at`, `effort`; sorted by `at`
+    source: str
+
+
+@dataclass
+class TrainResult:
+    kind: str
+    version: str
+    model_kind: str
+    metrics: dict[str, float]
+    rolling: pd.DataFrame
+    rows: dict[str, int]
+    run_id: str
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def _feature_names(store, service: str) -> list[str]:
+    from features.store import feature_service
+
+    fs = feature_service(store, service)
+    return [f.name for p in fs.feature_view_projections for f in p.features]
+
+
+def change_risk_data(settings: Settings, data_dir: Path, store) -> TrainingData:
+    from features.store import training_set
+
+    commits = read_table(data_dir / "commits.parquet")
+    if commits is None:
+        raise AwoError(f"no mined commits in {data_dir}: run `awo mine` and `awo label` first")
+    if "bug_inducing" not in commits.columns:
+        raise AwoError(
+            f"{data_dir / 'commits.parquet'} has no labels: run `awo label REPO --data {data_dir}`"
+        )
+    mature = commits[commits["bug_inducing"].notna()]
+    entities = mature[["repo", "sha", "committed_at"]].rename(columns={"committed_at": "event_timestamp"})
+    frame = training_set(store, entities, "change_risk_v1")
+    frame = frame.merge(mature[["repo", "sha", "bug_inducing", "committed_at"]], on=["repo", "sha"])
+    frame = frame.assign(label=frame["bug_inducing"].astype(bool).astype(int), at=frame["committed_at"])
+    frame["effort"] = frame["la"] + frame["ld"]
+    return TrainingData(
+        "change-risk",
+        "change_risk_v1",
+        _feature_names(store, "change_risk_v1"),
+        frame.sort_values("at", kind="stable").reset_index(drop=True),
+        "mined, SZZ-labelled commits",
+    )
+
+
+def deploy_failure_data(settings: Settings, data_dir: Path, store) -> TrainingData:
+    from features.store import training_set
+
+    deployments = read_table(data_dir / "deployments.parquet")
+    if deployments is None:
+        raise AwoError(
+            f"no deployments in {data_dir}: run `awo ingest deployments FILE --data {data_dir}` first"
+        )
+    entities = deployments[["deploy_id", "started_at"]].rename(columns={"started_at": "event_timestamp"})
+    frame = training_set(store, entities, "deploy_failure_v1")
+    frame = frame.merge(deployments[["deploy_id", "failed", "started_at"]], on="deploy_id")
+    frame = frame.assign(label=frame["failed"].astype(int), at=frame["started_at"])
+    frame["effort"] = (frame["la_sum"] + frame["ld_sum"]).fillna(0)
+    return TrainingData(
+        "deploy-failure",
+        "deploy_failure_v1",
+        _feature_names(store, "deploy_failure_v1"),
+        frame.sort_values("at", kind="stable").reset_index(drop=True),
+        "the team's ingested delivery history (no public dataset exists)",
+    )
+
+
+LOADERS = {"change-risk": change_risk_data, "deploy-failure": deploy_failure_data}
+
+
+def held_out(data: TrainingData, gap_days: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows to fit on, test rows): the newest 20% test, with a maturity gap before it."""
+    split = time_split(data.frame["at"], test_share=0.2, gap=pd.Timedelta(days=gap_days))
+    fit_rows = np.sort(np.concatenate([split.train, split.validation, split.calibration]))
+    return data.frame.iloc[fit_rows], data.frame.iloc[split.test]
+
+
+def cross_project_model(config: ModelConfig | None = None, dataset: Path = PUBLIC_JIT) -> RiskModel:
+    """A change-risk model trained on the public benchmark projects, on the 14 Kamei metrics."""
+    from models.jit_benchmark import load_project
+
+    files = sorted(Path(dataset).glob("*.csv"))
+    if not files:
+        raise AwoError(f"cold start needs the public JIT data in {dataset}, which is missing")
+    frames = [load_project(f) for f in files]
+    data = pd.concat(frames, ignore_index=True).sort_values("committed_at", kind="stable")
+    return RiskModel(list(KAMEI_METRICS), config, name="change-risk-cross-project").fit(
+        data, data["bug"], data["committed_at"]
+    )
+
+
+def train(
+    kind: str, settings: Settings, data_dir: Path, config: ModelConfig | None = None, gap_days: float = 30.0
+) -> TrainResult:
+    import mlflow
+
+    from features.store import open_store
+    from models.plots import save_evaluation_plots
+    from models.registry import connect, experiment, log_model
+
+    if kind not in LOADERS:
+        raise AwoError(f"unknown model {kind!r}; one of {', '.join(LOADERS)}")
+    started = time.perf_counter()
+    store = open_store(settings)
+    data = LOADERS[kind](settings, data_dir, store)
+    fit_rows, test = held_out(data, gap_days)
+    notes: list[str] = []
+    model_kind = f"within-project ({data.source})"
+    positives = int(fit_rows["label"].sum())
+    try:
+        if kind == "change-risk" and positives < MIN_POSITIVE_LABELS:
+            raise TooFewLabels(f"{positives} mature positive labels (< {MIN_POSITIVE_LABELS})")
+        model = RiskModel(data.features, config, name=kind).fit(fit_rows, fit_rows["label"], fit_rows["at"])
+    except TooFewLabels as exc:
+        if kind != "change-risk":
+            raise AwoError(f"cannot train {kind}: {exc}") from None
+        model = cross_project_model(config)
+        model_kind = "cross-project (ISSTA'21 public JIT data, 14 Kamei metrics)"
+        notes.append(f"cold start: {exc}; using a cross-project model trained on public data")
+    metrics = classification_metrics(
+        test["label"], model.predict_proba(test), test["effort"], model.threshold_
+    )
+    rolling = (
+        rolling_evaluation(data, model.features, config, gap_days)
+        if model_kind.startswith("within")
+        else pd.DataFrame()
+    )
+    connect(settings)
+    experiment_id = experiment(settings, kind)
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"{kind} {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M}"
+    ) as run:
+        mlflow.log_params(
+            {
+                **model.config.model_dump(),
+                "gap_days": gap_days,
+                "feature_service": data.service,
+                "model_kind": model_kind,
+                **{f"rows_{k}": v for k, v in model.trained_rows_.items()},
+                "rows_test": len(test),
+                "test_from": str(test["at"].min()),
+            }
+        )
+        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if np.isfinite(v)})
+        for step, row in enumerate(rolling.itertuples()):
+            mlflow.log_metrics({"rolling_auc": row.auc, "rolling_popt": row.popt}, step=step)
+        mlflow.set_tags({"training_data": data.source, "model_kind": model_kind})
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = Path(tmp)
+            save_evaluation_plots(test["label"], model.predict_proba(test), test["effort"], directory, kind)
+            (directory / "features.json").write_text(
+                json.dumps({"feature_service": data.service, "features": model.features}, indent=2)
+            )
+            model.importance().to_csv(directory / "importance.csv", index=False)
+            if len(rolling):
+                rolling.to_csv(directory / "rolling_evaluation.csv", index=False)
+            mlflow.log_artifacts(str(directory), artifact_path="evaluation")
+        version = log_model(
+            model,
+            kind,
+            data.service,
+            test,
+            {"model_kind": model_kind, "test_metrics": metrics, "test_from": str(test["at"].min())},
+        )
+    return TrainResult(
+        kind,
+        version,
+        model_kind,
+        metrics,
+        rolling,
+        {**model.trained_rows_, "test": len(test)},
+        run.info.run_id,
+        time.perf_counter() - started,
+        notes,
+    )
+
+
+def rolling_evaluation(
+    data: TrainingData, features: list[str], config: ModelConfig | None, gap_days: float
+) -> pd.DataFrame:
+    """Train on a window, skip the gap, test on the next window, slide: how the model ages."""
+    span = data.frame["at"].max() - data.frame["at"].min()
+    window, test = span * 0.4, span * 0.15
+    rows = []
+    for start, train_rows, test_rows in rolling_windows(
+        data.frame["at"], window, pd.Timedelta(days=gap_days), test
+    ):
+        train, held = data.frame.iloc[train_rows], data.frame.iloc[test_rows]
+        if held["label"].nunique() < 2:
+            continue
+        try:
+            model = RiskModel(features, config).fit(train, train["label"], train["at"])
+        except TooFewLabels:
+            continue
+        m = classification_metrics(held["label"], model.predict_proba(held), held["effort"], model.threshold_)
+        rows.append(
+            {
+                "test_from": start,
+                "train_rows": len(train),
+                "test_rows": len(held),
+                "auc": m["auc"],
+                "brier": m["brier"],
+                "popt": m["popt"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def promote_model(kind: str, settings: Settings, data_dir: Path, gap_days: float = 30.0) -> dict[str, Any]:
+    """The promotion gate: champion and challenger scored on the same, most recent held-out period."""
+    from features.store import open_store
+    from models.registry import connect, promote
+
+    if kind not in LOADERS:
+        raise AwoError(f"unknown model {kind!r}; one of {', '.join(LOADERS)}")
+    connect(settings)
+    data = LOADERS[kind](settings, data_dir, open_store(settings))
+    _, test = held_out(data, gap_days)
+
+    def score(loaded) -> dict[str, float]:
+        return classification_metrics(
+            test["label"], loaded.model.predict_proba(test), test["effort"], loaded.model.threshold_
+        )
+
+    result = promote(kind, score)
+    result["test_rows"] = len(test)
+    return result
+
+
+def run_jit_benchmark(dataset: Path, settings: Settings | None, out: Path | None = None) -> pd.DataFrame:
+    """The benchmark table: per project and model, AUC, F1, Recall@20%Effort, Effort@20%Recall, Popt and
+    the published AUC; one MLflow run per project when `settings` is given."""
+    from models.jit_benchmark import PUBLISHED_AUC, run_project
+
+    files = sorted(Path(dataset).glob("*.csv"))
+    if not files:
+        raise AwoError(f"no CSV files in {dataset}")
+    rows = []
+    if settings is not None:
+        import mlflow
+
+        from models.registry import connect, experiment
+
+        connect(settings)
+        experiment_id = experiment(settings, "jit-benchmark")
+    for path in files:
+        result, model = run_project(path)
+        for name, m in result.metrics.items():
+            published = PUBLISHED_AUC.get(
+                "LApredict (published)"
+                if name == "LApredict"
+                else "LR (published)"
+                if name.startswith("LR")
+                else "",
+                {},
+            ).get(result.project)
+            rows.append(
+                {
+                    "project": result.project,
+                    "model": name,
+                    "auc": m["auc"],
+                    "f1": m["f1"],
+                    "recall@20%effort": m["recall_at_20_effort"],
+                    "effort@20%recall": m["effort_at_20_recall"],
+                    "popt": m["popt"],
+                    "published_auc": published if published is not None else float("nan"),
+                }
+            )
+        if settings is not None:
+            with mlflow.start_run(experiment_id=experiment_id, run_name=result.project):
+                mlflow.log_params(
+                    {**model.config.model_dump(), "rows": result.rows, "test_rows": result.test_rows}
+                )
+                for name, m in result.metrics.items():
+                    key = name.split(" ")[0].lower()
+                    mlflow.log_metrics({f"{key}_{k}": v for k, v in m.items() if np.isfinite(v)})
+    table = pd.DataFrame(rows)
+    means = table.groupby("model", sort=False)[
+        ["auc", "f1", "recall@20%effort", "effort@20%recall", "popt"]
+    ].mean()
+    means = means.reset_index().assign(project="mean", published_auc=float("nan"))
+    table = pd.concat([table, means[table.columns]], ignore_index=True)
+    if out is not None:
+        out.write_text(table.to_json(orient="records", indent=2))
+    return table
