@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(
         default=None, description="MLflow tracking/registry URI (default: sqlite under the data root)"
     )
+    min_positive_labels: int = Field(
+        default=50,
+        ge=0,
+        description="below this many mature positive labels: cross-project model (cold start)",
+    )
     checkpoint_seconds: float = Field(
         default=30.0, gt=0, description="a long mining run saves what it has at this interval"
     )

@@ -30,12 +30,17 @@ class RegistryError(AwoError):
     pass
 
 
+# mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into this process's environment; a value we
+# put there ourselves must not override the store of a later connect (another data root).
+_SET_BY_US: set[str] = set()
+
+
 def tracking_uri(settings: Settings) -> str:
-    return (
-        os.environ.get("MLFLOW_TRACKING_URI")
-        or settings.mlflow_tracking_uri
-        or f"sqlite:///{(settings.data_dir / 'mlflow.db').resolve()}"
-    )
+    """MLFLOW_TRACKING_URI set by the user, else the `mlflow_tracking_uri` setting, else SQLite."""
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env and from_env not in _SET_BY_US:
+        return from_env
+    return settings.mlflow_tracking_uri or f"sqlite:///{(settings.data_dir / 'mlflow.db').resolve()}"
 
 
 def connect(settings: Settings) -> str:
@@ -45,6 +50,7 @@ def connect(settings: Settings) -> str:
     uri = tracking_uri(settings)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    _SET_BY_US.add(uri)
     return uri
 
 

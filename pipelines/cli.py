@@ -416,6 +416,7 @@ def promote(
 def mlflow_ui(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 5000,
+    workers: Annotated[int, typer.Option(min=1, max=16, help="server processes")] = 1,
 ) -> None:
     """Start the MLflow UI on the project's tracking store."""
     import os
@@ -427,8 +428,9 @@ def mlflow_ui(
     artifacts = (settings.data_dir / "mlartifacts").resolve()
     console.print(f"MLflow UI on http://{host}:{port} for {uri}", highlight=False)
     mlflow = Path(sys.executable).with_name("mlflow")
-    os.execv(str(mlflow), [str(mlflow), "ui", "--backend-store-uri", uri, "--default-artifact-root",
-                           artifacts.as_uri(), "--host", host, "--port", str(port)])  # fmt: skip
+    options = ["--backend-store-uri", uri, "--default-artifact-root", artifacts.as_uri()]
+    options += ["--host", host, "--port", str(port), "--workers", str(workers)]
+    os.execv(str(mlflow), [str(mlflow), "ui", *options])
 
 
 benchmark_app = typer.Typer(help="Benchmarks on public data.")

@@ -26,7 +26,6 @@ from models.evaluation import classification_metrics, rolling_windows, time_spli
 from models.risk_model import ModelConfig, RiskModel, TooFewLabels
 
 PUBLIC_JIT = PROJECT_ROOT.parent / "shared" / "data" / "jit" / "issta21"
-MIN_POSITIVE_LABELS = 50
 
 
 @dataclass
@@ -148,8 +147,8 @@ def train(
     model_kind = f"within-project ({data.source})"
     positives = int(fit_rows["label"].sum())
     try:
-        if kind == "change-risk" and positives < MIN_POSITIVE_LABELS:
-            raise TooFewLabels(f"{positives} mature positive labels (< {MIN_POSITIVE_LABELS})")
+        if kind == "change-risk" and positives < settings.min_positive_labels:
+            raise TooFewLabels(f"{positives} mature positive labels (< {settings.min_positive_labels})")
         model = RiskModel(data.features, config, name=kind).fit(fit_rows, fit_rows["label"], fit_rows["at"])
     except TooFewLabels as exc:
         if kind != "change-risk":
