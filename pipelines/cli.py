@@ -412,6 +412,48 @@ def promote(
     console.print(f"{model.value}: {verdict} — {result['reason']}", highlight=False)
 
 
+@app.command()
+def retrain(
+    repo: Annotated[Path, typer.Argument(help="path of the git repository")],
+    data: Annotated[Path, typer.Option("--data", help="the repository's data directory")],
+    model: Annotated[ModelKind, typer.Option(help="which model to retrain")] = ModelKind.change_risk,
+    gap_days: Annotated[float, typer.Option(min=0)] = 30.0,
+) -> None:
+    """The feedback loop: re-mine incrementally, relabel, rebuild features, train a challenger, run the
+    promotion gate."""
+    from features.store import apply, materialize, open_store
+    from pipelines.features_job import build_features
+    from pipelines.label import label_repository
+    from pipelines.train import promote_model
+    from pipelines.train import train as run_training
+
+    try:
+        settings = _settings()
+        mined = _run_mine(repo, settings, data, None, 1, None)
+        console.print("1. mine:", end=" ")
+        _print_mine_summary(mined)
+        labels = label_repository(repo, settings, data)
+        console.print(
+            f"2. label: {labels.bug_inducing} bug-inducing, {labels.clean} clean, {labels.unknown} unknown"
+        )
+        built = build_features(settings, data)
+        store = open_store(settings)
+        apply(store)
+        materialize(store)
+        console.print(f"3. features: {sum(built.rows.values())} rows built and materialized")
+        trained = run_training(model.value, settings, data, None, gap_days)
+        console.print(
+            f"4. train: {trained.kind} v{trained.version}, test AUC {trained.metrics['auc']:.3f}, "
+            f"Brier {trained.metrics['brier']:.3f}",
+            highlight=False,
+        )
+        gate = promote_model(model.value, settings, data, gap_days)
+    except AwoError as exc:
+        _fail(exc)
+    verdict = "promoted to champion" if gate["promoted"] else "champion kept"
+    console.print(f"5. promote: {verdict} — {gate['reason']}", highlight=False)
+
+
 @app.command("mlflow-ui")
 def mlflow_ui(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
@@ -524,6 +566,7 @@ def demo(
                            ("test-runs", "test-runs.csv")):  # fmt: skip
             _print_ingest_summary(ingest_file(kind, world.repo.parent / name, settings, root / "tables"))
         _demo_feature_store(settings, root / "tables")
+        _demo_models(settings, root / "tables")
     except AwoError as exc:
         _fail(exc)
 
@@ -553,6 +596,21 @@ def _demo_feature_store(settings, tables: Path) -> None:
         f"{train.shape[1] - 3} (change_risk_v1); online lookup of 100 commits {batch_ms:.1f} ms",
         highlight=False,
     )
+
+
+def _demo_models(settings, tables: Path) -> None:
+    from models.registry import tracking_uri
+    from pipelines.train import train as run_training
+
+    for kind in ("change-risk", "deploy-failure"):
+        result = run_training(kind, settings, tables)
+        m = result.metrics
+        console.print(
+            f"[bold]6. model[/] {kind} v{result.version}: test AUC {m['auc']:.3f}, Brier {m['brier']:.3f}, "
+            f"Popt {m['popt']:.3f}, Recall@20%Effort {m['recall_at_20_effort']:.3f} — {result.model_kind}",
+            highlight=False,
+        )
+    console.print(f"models and runs in MLflow at {tracking_uri(settings)}; browse them with `awo mlflow-ui`")
 
 
 def _print_table_overview(tables: Path) -> None:
