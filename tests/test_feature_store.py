@@ -26,8 +26,7 @@ from features.store import (
     training_set,
 )
 from pipelines.features_job import build_features
-from pipelines.ingest import ingest_file
-from pipelines.label import label_repository
+from pipelines.flow import prepare
 from pipelines.mine import mine_repository
 
 
@@ -36,14 +35,7 @@ def built(small_world, tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     settings = load_settings(data_dir=root)
     tables = root / "demo"
-    mine_repository(small_world.repo, settings, tables, name="demo")
-    label_repository(small_world.repo, settings, tables)
-    for kind in ("deployments", "incidents", "test-runs"):
-        ingest_file(kind, small_world.repo.parent / f"{kind}.csv", settings, tables)
-    build_features(settings, tables)
-    store = open_store(settings)
-    apply(store)
-    materialize(store)
+    store = prepare(small_world.repo, settings, tables, name="demo", delivery=small_world.repo.parent)
     commits = pd.read_parquet(tables / "commits.parquet")
     files = pd.read_parquet(tables / "files.parquet")
     return settings, store, commits, files

@@ -111,23 +111,12 @@ def test_too_few_labels_is_a_clear_error(qt):
 
 @pytest.fixture(scope="module")
 def pipeline(small_world, tmp_path_factory):
-    from features.store import apply, materialize, open_store
-    from pipelines.features_job import build_features
-    from pipelines.ingest import ingest_file
-    from pipelines.label import label_repository
-    from pipelines.mine import mine_repository
+    from pipelines.flow import prepare
 
     root = tmp_path_factory.mktemp("models")
     settings = load_settings(data_dir=root, min_positive_labels=10)
     tables = root / "demo"
-    mine_repository(small_world.repo, settings, tables, name="demo")
-    label_repository(small_world.repo, settings, tables)
-    for kind in ("deployments", "incidents", "test-runs"):
-        ingest_file(kind, small_world.repo.parent / f"{kind}.csv", settings, tables)
-    build_features(settings, tables)
-    store = open_store(settings)
-    apply(store)
-    materialize(store)
+    prepare(small_world.repo, settings, tables, name="demo", delivery=small_world.repo.parent)
     return settings, tables
 
 
