@@ -286,6 +286,41 @@ def _commit_history(c, rows, ftracks: list[_Track], stracks: list[_Track], autho
     )
 
 
+def shipped_change_features(commits: pd.DataFrame) -> dict[str, float]:
+    """What a deployment ships, from the change features of its commits (columns la, ld, nf, entropy,
+    fix, exp, n_migration_files, n_config_files, and author_id when known). Used offline by the
+    feature build and online by the risk API, so both compute the same thing."""
+    n = len(commits)
+
+    def column(name: str) -> pd.Series:
+        return (
+            commits[name].astype(float) if name in commits.columns else pd.Series(np.nan, index=commits.index)
+        )
+
+    return {
+        "n_commits": float(n),
+        "n_authors": float(commits["author_id"].nunique()) if "author_id" in commits.columns else math.nan,
+        "la_sum": float(column("la").sum()),
+        "ld_sum": float(column("ld").sum()),
+        "nf_sum": float(column("nf").sum()),
+        "entropy_max": float(column("entropy").max()) if n else 0.0,
+        "fix_share": float(column("fix").mean()) if n else 0.0,
+        "min_author_exp": float(column("exp").min()) if n else math.nan,
+        "touches_migration": float((column("n_migration_files") > 0).any()),
+        "touches_config": float((column("n_config_files") > 0).any()),
+    }
+
+
+def release_features(strategy: str | None, environment: str, at: pd.Timestamp) -> dict[str, float]:
+    return {
+        "strategy_canary": float(strategy == "canary"),
+        "strategy_blue_green": float(strategy == "blue-green"),
+        "is_production": float(environment in ("production", "prod")),
+        "hour_of_day": float(at.hour),
+        "weekday": float(at.weekday()),
+    }
+
+
 def deployment_tables(
     deployments: pd.DataFrame, incidents: pd.DataFrame | None, commits: pd.DataFrame, files: pd.DataFrame
 ) -> dict[str, pd.DataFrame]:
@@ -304,8 +339,12 @@ def deployment_tables(
         else:
             known_failed_at.append(d.finished_at if pd.notna(d.finished_at) else d.started_at)
     deployments["known_failed_at"] = known_failed_at
-    migration = set(files.loc[files["is_migration"], "sha"])
-    config = set(files.loc[files["is_config"], "sha"])
+    flags = files.groupby("sha")[["is_migration", "is_config"]].sum()
+    info = info.assign(
+        fix=info["is_fix"].astype(float),
+        n_migration_files=flags["is_migration"].reindex(info.index).fillna(0),
+        n_config_files=flags["is_config"].reindex(info.index).fillna(0),
+    )
     rows, health = [], []
     for (service, _), group in deployments.groupby(["service", "environment"], sort=False):
         # Times as unix seconds: numpy compares them fast; windows are [t - w, t), strictly before t.
@@ -325,20 +364,10 @@ def deployment_tables(
             sc = info.loc[shipped] if shipped else info.iloc[0:0]
             values = {
                 "deploy_id": d.deploy_id, "service": service, "started_at": d.started_at,
-                "n_commits": float(len(sc)), "n_authors": float(sc["author_id"].nunique()),
-                "la_sum": float(sc["la"].sum()), "ld_sum": float(sc["ld"].sum()),
-                "nf_sum": float(sc["nf"].sum()),
-                "entropy_max": float(sc["entropy"].max()) if len(sc) else 0.0,
-                "fix_share": float(sc["is_fix"].mean()) if len(sc) else 0.0,
-                "min_author_exp": float(sc["exp"].min()) if len(sc) else math.nan,
-                "touches_migration": float(bool(migration.intersection(shipped))),
-                "touches_config": float(bool(config.intersection(shipped))),
+                **shipped_change_features(sc),
                 "hours_since_previous_deploy": (t - env_starts[position - 1]) / 3600
                 if position else math.nan,
-                "strategy_canary": float(d.strategy == "canary"),
-                "strategy_blue_green": float(d.strategy == "blue-green"),
-                "is_production": float(d.environment in ("production", "prod")),
-                "hour_of_day": float(d.started_at.hour), "weekday": float(d.started_at.weekday()),
+                **release_features(d.strategy, d.environment, d.started_at),
                 "deploys_7d": float((before & in7).sum()), "deploys_30d": float((before & in30).sum()),
                 "failed_deploys_7d": float((known & in7).sum()),
                 "failed_deploys_30d": float((known & in30).sum()),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from features.errors import BadConfig
@@ -39,6 +39,14 @@ class _YamlFileSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return dict(self._values)
+
+
+class ApiToken(BaseModel):
+    """An API token as stored in configuration: its SHA-256 digest, never the token itself."""
+
+    name: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: list[Literal["risk:read", "models:reload"]] = Field(min_length=1)
 
 
 class Settings(BaseSettings):
@@ -78,6 +86,15 @@ class Settings(BaseSettings):
         default=50,
         ge=0,
         description="below this many mature positive labels: cross-project model (cold start)",
+    )
+    api_tokens: list[ApiToken] = Field(default_factory=list, description="tokens the risk API accepts")
+    risk_bands: dict[Literal["medium", "high", "critical"], float] = Field(
+        default_factory=lambda: {"medium": 0.2, "high": 0.4, "critical": 0.7},
+        description="lower probability bounds of the risk bands (below medium: low)",
+    )
+    max_batch: int = Field(default=1000, ge=1, le=100_000, description="largest batch the risk API scores")
+    model_reload_seconds: float = Field(
+        default=300.0, gt=0, description="how often the API reloads champions"
     )
     checkpoint_seconds: float = Field(
         default=30.0, gt=0, description="a long mining run saves what it has at this interval"

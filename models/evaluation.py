@@ -12,6 +12,7 @@ baselines included — ranked the same way.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -146,3 +147,28 @@ def best_f1_threshold(y, probability) -> float:
     candidates = np.unique(np.quantile(p, np.linspace(0.05, 0.95, 91)))
     scores = [f1_score(y, p >= c, zero_division=0) for c in candidates]
     return float(candidates[int(np.argmax(scores))]) if len(candidates) else 0.5
+
+
+def reference(values: np.ndarray, bins: int = 10) -> dict:
+    """Quantile bin edges of a training-time distribution (each bin then holds ~1/bins of it)."""
+    finite = values[np.isfinite(values)]
+    edges = (
+        np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1))) if len(finite) else np.array([0.0, 1.0])
+    )
+    counts = np.histogram(np.clip(finite, edges[0], edges[-1]), bins=edges)[0] if len(finite) else np.ones(1)
+    return {"edges": edges.tolist(), "shares": (counts / max(1, counts.sum())).tolist()}
+
+
+def psi(ref: dict, values: np.ndarray) -> float | None:
+    """Population stability index of `values` against a reference; None with fewer than 20 values.
+    Rules of thumb: < 0.1 stable, 0.1–0.25 moderate shift, > 0.25 major shift."""
+    values = values[np.isfinite(values)]
+    if len(values) < 20:
+        return None
+    edges = np.asarray(ref["edges"], dtype=float)
+    expected = np.asarray(ref["shares"], dtype=float)
+    actual = np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges)[0] / len(values)
+    eps = 1e-4
+    expected, actual = np.maximum(expected, eps), np.maximum(actual, eps)
+    value = float(np.sum((actual - expected) * np.log(actual / expected)))
+    return value if math.isfinite(value) else None

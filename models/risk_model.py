@@ -172,7 +172,10 @@ class _Isotonic:
     def __init__(self, raw: np.ndarray, y: np.ndarray) -> None:
         from sklearn.isotonic import IsotonicRegression
 
-        self.model = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(raw, y)
+        # Laplace bounds: with n calibration rows, no step may claim a probability below 1/(n+2) or above
+        # (n+1)/(n+2) — a calibrated 0 or 1 is a claim the data cannot support.
+        bound = 1.0 / (len(y) + 2)
+        self.model = IsotonicRegression(out_of_bounds="clip", y_min=bound, y_max=1 - bound).fit(raw, y)
 
     def predict(self, raw: np.ndarray) -> np.ndarray:
         # Isotonic regression is a step function: within a step, keep the booster's order with a

@@ -454,6 +454,54 @@ def retrain(
     console.print(f"5. promote: {verdict} — {gate['reason']}", highlight=False)
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64)] = 1,
+) -> None:
+    """Start the risk API with uvicorn. Each worker reloads the champions on its own timer."""
+    import os
+    import shutil as sh
+
+    import uvicorn
+
+    settings = _settings()
+    if workers > 1:
+        # Prometheus counts from every worker, aggregated at /metrics (the client's multi-process mode).
+        directory = settings.data_dir / f"prometheus-{port}"
+        sh.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    if not settings.api_tokens:
+        err_console.print(
+            "[yellow]warning:[/] no API tokens configured: every scoring call will get 401 "
+            "(create one with `awo token`)"
+        )
+    console.print(f"risk API on http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''})")
+    uvicorn.run(
+        "serving.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning"
+    )
+
+
+@app.command()
+def token(
+    name: Annotated[str, typer.Option(help="who the token is for")],
+    scopes: Annotated[str, typer.Option(help="comma-separated: risk:read, models:reload")] = "risk:read",
+) -> None:
+    """Create an API token: prints the token (give it to the client) and the line to add to the config."""
+    from serving.auth import new_token
+
+    wanted = [s.strip() for s in scopes.split(",") if s.strip()]
+    bad = [s for s in wanted if s not in ("risk:read", "models:reload")]
+    if bad:
+        _fail(AwoError(f"unknown scopes {bad}; use risk:read and/or models:reload"))
+    secret, sha = new_token()
+    console.print(f"token (shown once): {secret}", highlight=False)
+    console.print("add to the config file (AWO_CONFIG) under api_tokens:", highlight=False)
+    console.print(f"  - {{name: {name}, sha256: {sha}, scopes: [{', '.join(wanted)}]}}", highlight=False)
+
+
 @app.command("mlflow-ui")
 def mlflow_ui(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
@@ -562,8 +610,11 @@ def demo(
         from pipelines.ingest import ingest_file
 
         console.print("[bold]4. ingest[/] delivery history:")
-        for kind, name in (("deployments", "deployments.csv"), ("incidents", "incidents.csv"),
-                           ("test-runs", "test-runs.csv")):  # fmt: skip
+        for kind, name in (
+            ("deployments", "deployments.csv"),
+            ("incidents", "incidents.csv"),
+            ("test-runs", "test-runs.csv"),
+        ):
             _print_ingest_summary(ingest_file(kind, world.repo.parent / name, settings, root / "tables"))
         _demo_feature_store(settings, root / "tables")
         _demo_models(settings, root / "tables")

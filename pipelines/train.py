@@ -22,7 +22,7 @@ from features.change_metrics import KAMEI_METRICS
 from features.errors import AwoError
 from features.settings import PROJECT_ROOT, Settings
 from features.tables import read_table
-from models.evaluation import classification_metrics, rolling_windows, time_split
+from models.evaluation import classification_metrics, reference, rolling_windows, time_split
 from models.risk_model import ModelConfig, RiskModel, TooFewLabels
 
 PUBLIC_JIT = PROJECT_ROOT.parent / "shared" / "data" / "jit" / "issta21"
@@ -159,6 +159,13 @@ def train(
     metrics = classification_metrics(
         test["label"], model.predict_proba(test), test["effort"], model.threshold_
     )
+    # Reference distributions of the score and the top features, for the API's drift report.
+    reference_rows = fit_rows if model_kind.startswith("within") else test
+    top = [f for f in model.importance()["feature"] if f in model.features][:5]
+    drift_reference = {
+        "probability": reference(model.predict_proba(reference_rows)),
+        "features": {f: reference(reference_rows[f].to_numpy(dtype=float)) for f in top},
+    }
     rolling = (
         rolling_evaluation(data, model.features, config, gap_days)
         if model_kind.startswith("within")
@@ -199,7 +206,12 @@ def train(
             kind,
             data.service,
             test,
-            {"model_kind": model_kind, "test_metrics": metrics, "test_from": str(test["at"].min())},
+            {
+                "model_kind": model_kind,
+                "test_metrics": metrics,
+                "reference": drift_reference,
+                "test_from": str(test["at"].min()),
+            },
         )
     return TrainResult(
         kind,

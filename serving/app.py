@@ -1,0 +1,117 @@
+"""The risk API: FastAPI app factory, shared state, typed dependencies and error mapping.
+
+Run it with `awo serve` (uvicorn); tests build it with `create_app(settings)`."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from features.settings import Settings, load_settings
+from serving.champions import Champions
+from serving.predictions import PredictionLog
+from serving.scoring import Staleness
+from serving.telemetry import Telemetry, configure_json_logging, request_middleware
+
+
+class State:
+    """What every request shares: settings, the feature store, the champions, the prediction log."""
+
+    def __init__(self, settings: Settings) -> None:
+        from features.store import open_store
+
+        self.settings = settings
+        self.store = open_store(settings)
+        self.champions = Champions(settings)
+        self.predictions = PredictionLog(settings.data_dir / "predictions.db")
+        self.telemetry = Telemetry()
+        self.staleness = Staleness()
+        self._stop = threading.Event()
+
+    def start_reload_timer(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.settings.model_reload_seconds):
+                self.reload()
+
+        threading.Thread(target=loop, name="champion-reload", daemon=True).start()
+
+    def reload(self):
+        report = self.champions.reload()
+        for name, version in report.loaded.items():
+            self.telemetry.model_version.labels(name).set(float(version))
+        return report
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def get_state(request: Request) -> State:
+    return request.app.state.awo
+
+
+StateDep = Annotated[State, Depends(get_state)]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    configure_json_logging()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = app.state.awo
+        state.reload()
+        state.start_reload_timer()
+        yield
+        state.stop()
+
+    app = FastAPI(
+        title="awo risk API",
+        version="1",
+        description="Change risk and deployment risk for CI/CD pipelines: calibrated probabilities, risk "
+        "bands and the features that drove each score.",
+        lifespan=lifespan,
+    )
+    app.state.awo = State(settings)
+    app.middleware("http")(request_middleware(app.state.awo.telemetry))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = (
+            exc.detail
+            if isinstance(exc.detail, dict)
+            else {"code": _code(exc.status_code), "message": str(exc.detail)}
+        )
+        return JSONResponse(detail, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"path": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        first = errors[0] if errors else {"path": "body", "message": "invalid"}
+        return JSONResponse(
+            {"code": "invalid_request", "message": f"{first['path']}: {first['message']}", "errors": errors},
+            status_code=422,
+        )
+
+    from serving.routes import health, models, risk
+
+    app.include_router(health.router)
+    app.include_router(risk.router, prefix="/v1")
+    app.include_router(models.router, prefix="/v1")
+    return app
+
+
+def _code(status: int) -> str:
+    return {
+        401: "unauthenticated",
+        403: "forbidden",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "too_large",
+        503: "unavailable",
+    }.get(status, "error")

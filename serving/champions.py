@@ -1,0 +1,85 @@
+"""The champions the API serves, reloaded without restart: on `POST /v1/models/reload` and on a timer. If
+MLflow is unreachable, the models in hand keep serving and `/readyz` says so."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from features.errors import AwoError
+from features.settings import Settings
+from models.registry import CHALLENGER, CHAMPION, LoadedModel, alias_version, connect, load
+
+log = logging.getLogger(__name__)
+MODEL_NAMES = ("change-risk", "deploy-failure")
+
+
+@dataclass
+class ReloadReport:
+    loaded: dict[str, str]  # model → version now served
+    changed: list[str]
+    errors: dict[str, str]
+
+
+class Champions:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.models: dict[str, LoadedModel] = {}
+        self.errors: dict[str, str] = {}
+        self.last_reload: float | None = None
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> LoadedModel | None:
+        return self.models.get(name)
+
+    def reload(self) -> ReloadReport:
+        changed, errors = [], {}
+        with self._lock:
+            try:
+                connect(self.settings)
+            except Exception as exc:  # an unreachable or broken tracking server: keep serving what we have
+                errors = {name: f"tracking server unavailable: {exc}" for name in MODEL_NAMES}
+            for name in MODEL_NAMES if not errors else ():
+                try:
+                    version = alias_version(name, CHAMPION)
+                    current = self.models.get(name)
+                    if version is None:
+                        errors[name] = f"no champion of {name!r} in the registry"
+                    elif current is None or current.version != version:
+                        self.models[name] = load(name, CHAMPION)
+                        changed.append(name)
+                except AwoError as exc:
+                    errors[name] = str(exc)
+                except Exception as exc:  # MLflow raises many kinds when its server is away
+                    errors[name] = f"could not reach the registry: {type(exc).__name__}: {exc}"
+                    log.warning("model reload failed for %s: %s", name, exc)
+            self.errors = errors
+            self.last_reload = time.time()
+        return ReloadReport({n: m.version for n, m in self.models.items()}, changed, errors)
+
+    def describe(self) -> dict[str, Any]:
+        """Champion and challenger versions with their evaluation metrics."""
+        out: dict[str, Any] = {}
+        for name in MODEL_NAMES:
+            served = self.models.get(name)
+            entry: dict[str, Any] = {"served_version": served.version if served else None}
+            try:
+                for alias in (CHAMPION, CHALLENGER):
+                    version = alias_version(name, alias)
+                    entry[alias] = None
+                    if version is not None:
+                        meta = served.meta if served and served.version == version else load(name, alias).meta
+                        entry[alias] = {
+                            "version": version,
+                            "model_kind": meta.get("model_kind"),
+                            "feature_service": meta.get("feature_service"),
+                            "test_metrics": meta.get("test_metrics"),
+                            "test_from": meta.get("test_from"),
+                        }
+            except Exception as exc:  # the registry is away: describe what is served
+                entry["registry_error"] = str(exc)
+            out[name] = entry
+        return out

@@ -1,0 +1,34 @@
+"""Liveness, readiness and Prometheus metrics (unauthenticated, for orchestrators and scrapers)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from serving.app import StateDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The process is up")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="A champion is loaded and can be served")
+def readyz(state: StateDep) -> JSONResponse:
+    champions = state.champions
+    ready = champions.get("change-risk") is not None
+    body = {
+        "ready": ready,
+        "models": {name: m.version for name, m in champions.models.items()},
+        "registry_errors": champions.errors,
+        "last_reload": champions.last_reload,
+    }
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+def metrics(state: StateDep) -> Response:
+    payload, content_type = state.telemetry.exposition()
+    return Response(payload, media_type=content_type)

@@ -1,0 +1,45 @@
+"""The models served: champion and challenger with their metrics and drift; reload without restart."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from fastapi import APIRouter, Request
+
+from serving.app import StateDep
+from serving.auth import READ, RELOAD, authorize
+from serving.predictions import psi
+
+router = APIRouter(tags=["models"])
+
+
+@router.get("/models", summary="Champion and challenger versions, their metrics, and today's drift")
+def models(request: Request, state: StateDep) -> dict:
+    authorize(request, state.settings.api_tokens, READ)
+    described = state.champions.describe()
+    since = datetime.now(UTC) - timedelta(days=1)
+    for name, entry in described.items():
+        served = state.champions.get(name)
+        reference = (served.meta.get("reference") or {}) if served else {}
+        scores, features = state.predictions.since(name, since)
+        drift = {"predictions_last_24h": len(scores)}
+        if reference.get("probability"):
+            drift["score_psi"] = psi(reference["probability"], scores)
+        drift["feature_psi"] = {
+            f: psi(ref, _values(features, f)) for f, ref in (reference.get("features") or {}).items()
+        }
+        entry["drift"] = drift
+    return described
+
+
+def _values(rows: list[dict], feature: str):
+    import numpy as np
+
+    return np.array([r[feature] for r in rows if r.get(feature) is not None], dtype=float)
+
+
+@router.post("/models/reload", summary="Load the current champions now")
+def reload(request: Request, state: StateDep) -> dict:
+    authorize(request, state.settings.api_tokens, RELOAD)
+    report = state.reload()
+    return {"loaded": report.loaded, "changed": report.changed, "errors": report.errors}

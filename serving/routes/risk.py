@@ -1,0 +1,101 @@
+"""Risk scores of commits and deployments."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, status
+
+from serving.app import StateDep
+from serving.auth import READ, authorize
+from serving.schemas import CommitBatch, CommitRiskResponse, DeploymentQuery, DeploymentRisk, Problem
+from serving.scoring import score_commits, score_deployment
+
+router = APIRouter(tags=["risk"])
+ERRORS = {401: {"model": Problem}, 403: {"model": Problem}, 413: {"model": Problem}, 503: {"model": Problem}}
+
+
+def _model(state, name: str):
+    loaded = state.champions.get(name)
+    if loaded is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail={
+                "code": "no_model",
+                "message": f"no champion of {name!r} is loaded; train and promote one",
+            },
+        )
+    return loaded
+
+
+@router.post(
+    "/risk/commits",
+    response_model=CommitRiskResponse,
+    responses=ERRORS,
+    summary="Score commits by sha (mined) or by raw change metrics (not mined yet)",
+)
+def risk_commits(batch: CommitBatch, request: Request, state: StateDep) -> CommitRiskResponse:
+    authorize(request, state.settings.api_tokens, READ)
+    if len(batch.commits) > state.settings.max_batch:
+        raise HTTPException(
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            detail={
+                "code": "batch_too_large",
+                "message": f"{len(batch.commits)} commits; at most {state.settings.max_batch} per request",
+            },
+        )
+    loaded = _model(state, "change-risk")
+    results = score_commits(batch.commits, loaded, state.store, state.settings, state.staleness)
+    scored = [r for r in results if r.probability is not None]
+    for r in scored:
+        state.telemetry.predictions.labels("change-risk", r.band).inc()
+    top = list(loaded.meta.get("reference", {}).get("features", {}))
+    state.predictions.record(
+        [
+            {
+                "kind": "commit",
+                "repo": r.repo,
+                "sha": r.sha,
+                "model_name": loaded.name,
+                "model_version": loaded.version,
+                "probability": r.probability,
+                "band": r.band,
+                "features": {d.feature: d.value for d in r.drivers if d.feature in top},
+            }
+            for r in scored
+        ]
+    )
+    return CommitRiskResponse(results=results)
+
+
+@router.post(
+    "/risk/deployments",
+    response_model=DeploymentRisk,
+    responses=ERRORS,
+    summary="Failure probability of a deployment from the commits it ships and its service's health",
+)
+def risk_deployment(query: DeploymentQuery, request: Request, state: StateDep) -> DeploymentRisk:
+    authorize(request, state.settings.api_tokens, READ)
+    if len(query.commits) > state.settings.max_batch:
+        raise HTTPException(
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            detail={
+                "code": "batch_too_large",
+                "message": f"{len(query.commits)} commits; at most {state.settings.max_batch}",
+            },
+        )
+    loaded = _model(state, "deploy-failure")
+    result = score_deployment(query, loaded, state.champions.get("change-risk"), state.store, state.settings)
+    state.telemetry.predictions.labels("deploy-failure", result.band).inc()
+    state.predictions.record(
+        [
+            {
+                "kind": "deployment",
+                "repo": query.repo,
+                "service": query.service,
+                "model_name": loaded.name,
+                "model_version": loaded.version,
+                "probability": result.probability,
+                "band": result.band,
+            }
+        ]
+    )
+    return result
