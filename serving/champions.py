@@ -24,6 +24,23 @@ class ReloadReport:
     errors: dict[str, str]
 
 
+def unreachable(uri: str, timeout: float = 2.0) -> str | None:
+    """Why a tracking server cannot be reached, or None. Checked first with a short timeout: MLflow's own
+    client retries with exponential backoff for minutes, which would stall a reload."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return None  # a database URI: opening it is fast and its errors are reported by MLflow
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{parsed.hostname}:{port}: {exc}"
+    return None
+
+
 class Champions:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -39,9 +56,12 @@ class Champions:
         changed, errors = [], {}
         with self._lock:
             try:
-                connect(self.settings)
-            except Exception as exc:  # an unreachable or broken tracking server: keep serving what we have
-                errors = {name: f"tracking server unavailable: {exc}" for name in MODEL_NAMES}
+                uri = connect(self.settings)
+                problem = unreachable(uri)
+            except Exception as exc:  # a broken tracking configuration: keep serving what we have
+                problem = str(exc)
+            if problem:
+                errors = {name: f"tracking server unavailable: {problem}" for name in MODEL_NAMES}
             for name in MODEL_NAMES if not errors else ():
                 try:
                     version = alias_version(name, CHAMPION)
@@ -62,10 +82,17 @@ class Champions:
 
     def describe(self) -> dict[str, Any]:
         """Champion and challenger versions with their evaluation metrics."""
+        from models.registry import tracking_uri
+
         out: dict[str, Any] = {}
+        problem = unreachable(tracking_uri(self.settings))
         for name in MODEL_NAMES:
             served = self.models.get(name)
             entry: dict[str, Any] = {"served_version": served.version if served else None}
+            if problem:
+                entry["registry_error"] = f"tracking server unavailable: {problem}"
+                out[name] = entry
+                continue
             try:
                 for alias in (CHAMPION, CHALLENGER):
                     version = alias_version(name, alias)

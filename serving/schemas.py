@@ -47,6 +47,7 @@ class CommitBatch(BaseModel):
     commits: list[CommitQuery] = Field(
         min_length=1, description="commits to score (at most the configured batch)"
     )
+    drivers: int = Field(default=5, ge=0, le=500, description="how many top contributing features to return")
 
 
 class Driver(BaseModel):
@@ -70,10 +71,12 @@ class ItemError(BaseModel):
 class CommitRisk(BaseModel):
     repo: str
     sha: str | None
-    probability: float | None = Field(default=None, ge=0, le=1)
+    probability: float | None = Field(default=None, ge=0, le=1, description="calibrated probability")
     band: Band | None = None
     model: ModelRef | None = None
-    drivers: list[Driver] = []
+    raw_score: float | None = Field(default=None, description="log-odds before calibration")
+    base_value: float | None = Field(default=None, description="log-odds of an average commit (the bias)")
+    drivers: list[Driver] = Field(default=[], description="with all drivers: base_value + Σ = raw_score")
     warnings: list[str] = []
     error: ItemError | None = None
 

@@ -37,18 +37,21 @@ def model_ref(loaded: LoadedModel) -> ModelRef:
     return ModelRef(name=loaded.name, version=loaded.version, kind=loaded.meta.get("model_kind"))
 
 
-def drivers(loaded: LoadedModel, frame: pd.DataFrame) -> list[list[Driver]]:
-    """The top features by absolute contribution, per row, with their values."""
-    contributions = loaded.model.contributions(frame).drop(columns="bias")
+def drivers(
+    loaded: LoadedModel, frame: pd.DataFrame, count: int = TOP_DRIVERS
+) -> tuple[list[list[Driver]], np.ndarray]:
+    """The top `count` features by absolute contribution per row, with their values; and the bias."""
+    contributions = loaded.model.contributions(frame)
+    bias = contributions.pop("bias").to_numpy()
     design = loaded.model.design(frame)
     out = []
     for i in range(len(frame)):
         row = contributions.iloc[i]
-        top = row.abs().sort_values(ascending=False).index[:TOP_DRIVERS]
+        top = row.abs().sort_values(ascending=False, kind="stable").index[:count]
         out.append(
             [Driver(feature=f, value=_finite(design.iloc[i][f]), contribution=float(row[f])) for f in top]
         )
-    return out
+    return out, bias
 
 
 def _finite(value: Any) -> float | None:
@@ -73,7 +76,7 @@ class Staleness:
 
 
 def score_commits(
-    queries: list[CommitQuery], loaded: LoadedModel, store, settings, stale: Staleness
+    queries: list[CommitQuery], loaded: LoadedModel, store, settings, stale: Staleness, top: int = TOP_DRIVERS
 ) -> list[CommitRisk]:
     from features.store import online_features
 
@@ -118,7 +121,8 @@ def score_commits(
     if rows:
         frame = pd.DataFrame(rows, columns=names).astype(float)
         probabilities = loaded.model.predict_proba(frame)
-        top = drivers(loaded, frame)
+        raw = loaded.model.raw_score(frame)
+        explained, bias = drivers(loaded, frame, top)
         store_notes = stale.warnings(store, settings, loaded.feature_service) if by_sha else []
         ref = model_ref(loaded)
         for k, i in enumerate(positions):
@@ -130,7 +134,9 @@ def score_commits(
                 probability=p,
                 band=band(p, settings.risk_bands),
                 model=ref,
-                drivers=top[k],
+                raw_score=float(raw[k]),
+                base_value=float(bias[k]),
+                drivers=explained[k],
                 warnings=warnings[k] + (store_notes if q.sha else []),
             )
     return [r for r in results if r is not None]
@@ -175,7 +181,7 @@ def score_deployment(
         probability=p,
         band=band(p, settings.risk_bands),
         model=model_ref(loaded),
-        drivers=drivers(loaded, frame)[0],
+        drivers=drivers(loaded, frame)[0][0],
         health=health,
         warnings=notes,
     )

@@ -43,7 +43,9 @@ def risk_commits(batch: CommitBatch, request: Request, state: StateDep) -> Commi
             },
         )
     loaded = _model(state, "change-risk")
-    results = score_commits(batch.commits, loaded, state.store, state.settings, state.staleness)
+    results = score_commits(
+        batch.commits, loaded, state.store, state.settings, state.staleness, batch.drivers
+    )
     scored = [r for r in results if r.probability is not None]
     for r in scored:
         state.telemetry.predictions.labels("change-risk", r.band).inc()
