@@ -140,18 +140,50 @@ class RiskModel:
             weights = np.where(y == 1, weights * (len(y) - y.sum()) / y.sum(), weights)
         return weights
 
-    # --- answers ---
-    def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.booster_.predict(self.design(frame)[self.columns_], raw_score=True)
+    # --- answers (DataFrames by feature name, or matrices whose columns are `self.features`) ---
+    def matrix(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """The design as a float matrix in `columns_` order: the hot path of serving, without pandas."""
+        base = (
+            X[self.features].to_numpy(dtype=float)
+            if isinstance(X, pd.DataFrame)
+            else np.asarray(X, dtype=float)
+        )
+        if base.ndim == 1:
+            base = base.reshape(1, -1)
+        extra = [
+            base[:, self._index[num]] / (np.clip(base[:, self._index[den]], 0, None) + 1.0)
+            for num, den in self._ratios
+        ]
+        return np.column_stack([base, *extra]) if extra else base
 
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+    @property
+    def _index(self) -> dict[str, int]:
+        return {f: i for i, f in enumerate(self.features)}
+
+    @property
+    def _ratios(self) -> list[tuple[str, str]]:
+        return [RATIOS[c] for c in self.columns_[len(self.features) :]]
+
+    def _predict(self, X, **kwargs) -> np.ndarray:
+        best = getattr(self.booster_, "best_iteration_", None) or None
+        return self.booster_.booster_.predict(self.matrix(X), num_iteration=best, **kwargs)
+
+    def raw_score(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        return self._predict(X, raw_score=True)
+
+    def predict_proba(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Calibrated probability of the positive class, one per row."""
-        return self.calibrator_.predict(self.raw_score(frame))
+        return self.calibrator_.predict(self.raw_score(X))
+
+    def contribution_matrix(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """Contributions in `columns_` order plus a last column, the bias; rows sum to raw_score."""
+        return self._predict(X, pred_contrib=True)
 
     def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Per-feature contributions to the raw margin (log-odds), plus `bias`; rows sum to raw_score."""
-        values = self.booster_.predict(self.design(frame)[self.columns_], pred_contrib=True)
-        return pd.DataFrame(values, columns=[*self.columns_, "bias"], index=frame.index)
+        return pd.DataFrame(
+            self.contribution_matrix(frame), columns=[*self.columns_, "bias"], index=frame.index
+        )
 
     def importance(self) -> pd.DataFrame:
         booster = self.booster_.booster_

@@ -38,20 +38,24 @@ def model_ref(loaded: LoadedModel) -> ModelRef:
 
 
 def drivers(
-    loaded: LoadedModel, frame: pd.DataFrame, count: int = TOP_DRIVERS
+    loaded: LoadedModel, matrix: np.ndarray, count: int = TOP_DRIVERS
 ) -> tuple[list[list[Driver]], np.ndarray]:
-    """The top `count` features by absolute contribution per row, with their values; and the bias."""
-    contributions = loaded.model.contributions(frame)
-    bias = contributions.pop("bias").to_numpy()
-    design = loaded.model.design(frame)
-    out = []
-    for i in range(len(frame)):
-        row = contributions.iloc[i]
-        top = row.abs().sort_values(ascending=False, kind="stable").index[:count]
-        out.append(
-            [Driver(feature=f, value=_finite(design.iloc[i][f]), contribution=float(row[f])) for f in top]
-        )
-    return out, bias
+    """The top `count` features by absolute contribution per row, with their values; and the bias.
+    `matrix` holds the model's features in order (NumPy throughout: this is the serving hot path)."""
+    model = loaded.model
+    contributions = model.contribution_matrix(matrix)
+    bias = contributions[:, -1]
+    contributions = contributions[:, :-1]
+    design = model.matrix(matrix)
+    order = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, :count]
+    columns = model.columns_
+    return [
+        [
+            Driver(feature=columns[j], value=_finite(design[i, j]), contribution=float(contributions[i, j]))
+            for j in order[i]
+        ]
+        for i in range(len(matrix))
+    ], bias
 
 
 def _finite(value: Any) -> float | None:
@@ -82,7 +86,7 @@ def score_commits(
 
     names = loaded.model.features
     results: list[CommitRisk | None] = [None] * len(queries)
-    rows: list[dict[str, float]] = []
+    rows: list[list[float]] = []
     positions: list[int] = []
     warnings: list[list[str]] = []
     by_sha = [(i, q) for i, q in enumerate(queries) if q.sha is not None]
@@ -102,7 +106,7 @@ def score_commits(
                     ),
                 )
                 continue
-            rows.append({n: (np.nan if values.get(n) is None else values[n]) for n in names})
+            rows.append([np.nan if values.get(n) is None else values[n] for n in names])
             positions.append(i)
             warnings.append([])
     for i, q in enumerate(queries):
@@ -115,14 +119,14 @@ def score_commits(
             notes.append(f"ignored unknown features: {', '.join(unknown)}")
         if missing:
             notes.append(f"missing features scored as unknown: {len(missing)} of {len(names)}")
-        rows.append({n: float(q.metrics.get(n, np.nan)) for n in names})
+        rows.append([float(q.metrics.get(n, np.nan)) for n in names])
         positions.append(i)
         warnings.append(notes)
     if rows:
-        frame = pd.DataFrame(rows, columns=names).astype(float)
-        probabilities = loaded.model.predict_proba(frame)
-        raw = loaded.model.raw_score(frame)
-        explained, bias = drivers(loaded, frame, top)
+        matrix = np.array(rows, dtype=float)
+        raw = loaded.model.raw_score(matrix)
+        probabilities = loaded.model.calibrator_.predict(raw)
+        explained, bias = drivers(loaded, matrix, top)
         store_notes = stale.warnings(store, settings, loaded.feature_service) if by_sha else []
         ref = model_ref(loaded)
         for k, i in enumerate(positions):
@@ -181,7 +185,7 @@ def score_deployment(
         probability=p,
         band=band(p, settings.risk_bands),
         model=model_ref(loaded),
-        drivers=drivers(loaded, frame)[0][0],
+        drivers=drivers(loaded, frame.to_numpy(dtype=float))[0][0],
         health=health,
         warnings=notes,
     )
