@@ -80,8 +80,16 @@ class Staleness:
 
 
 def score_commits(
-    queries: list[CommitQuery], loaded: LoadedModel, store, settings, stale: Staleness, top: int = TOP_DRIVERS
-) -> list[CommitRisk]:
+    queries: list[CommitQuery],
+    loaded: LoadedModel,
+    store,
+    settings,
+    stale: Staleness,
+    top: int = TOP_DRIVERS,
+    logged: list[str] | None = None,
+) -> tuple[list[CommitRisk], list[dict[str, float | None]]]:
+    """The risk of each query, in order, and the values of the `logged` features of each (for the
+    prediction log's drift report; empty for unscored items)."""
     from features.store import online_features
 
     names = loaded.model.features
@@ -127,6 +135,7 @@ def score_commits(
         raw = loaded.model.raw_score(matrix)
         probabilities = loaded.model.calibrator_.predict(raw)
         explained, bias = drivers(loaded, matrix, top)
+        wanted = [(name, names.index(name)) for name in logged or [] if name in names]
         store_notes = stale.warnings(store, settings, loaded.feature_service) if by_sha else []
         ref = model_ref(loaded)
         for k, i in enumerate(positions):
@@ -143,7 +152,12 @@ def score_commits(
                 drivers=explained[k],
                 warnings=warnings[k] + (store_notes if q.sha else []),
             )
-    return [r for r in results if r is not None]
+    values: list[dict[str, float | None]] = [{} for _ in queries]
+    if rows:
+        for k, i in enumerate(positions):
+            values[i] = {name: _finite(matrix[k, j]) for name, j in wanted}
+    kept = [i for i, r in enumerate(results) if r is not None]
+    return [results[i] for i in kept], [values[i] for i in kept]
 
 
 def score_deployment(

@@ -13,6 +13,19 @@ router = APIRouter(tags=["risk"])
 ERRORS = {401: {"model": Problem}, 403: {"model": Problem}, 413: {"model": Problem}, 503: {"model": Problem}}
 
 
+def _admit(request: Request, state, commits: int) -> None:
+    """Authenticate for reading scores, and refuse batches over the configured size."""
+    authorize(request, state.settings.api_tokens, READ)
+    if commits > state.settings.max_batch:
+        raise HTTPException(
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            detail={
+                "code": "batch_too_large",
+                "message": f"{commits} commits; at most {state.settings.max_batch}",
+            },
+        )
+
+
 def _model(state, name: str):
     loaded = state.champions.get(name)
     if loaded is None:
@@ -33,23 +46,15 @@ def _model(state, name: str):
     summary="Score commits by sha (mined) or by raw change metrics (not mined yet)",
 )
 def risk_commits(batch: CommitBatch, request: Request, state: StateDep) -> CommitRiskResponse:
-    authorize(request, state.settings.api_tokens, READ)
-    if len(batch.commits) > state.settings.max_batch:
-        raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-            detail={
-                "code": "batch_too_large",
-                "message": f"{len(batch.commits)} commits; at most {state.settings.max_batch} per request",
-            },
-        )
+    _admit(request, state, len(batch.commits))
     loaded = _model(state, "change-risk")
-    results = score_commits(
-        batch.commits, loaded, state.store, state.settings, state.staleness, batch.drivers
-    )
-    scored = [r for r in results if r.probability is not None]
-    for r in scored:
-        state.telemetry.predictions.labels("change-risk", r.band).inc()
     top = list(loaded.meta.get("reference", {}).get("features", {}))
+    results, logged_features = score_commits(
+        batch.commits, loaded, state.store, state.settings, state.staleness, batch.drivers, top
+    )
+    scored = [(r, f) for r, f in zip(results, logged_features, strict=True) if r.probability is not None]
+    for r, _ in scored:
+        state.telemetry.predictions.labels("change-risk", r.band).inc()
     state.predictions.record(
         [
             {
@@ -60,9 +65,9 @@ def risk_commits(batch: CommitBatch, request: Request, state: StateDep) -> Commi
                 "model_version": loaded.version,
                 "probability": r.probability,
                 "band": r.band,
-                "features": {d.feature: d.value for d in r.drivers if d.feature in top},
+                "features": features,
             }
-            for r in scored
+            for r, features in scored
         ]
     )
     return CommitRiskResponse(results=results)
@@ -75,15 +80,7 @@ def risk_commits(batch: CommitBatch, request: Request, state: StateDep) -> Commi
     summary="Failure probability of a deployment from the commits it ships and its service's health",
 )
 def risk_deployment(query: DeploymentQuery, request: Request, state: StateDep) -> DeploymentRisk:
-    authorize(request, state.settings.api_tokens, READ)
-    if len(query.commits) > state.settings.max_batch:
-        raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-            detail={
-                "code": "batch_too_large",
-                "message": f"{len(query.commits)} commits; at most {state.settings.max_batch}",
-            },
-        )
+    _admit(request, state, len(query.commits))
     loaded = _model(state, "deploy-failure")
     result = score_deployment(query, loaded, state.champions.get("change-risk"), state.store, state.settings)
     state.telemetry.predictions.labels("deploy-failure", result.band).inc()
