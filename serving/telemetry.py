@@ -80,8 +80,9 @@ def request_middleware(telemetry: Telemetry):
         started = time.perf_counter()
         response = await call_next(request)
         elapsed = time.perf_counter() - started
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
+        # Matched routes are labelled by their full path (no route has path parameters, so the label set
+        # stays small); anything else is one "unmatched" label, whatever was asked.
+        path = request.url.path if request.scope.get("route") is not None else "unmatched"
         telemetry.requests.labels(request.method, path, str(response.status_code)).inc()
         telemetry.latency.labels(path).observe(elapsed)
         response.headers["x-request-id"] = request_id

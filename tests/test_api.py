@@ -216,3 +216,57 @@ def test_fuzzed_requests_never_get_a_server_error(client):
             assert response.status_code < 500, (case.method, case.path, case.body, response.text[:300])
 
         never_5xx()
+
+
+def test_metrics_count_every_worker_of_a_multi_worker_server(world_store, tmp_path):
+    import os
+    import re
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    import yaml
+
+    settings, _ = world_store
+    config = tmp_path / "awo.yaml"
+    config.write_text(yaml.safe_dump({"api_tokens": [t.model_dump() for t in settings.api_tokens]}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "AWO_DATA_DIR": str(settings.data_dir), "AWO_CONFIG": str(config)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        body = {"commits": [{"repo": "demo", "metrics": {"la": 10}}]}
+        with httpx.Client() as http:  # fresh connections, so both workers answer some of them
+            for _ in range(30):
+                assert (
+                    httpx.post(f"{base}/v1/risk/commits", json=body, headers=_auth(), timeout=10).status_code
+                    == 200
+                )
+            totals = set()
+            for _ in range(6):
+                text = http.get(f"{base}/metrics", headers={"Connection": "close"}).text
+                found = re.search(
+                    r'awo_requests_total\{[^}]*route="/v1/risk/commits"[^}]*status="200"[^}]*\} (\S+)', text
+                )
+                totals.add(float(found.group(1)))
+        assert totals == {30.0}  # the same total whichever worker answers
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
