@@ -37,6 +37,7 @@ test: lint services
 bench: install
 	$(PY) benchmarks/mining.py
 	$(PY) benchmarks/features.py
+	$(PY) benchmarks/api.py
 	$(VENV)/bin/awo benchmark jit --dataset ../shared/data/jit/issta21 --out benchmarks/results/jit.json
 
 clean:
