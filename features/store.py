@@ -112,8 +112,8 @@ def feature_service(store: FeatureStore, name: str):
 
 
 def feature_names(store: FeatureStore, service_name: str) -> list[str]:
-    service = feature_service(store, service_name)
-    return [f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features]
+    """The features of a feature service, in its order: the model's input columns."""
+    return list(_service_and_names(store, service_name)[1])
 
 
 def resolve_features(store: FeatureStore, requested: list[str]) -> list[str]:

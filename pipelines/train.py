@@ -50,15 +50,8 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _feature_names(store, service: str) -> list[str]:
-    from features.store import feature_service
-
-    fs = feature_service(store, service)
-    return [f.name for p in fs.feature_view_projections for f in p.features]
-
-
 def change_risk_data(settings: Settings, data_dir: Path, store) -> TrainingData:
-    from features.store import training_set
+    from features.store import feature_names, training_set
 
     commits = read_table(data_dir / "commits.parquet")
     if commits is None:
@@ -76,14 +69,14 @@ def change_risk_data(settings: Settings, data_dir: Path, store) -> TrainingData:
     return TrainingData(
         "change-risk",
         "change_risk_v1",
-        _feature_names(store, "change_risk_v1"),
+        feature_names(store, "change_risk_v1"),
         frame.sort_values("at", kind="stable").reset_index(drop=True),
         "mined, SZZ-labelled commits",
     )
 
 
 def deploy_failure_data(settings: Settings, data_dir: Path, store) -> TrainingData:
-    from features.store import training_set
+    from features.store import feature_names, training_set
 
     deployments = read_table(data_dir / "deployments.parquet")
     if deployments is None:
@@ -98,7 +91,7 @@ def deploy_failure_data(settings: Settings, data_dir: Path, store) -> TrainingDa
     return TrainingData(
         "deploy-failure",
         "deploy_failure_v1",
-        _feature_names(store, "deploy_failure_v1"),
+        feature_names(store, "deploy_failure_v1"),
         frame.sort_values("at", kind="stable").reset_index(drop=True),
         "the team's ingested delivery history (no public dataset exists)",
     )
