@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from features.change_metrics import KAMEI_METRICS
+from features.tables import unix_seconds
 
 CHANGE_KINDS = ("fix", "feature", "refactor", "docs", "test", "chore")
 FILE_FLAGS = ("is_test", "is_docs", "is_config", "is_migration", "is_ui_text")
@@ -225,11 +226,6 @@ def _record(track: _Track, now: pd.Timestamp, churn: int, author: str, is_bot: b
         track.authors.add(author)
 
 
-def _seconds(timestamps: pd.Series) -> np.ndarray:
-    """Unix seconds of a tz-aware timestamp column (NaN where missing)."""
-    return ((timestamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype=float)
-
-
 def _epoch(ts: pd.Timestamp | None) -> float:
     return float("nan") if ts is None else ts.timestamp()
 
@@ -349,10 +345,10 @@ def deployment_tables(
     for (service, _), group in deployments.groupby(["service", "environment"], sort=False):
         # Times as unix seconds: numpy compares them fast; windows are [t - w, t), strictly before t.
         by_service = deployments[deployments["service"] == service]
-        starts = _seconds(by_service["started_at"])
-        failed_at = _seconds(pd.to_datetime(by_service["known_failed_at"], utc=True))
-        incident_starts = np.sort(_seconds(incidents.loc[incidents["service"] == service, "started_at"]))
-        env_starts = _seconds(group["started_at"])
+        starts = unix_seconds(by_service["started_at"])
+        failed_at = unix_seconds(by_service["known_failed_at"])
+        incident_starts = np.sort(unix_seconds(incidents.loc[incidents["service"] == service, "started_at"]))
+        env_starts = unix_seconds(group["started_at"])
         for position, d in enumerate(group.itertuples(index=False)):
             t = env_starts[position]
             before = starts < t

@@ -16,6 +16,7 @@ import os
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -98,6 +99,13 @@ FILES_SCHEMA = pa.schema(
         ("service", pa.string()),
     ]
 )
+
+
+def unix_seconds(timestamps: pd.Series) -> np.ndarray:
+    """Unix seconds (float, NaN where missing) of a timestamp column, whatever its resolution or zone
+    (naive times are UTC)."""
+    stamps = pd.to_datetime(timestamps, utc=True)
+    return ((stamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype=float)
 
 
 def to_arrow(frame: pd.DataFrame, schema: pa.Schema, name: str) -> pa.Table:

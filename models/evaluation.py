@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, f1_score, roc_auc_score
 
+from features.tables import unix_seconds
+
 
 @dataclass(frozen=True)
 class TimeSplit:
@@ -42,7 +44,7 @@ def time_split(
     """Split rows by time: the newest `test_share` is the test period; before it, a `gap` of rows is left
     out (their labels are not mature when the test period starts); the rest is train, validation and
     calibration, in that order."""
-    t = _seconds(times)
+    t = unix_seconds(times)
     order = np.argsort(t, kind="stable")
     n = len(order)
     n_test = round(n * test_share)
@@ -66,7 +68,7 @@ def rolling_windows(
 ) -> Iterator[tuple[pd.Timestamp, np.ndarray, np.ndarray]]:
     """(test start, train rows, test rows) of a sliding time-wise evaluation: train on a window, skip a
     gap, test on the next window, slide by the test length."""
-    t = _seconds(times)
+    t = unix_seconds(times)
     window, skip, step = train.total_seconds(), gap.total_seconds(), test.total_seconds()
     start = t.min() + window + skip
     while start + step <= t.max() + 1:
@@ -75,11 +77,6 @@ def rolling_windows(
         if len(tr) and len(te):
             yield pd.Timestamp(start, unit="s", tz="UTC"), tr, te
         start += step
-
-
-def _seconds(times: pd.Series) -> np.ndarray:
-    stamps = pd.to_datetime(times, utc=True)
-    return ((stamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype=float)
 
 
 def effort_curve(y: np.ndarray, score: np.ndarray, effort: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

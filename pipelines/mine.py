@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from features.change_metrics import KAMEI_METRICS, Change, ChangeHistory, FileChange
@@ -44,6 +45,7 @@ from features.tables import (
     LABEL_COLUMNS,
     read_table,
     to_arrow,
+    unix_seconds,
     write_tables,
 )
 from pipelines.gitlog import GraphNode, RawCommit, Repository
@@ -91,9 +93,9 @@ def point_in_time_order(graph: list[GraphNode]) -> dict[str, _Order]:
     return order
 
 
-def epoch_seconds(timestamps: pd.Series) -> pd.Series:
-    """Whole unix seconds of a tz-aware timestamp column, whatever its resolution."""
-    return (timestamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+def epoch_seconds(timestamps: pd.Series) -> np.ndarray:
+    """Whole unix seconds of a timestamp column (git times are whole seconds)."""
+    return np.floor(unix_seconds(timestamps)).astype(np.int64)
 
 
 @contextmanager
