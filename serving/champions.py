@@ -48,6 +48,7 @@ class Champions:
         self.errors: dict[str, str] = {}
         self.last_reload: float | None = None
         self._lock = threading.Lock()
+        self._metas: dict[tuple[str, str], dict[str, Any]] = {}
 
     def get(self, name: str) -> LoadedModel | None:
         return self.models.get(name)
@@ -80,6 +81,17 @@ class Champions:
             self.last_reload = time.time()
         return ReloadReport({n: m.version for n, m in self.models.items()}, changed, errors)
 
+    def _meta(self, name: str, alias: str, version: str) -> dict[str, Any]:
+        """A version's metadata: from the served model, else loaded once (versions never change)."""
+        served = self.models.get(name)
+        if served is not None and served.version == version:
+            return served.meta
+        if (name, version) not in self._metas:
+            loaded = load(name, alias)  # keyed by the version loaded, should the alias have just moved
+            self._metas[(name, loaded.version)] = loaded.meta
+            return loaded.meta
+        return self._metas[(name, version)]
+
     def describe(self) -> dict[str, Any]:
         """Champion and challenger versions with their evaluation metrics."""
         from models.registry import tracking_uri
@@ -98,7 +110,7 @@ class Champions:
                     version = alias_version(name, alias)
                     entry[alias] = None
                     if version is not None:
-                        meta = served.meta if served and served.version == version else load(name, alias).meta
+                        meta = self._meta(name, alias, version)
                         entry[alias] = {
                             "version": version,
                             "model_kind": meta.get("model_kind"),
