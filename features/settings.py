@@ -1,44 +1,57 @@
 """One typed settings object for the whole system, read from `AWO_*` environment variables and an
-optional YAML file (`AWO_CONFIG`); passed down explicitly, never read at import time."""
+optional YAML file (`AWO_CONFIG`); passed down explicitly, never read at import time.
+
+Settings are grouped in sections, one per stage (data, models, serving; agents to come). `Settings` is all
+of them in one object, and the environment names stay flat (`AWO_DATA_DIR`, `AWO_MAX_BATCH`), so a
+function that needs only one stage can say so in its signature (`settings: ServingSettings`). The YAML file
+may be flat or sectioned (`serving: {max_batch: 500}`)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 from features.errors import BadConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("data", "models", "serving", "agents")
 
 
-class _YamlFileSource(PydanticBaseSettingsSource):
-    """Values from the YAML file named by `AWO_CONFIG` (lower precedence than the environment)."""
+class _SectionedYamlSource(YamlConfigSettingsSource):
+    """pydantic-settings' YAML source over the file named by `AWO_CONFIG`, with section mappings
+    (`data:`, `serving:` ...) flattened into the setting names they hold. Lower precedence than the
+    environment. A missing or malformed file is an error naming it, not an empty configuration."""
 
     def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
-        super().__init__(settings_cls)
-        self._values: dict[str, Any] = {}
-        if path is None:
-            return
         import yaml
 
+        if path is not None and not path.is_file():
+            raise BadConfig(f"config file {path} (AWO_CONFIG) does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError as exc:
-            raise BadConfig(f"config file {path} (AWO_CONFIG) does not exist") from exc
+            super().__init__(settings_cls, yaml_file=path or [])
         except yaml.YAMLError as exc:
             raise BadConfig(f"config file {path} is not valid YAML: {exc}") from exc
-        if not isinstance(loaded, dict):
+        if not isinstance(self.yaml_data, dict):
             raise BadConfig(f"config file {path} must hold a mapping of setting names to values")
-        self._values = loaded
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self._values.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._values)
+        flat: dict[str, Any] = {}
+        for key, value in self.yaml_data.items():
+            if key in SECTIONS:
+                if not isinstance(value, dict):
+                    raise BadConfig(f"config file {path}: section {key!r} must be a mapping")
+                flat.update(value)
+            else:
+                flat[key] = value
+        self.yaml_data = flat
+        self.init_kwargs = flat
 
 
 class ApiToken(BaseModel):
@@ -49,12 +62,9 @@ class ApiToken(BaseModel):
     scopes: list[Literal["risk:read", "models:reload"]] = Field(min_length=1)
 
 
-class Settings(BaseSettings):
-    """Everything configurable. Environment: `AWO_<NAME>`; file: the YAML named by `AWO_CONFIG`."""
+class DataSettings(BaseModel):
+    """Mining, labels, delivery history and the feature store: where data lives and how it is read."""
 
-    model_config = SettingsConfigDict(env_prefix="AWO_", extra="forbid")
-
-    config: Path | None = Field(default=None, description="YAML file with any of these settings")
     data_dir: Path = Field(
         default=PROJECT_ROOT / "data",
         description="data root: every table, store and registry lives below it",
@@ -79,6 +89,18 @@ class Settings(BaseSettings):
         default=None,
         description="Feast online store: redis://HOST:PORT (default: SQLite under the data root)",
     )
+    checkpoint_seconds: float = Field(
+        default=30.0, gt=0, description="a long mining run saves what it has at this interval"
+    )
+
+    def repo_data_dir(self, repo_name: str) -> Path:
+        """Where the tables of one repository live by default: `<data root>/<repo name>/`."""
+        return self.data_dir / repo_name
+
+
+class ModelSettings(BaseModel):
+    """Training, registry and promotion."""
+
     mlflow_tracking_uri: str | None = Field(
         default=None, description="MLflow tracking/registry URI (default: sqlite under the data root)"
     )
@@ -87,6 +109,15 @@ class Settings(BaseSettings):
         ge=0,
         description="below this many mature positive labels: cross-project model (cold start)",
     )
+    public_jit_dir: Path = Field(
+        default=PROJECT_ROOT.parent / "shared" / "data" / "jit" / "issta21",
+        description="public JIT defect data (ISSTA'21 schema) for the cold-start model and the benchmark",
+    )
+
+
+class ServingSettings(BaseModel):
+    """The risk API."""
+
     api_tokens: list[ApiToken] = Field(default_factory=list, description="tokens the risk API accepts")
     risk_bands: dict[Literal["medium", "high", "critical"], float] = Field(
         default_factory=lambda: {"medium": 0.2, "high": 0.4, "critical": 0.7},
@@ -96,9 +127,14 @@ class Settings(BaseSettings):
     model_reload_seconds: float = Field(
         default=300.0, gt=0, description="how often the API reloads champions"
     )
-    checkpoint_seconds: float = Field(
-        default=30.0, gt=0, description="a long mining run saves what it has at this interval"
-    )
+
+
+class Settings(DataSettings, ModelSettings, ServingSettings, BaseSettings):
+    """Everything configurable. Environment: `AWO_<NAME>`; file: the YAML named by `AWO_CONFIG`."""
+
+    model_config = SettingsConfigDict(env_prefix="AWO_", extra="forbid")
+
+    config: Path | None = Field(default=None, description="YAML file with any of these settings")
 
     @classmethod
     def settings_customise_sources(
@@ -109,20 +145,12 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        import os
-
         path = os.environ.get("AWO_CONFIG")
-        return (init_settings, env_settings, _YamlFileSource(settings_cls, Path(path) if path else None))
-
-    def repo_data_dir(self, repo_name: str) -> Path:
-        """Where the tables of one repository live by default: `<data root>/<repo name>/`."""
-        return self.data_dir / repo_name
+        return (init_settings, env_settings, _SectionedYamlSource(settings_cls, Path(path) if path else None))
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Settings from environment and file, with explicit overrides (CLI options) on top."""
-    from pydantic import ValidationError
-
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:

@@ -10,10 +10,13 @@ table or a mix of old and new tables.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import gc
 import json
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +25,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.change_metrics import KAMEI_METRICS
-from features.errors import BadTable
+from features.errors import AwoError, BadTable
 
 JOURNAL = "_journal.json"
+
+# The tables of one repository's data directory.
+COMMITS_FILE = "commits.parquet"
+FILES_FILE = "files.parquet"
+GRAPH_FILE = "graph.parquet"
+CANDIDATES_FILE = "szz_candidates.parquet"
 
 # Arrow's parquet reader can leave scanner threads in a reference cycle; torn down after Arrow's memory
 # pools at interpreter exit, they abort the process ("terminate called without an active exception",
@@ -97,6 +106,18 @@ FILES_SCHEMA = pa.schema(
         ("is_ui_text", pa.bool_()),
         ("subsystem", pa.string()),
         ("service", pa.string()),
+    ]
+)
+
+
+# szz_candidates.parquet: every SZZ verdict of every fix, kept or not, with the reason.
+CANDIDATES_SCHEMA = pa.schema(
+    [
+        ("fix_sha", pa.string()),
+        ("candidate_sha", pa.string()),
+        ("kept", pa.bool_()),
+        ("reason", pa.string()),
+        ("lines", pa.int32()),  # removed lines of the fix last written by the candidate
     ]
 )
 
@@ -187,3 +208,15 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def exclusive(directory: Path) -> Iterator[None]:
+    """The job lock of a data directory: one writer at a time; a second job fails at once."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AwoError(f"another awo job is writing {directory}; wait for it to finish") from None
+        yield

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from features.change_metrics import KAMEI_METRICS
-from features.errors import BadTable
+from features.errors import AwoError, BadTable
+from features.settings import Settings
 from models.evaluation import classification_metrics
 from models.risk_model import ModelConfig, RiskModel
 
@@ -93,3 +94,59 @@ def run_project(path: Path, config: ModelConfig | None = None) -> tuple[ProjectR
         for name, p in scores.items()
     }
     return ProjectResult(path.stem, len(data), len(test), metrics), model
+
+
+def benchmark_table(dataset: Path, settings: Settings | None, out: Path | None = None) -> pd.DataFrame:
+    """The benchmark table: per project and model, AUC, F1, Recall@20%Effort, Effort@20%Recall, Popt and
+    the published AUC; one MLflow run per project when `settings` is given."""
+    files = sorted(Path(dataset).glob("*.csv"))
+    if not files:
+        raise AwoError(f"no CSV files in {dataset}")
+    rows = []
+    if settings is not None:
+        import mlflow
+
+        from models.registry import connect, experiment
+
+        connect(settings)
+        experiment_id = experiment(settings, "jit-benchmark")
+    for path in files:
+        result, model = run_project(path)
+        for name, m in result.metrics.items():
+            published = PUBLISHED_AUC.get(
+                "LApredict (published)"
+                if name == "LApredict"
+                else "LR (published)"
+                if name.startswith("LR")
+                else "",
+                {},
+            ).get(result.project)
+            rows.append(
+                {
+                    "project": result.project,
+                    "model": name,
+                    "auc": m["auc"],
+                    "f1": m["f1"],
+                    "recall@20%effort": m["recall_at_20_effort"],
+                    "effort@20%recall": m["effort_at_20_recall"],
+                    "popt": m["popt"],
+                    "published_auc": published if published is not None else float("nan"),
+                }
+            )
+        if settings is not None:
+            with mlflow.start_run(experiment_id=experiment_id, run_name=result.project):
+                mlflow.log_params(
+                    {**model.config.model_dump(), "rows": result.rows, "test_rows": result.test_rows}
+                )
+                for name, m in result.metrics.items():
+                    key = name.split(" ")[0].lower()
+                    mlflow.log_metrics({f"{key}_{k}": v for k, v in m.items() if np.isfinite(v)})
+    table = pd.DataFrame(rows)
+    means = table.groupby("model", sort=False)[
+        ["auc", "f1", "recall@20%effort", "effort@20%recall", "popt"]
+    ].mean()
+    means = means.reset_index().assign(project="mean", published_auc=float("nan"))
+    table = pd.concat([table, means[table.columns]], ignore_index=True)
+    if out is not None:
+        out.write_text(table.to_json(orient="records", indent=2))
+    return table

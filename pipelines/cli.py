@@ -132,7 +132,7 @@ def label(
     ] = None,
 ) -> None:
     """Label bug-inducing commits with R-SZZ (blame with move/copy detection)."""
-    from pipelines.gitlog import Repository
+    from features.mining.gitlog import Repository
     from pipelines.label import audit_fix, label_repository
 
     try:
@@ -534,10 +534,10 @@ def benchmark_jit(
     track: Annotated[bool, typer.Option(help="log one MLflow run per project")] = True,
 ) -> None:
     """Within-project JIT defect prediction: first 80% train, last 20% test, beside two baselines."""
-    from pipelines.train import run_jit_benchmark
+    from models.jit_benchmark import benchmark_table
 
     try:
-        table = run_jit_benchmark(dataset, _settings() if track else None, out)
+        table = benchmark_table(dataset, _settings() if track else None, out)
     except AwoError as exc:
         _fail(exc)
     _print_benchmark(table)

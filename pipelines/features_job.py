@@ -15,8 +15,7 @@ from features.errors import AwoError
 from features.history import commit_tables, deployment_tables
 from features.settings import Settings
 from features.store import mark_rebuilt, sources_dir
-from features.tables import read_table, write_tables
-from pipelines.mine import COMMITS_FILE, FILES_FILE, exclusive
+from features.tables import COMMITS_FILE, FILES_FILE, exclusive, read_table, write_tables
 
 # Every source row carries the repository it was built from, so rebuilding one repository replaces
 # exactly its rows.

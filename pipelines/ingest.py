@@ -32,8 +32,7 @@ from features.delivery import (
 )
 from features.errors import AwoError, BadTable
 from features.settings import Settings
-from features.tables import atomic_write_text, read_table, write_tables
-from pipelines.mine import FILES_FILE, GRAPH_FILE, exclusive
+from features.tables import FILES_FILE, GRAPH_FILE, atomic_write_text, exclusive, read_table, write_tables
 
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 

@@ -7,25 +7,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
 
 from features.errors import AwoError, BadTable
 from features.labels import Candidate, Verdict, issue_ids, label_commits, select_inducing
+from features.mining.gitlog import Repository
+from features.mining.szz import find_candidates
 from features.settings import Settings
-from features.tables import COMMITS_SCHEMA, LABELLED_COMMITS_SCHEMA, read_table, to_arrow, write_tables
-from pipelines.gitlog import Repository
-from pipelines.mine import COMMITS_FILE, exclusive
-from pipelines.szz import find_candidates
-
-CANDIDATES_FILE = "szz_candidates.parquet"
-CANDIDATES_SCHEMA = pa.schema(
-    [
-        ("fix_sha", pa.string()),
-        ("candidate_sha", pa.string()),
-        ("kept", pa.bool_()),
-        ("reason", pa.string()),
-        ("lines", pa.int32()),  # removed lines of the fix last written by the candidate
-    ]
+from features.tables import (
+    CANDIDATES_FILE,
+    CANDIDATES_SCHEMA,
+    COMMITS_FILE,
+    COMMITS_SCHEMA,
+    LABELLED_COMMITS_SCHEMA,
+    exclusive,
+    read_table,
+    to_arrow,
+    write_tables,
 )
 
 

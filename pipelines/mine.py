@@ -15,46 +15,43 @@ last checkpoint).
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from features.change_metrics import KAMEI_METRICS, Change, ChangeHistory, FileChange
-from features.classify import (
-    BotRule,
-    ServiceMap,
-    author_id,
-    change_kind,
-    file_kind,
-    is_fix_message,
-    subsystem_of,
-)
+from features.change_metrics import ChangeHistory
+from features.classify import BotRule, ServiceMap
 from features.errors import AwoError
+from features.mining.commits import (
+    CommitRows,
+    HistoryOrder,
+    add_commit,
+    epoch_seconds,
+    graph_frame,
+    point_in_time_order,
+    replay_history,
+)
+from features.mining.gitlog import Repository
 from features.settings import Settings
 from features.tables import (
+    COMMITS_FILE,
     COMMITS_SCHEMA,
+    FILES_FILE,
     FILES_SCHEMA,
+    GRAPH_FILE,
     GRAPH_SCHEMA,
     LABEL_COLUMNS,
+    exclusive,
     read_table,
     to_arrow,
-    unix_seconds,
     write_tables,
 )
-from pipelines.gitlog import GraphNode, RawCommit, Repository
 
 log = logging.getLogger(__name__)
-
-COMMITS_FILE = "commits.parquet"
-FILES_FILE = "files.parquet"
-GRAPH_FILE = "graph.parquet"
 
 
 @dataclass
@@ -74,56 +71,6 @@ class MineResult:
     @property
     def commits_per_second(self) -> float:
         return self.commits_mined / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class _Order:
-    history_ts: int
-    generation: int
-
-
-def point_in_time_order(graph: list[GraphNode]) -> dict[str, _Order]:
-    """history_at (corrected commit time) and generation of every commit; `graph` lists parents first."""
-    order: dict[str, _Order] = {}
-    for node in graph:
-        parents = [order[p] for p in node.parents if p in order]
-        history_ts = max([node.committed_ts, *(p.history_ts for p in parents)])
-        generation = 1 + max((p.generation for p in parents), default=0)
-        order[node.sha] = _Order(history_ts, generation)
-    return order
-
-
-def epoch_seconds(timestamps: pd.Series) -> np.ndarray:
-    """Whole unix seconds of a timestamp column (git times are whole seconds)."""
-    return np.floor(unix_seconds(timestamps)).astype(np.int64)
-
-
-@contextmanager
-def exclusive(directory: Path) -> Iterator[None]:
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AwoError(f"another awo job is writing {directory}; wait for it to finish") from None
-        yield
-
-
-class _Rows:
-    """Column lists of new rows, in processing order."""
-
-    def __init__(self) -> None:
-        self.commits: dict[str, list] = {name: [] for name in COMMITS_SCHEMA.names}
-        self.files: dict[str, list] = {name: [] for name in FILES_SCHEMA.names}
-
-    def __len__(self) -> int:
-        return len(self.commits["sha"])
-
-    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        commits = pd.DataFrame(self.commits)
-        for col in ("committed_at", "history_at"):
-            commits[col] = pd.to_datetime(commits[col], unit="s", utc=True)
-        return commits, pd.DataFrame(self.files)
 
 
 def mine_repository(
@@ -174,8 +121,8 @@ def mine_repository(
 
         history = ChangeHistory()
         if kept_commits is not None:
-            _replay(history, kept_commits, kept_files)
-        graph_table = _graph_frame(graph)
+            replay_history(history, kept_commits, kept_files)
+        graph_table = graph_frame(graph)
         if not todo and not result.dropped:
             stored_graph = read_table(out_dir / GRAPH_FILE, GRAPH_SCHEMA)
             if stored_graph is None or set(stored_graph["sha"]) != set(graph_table["sha"]):
@@ -185,11 +132,11 @@ def mine_repository(
             result.fix_commits = int(kept_commits["is_fix"].sum()) if kept_commits is not None else 0
             return result
 
-        rows = _Rows()
+        rows = CommitRows()
         seq = len(kept_shas)
         last_checkpoint = time.monotonic()
         for done, raw in enumerate(repository.stream_commits(todo, workers), start=1):
-            _add_commit(
+            add_commit(
                 rows, raw, seq, order[raw.sha].history_ts, repo_name, history, settings, bots, services
             )
             seq += 1
@@ -213,7 +160,7 @@ def _rows_to_keep(
     old_commits: pd.DataFrame | None,
     old_files: pd.DataFrame | None,
     non_merge: list[str],
-    order: dict[str, _Order],
+    order: dict[str, HistoryOrder],
     result: MineResult,
 ) -> tuple[pd.DataFrame | None, pd.DataFrame | None, int]:
     """Rows of an earlier run that stay valid, and the point-in-time from which to recompute."""
@@ -242,93 +189,11 @@ def _rows_to_keep(
     return commits, files, cut_ts
 
 
-def _replay(history: ChangeHistory, commits: pd.DataFrame, files: pd.DataFrame) -> None:
-    """Rebuild the history state from stored rows, in their point-in-time order."""
-    by_sha: dict[str, list[FileChange]] = {}
-    for sha, path, old_path, change_type, la, ld, binary in zip(
-        files["sha"], files["path"], files["old_path"], files["change_type"], files["la"], files["ld"],
-        files["is_binary"], strict=True,
-    ):  # fmt: skip
-        by_sha.setdefault(sha, []).append(
-            FileChange(
-                path, change_type, int(la), int(ld), old_path if isinstance(old_path, str) else None, binary
-            )
-        )
-    commits = commits.sort_values("seq")
-    at = epoch_seconds(commits["history_at"])
-    for sha, author, ts, is_fix, is_bot in zip(
-        commits["sha"], commits["author_id"], at, commits["is_fix"], commits["is_bot"], strict=True
-    ):
-        history.record(Change(tuple(by_sha.get(sha, ())), author, float(ts), bool(is_fix), bool(is_bot)))
-
-
-def _add_commit(
-    rows: _Rows,
-    raw: RawCommit,
-    seq: int,
-    history_ts: int,
-    repo_name: str,
-    history: ChangeHistory,
-    settings: Settings,
-    bots: BotRule,
-    services: ServiceMap,
-) -> None:
-    is_bot = bots.is_bot(raw.author_name, raw.author_email)
-    ident = author_id(raw.author_email, raw.author_name, settings.identity_salt)
-    is_fix = is_fix_message(raw.message)
-    kinds = [file_kind(f.path) for f in raw.files]
-    metrics = history.metrics_then_record(Change(raw.files, ident, float(history_ts), is_fix, is_bot))
-    shown_name, shown_email = (ident, ident) if settings.pseudonymize else (raw.author_name, raw.author_email)
-    c = rows.commits
-    c["repo"].append(repo_name)
-    c["sha"].append(raw.sha)
-    c["seq"].append(seq)
-    c["parents"].append(list(raw.parents))
-    c["committed_at"].append(raw.committed_ts)
-    c["history_at"].append(history_ts)
-    c["author_id"].append(ident)
-    c["author_name"].append(shown_name)
-    c["author_email"].append(shown_email)
-    c["is_bot"].append(is_bot)
-    c["message_subject"].append(raw.message.split("\n", 1)[0].strip())
-    c["is_fix"].append(is_fix)
-    c["change_kind"].append(change_kind(raw.message, kinds))
-    for metric in KAMEI_METRICS:
-        c[metric].append(metrics[metric])
-    f = rows.files
-    for change, kind in zip(raw.files, kinds, strict=True):
-        f["repo"].append(repo_name)
-        f["sha"].append(raw.sha)
-        f["path"].append(change.path)
-        f["old_path"].append(change.old_path)
-        f["change_type"].append(change.change_type)
-        f["la"].append(change.la)
-        f["ld"].append(change.ld)
-        f["is_binary"].append(change.is_binary)
-        f["is_test"].append(kind.is_test)
-        f["is_docs"].append(kind.is_docs)
-        f["is_config"].append(kind.is_config)
-        f["is_migration"].append(kind.is_migration)
-        f["is_ui_text"].append(kind.is_ui_text)
-        f["subsystem"].append(subsystem_of(change.path))
-        f["service"].append(services.service_of(change.path))
-
-
-def _graph_frame(graph: list[GraphNode]) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "sha": [n.sha for n in graph],
-            "parents": [list(n.parents) for n in graph],
-            "committed_at": pd.to_datetime([n.committed_ts for n in graph], unit="s", utc=True),
-        }
-    )
-
-
 def _write(
     out_dir: Path,
     kept_commits: pd.DataFrame | None,
     kept_files: pd.DataFrame | None,
-    rows: _Rows,
+    rows: CommitRows,
     graph: pd.DataFrame,
 ) -> pd.DataFrame:
     new_commits, new_files = rows.frames()

@@ -18,23 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.change_metrics import KAMEI_METRICS
 from features.errors import AwoError
-from features.settings import PROJECT_ROOT, Settings
+from features.settings import Settings
 from features.tables import read_table
-from models.evaluation import classification_metrics, reference, rolling_windows, time_split
+from models.evaluation import classification_metrics, reference
 from models.risk_model import ModelConfig, RiskModel, TooFewLabels
-
-PUBLIC_JIT = PROJECT_ROOT.parent / "shared" / "data" / "jit" / "issta21"
-
-
-@dataclass
-class TrainingData:
-    kind: str
-    service: str
-    features: list[str]
-    frame: pd.DataFrame  # features, `label`, `at`, `effort`; sorted by `at`
-    source: str
+from models.training import TrainingData, cross_project_model, held_out, rolling_evaluation
 
 
 @dataclass
@@ -100,27 +89,6 @@ def deploy_failure_data(settings: Settings, data_dir: Path, store) -> TrainingDa
 LOADERS = {"change-risk": change_risk_data, "deploy-failure": deploy_failure_data}
 
 
-def held_out(data: TrainingData, gap_days: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rows to fit on, test rows): the newest 20% test, with a maturity gap before it."""
-    split = time_split(data.frame["at"], test_share=0.2, gap=pd.Timedelta(days=gap_days))
-    fit_rows = np.sort(np.concatenate([split.train, split.validation, split.calibration]))
-    return data.frame.iloc[fit_rows], data.frame.iloc[split.test]
-
-
-def cross_project_model(config: ModelConfig | None = None, dataset: Path = PUBLIC_JIT) -> RiskModel:
-    """A change-risk model trained on the public benchmark projects, on the 14 Kamei metrics."""
-    from models.jit_benchmark import load_project
-
-    files = sorted(Path(dataset).glob("*.csv"))
-    if not files:
-        raise AwoError(f"cold start needs the public JIT data in {dataset}, which is missing")
-    frames = [load_project(f) for f in files]
-    data = pd.concat(frames, ignore_index=True).sort_values("committed_at", kind="stable")
-    return RiskModel(list(KAMEI_METRICS), config, name="change-risk-cross-project").fit(
-        data, data["bug"], data["committed_at"]
-    )
-
-
 def train(
     kind: str, settings: Settings, data_dir: Path, config: ModelConfig | None = None, gap_days: float = 30.0
 ) -> TrainResult:
@@ -146,7 +114,7 @@ def train(
     except TooFewLabels as exc:
         if kind != "change-risk":
             raise AwoError(f"cannot train {kind}: {exc}") from None
-        model = cross_project_model(config)
+        model = cross_project_model(settings.public_jit_dir, config)
         model_kind = "cross-project (ISSTA'21 public JIT data, 14 Kamei metrics)"
         notes.append(f"cold start: {exc}; using a cross-project model trained on public data")
     metrics = classification_metrics(
@@ -219,37 +187,6 @@ def train(
     )
 
 
-def rolling_evaluation(
-    data: TrainingData, features: list[str], config: ModelConfig | None, gap_days: float
-) -> pd.DataFrame:
-    """Train on a window, skip the gap, test on the next window, slide: how the model ages."""
-    span = data.frame["at"].max() - data.frame["at"].min()
-    window, test = span * 0.4, span * 0.15
-    rows = []
-    for start, train_rows, test_rows in rolling_windows(
-        data.frame["at"], window, pd.Timedelta(days=gap_days), test
-    ):
-        train, held = data.frame.iloc[train_rows], data.frame.iloc[test_rows]
-        if held["label"].nunique() < 2:
-            continue
-        try:
-            model = RiskModel(features, config).fit(train, train["label"], train["at"])
-        except TooFewLabels:
-            continue
-        m = classification_metrics(held["label"], model.predict_proba(held), held["effort"], model.threshold_)
-        rows.append(
-            {
-                "test_from": start,
-                "train_rows": len(train),
-                "test_rows": len(held),
-                "auc": m["auc"],
-                "brier": m["brier"],
-                "popt": m["popt"],
-            }
-        )
-    return pd.DataFrame(rows)
-
-
 def promote_model(kind: str, settings: Settings, data_dir: Path, gap_days: float = 30.0) -> dict[str, Any]:
     """The promotion gate: champion and challenger scored on the same, most recent held-out period."""
     from features.store import open_store
@@ -269,61 +206,3 @@ def promote_model(kind: str, settings: Settings, data_dir: Path, gap_days: float
     result = promote(kind, score)
     result["test_rows"] = len(test)
     return result
-
-
-def run_jit_benchmark(dataset: Path, settings: Settings | None, out: Path | None = None) -> pd.DataFrame:
-    """The benchmark table: per project and model, AUC, F1, Recall@20%Effort, Effort@20%Recall, Popt and
-    the published AUC; one MLflow run per project when `settings` is given."""
-    from models.jit_benchmark import PUBLISHED_AUC, run_project
-
-    files = sorted(Path(dataset).glob("*.csv"))
-    if not files:
-        raise AwoError(f"no CSV files in {dataset}")
-    rows = []
-    if settings is not None:
-        import mlflow
-
-        from models.registry import connect, experiment
-
-        connect(settings)
-        experiment_id = experiment(settings, "jit-benchmark")
-    for path in files:
-        result, model = run_project(path)
-        for name, m in result.metrics.items():
-            published = PUBLISHED_AUC.get(
-                "LApredict (published)"
-                if name == "LApredict"
-                else "LR (published)"
-                if name.startswith("LR")
-                else "",
-                {},
-            ).get(result.project)
-            rows.append(
-                {
-                    "project": result.project,
-                    "model": name,
-                    "auc": m["auc"],
-                    "f1": m["f1"],
-                    "recall@20%effort": m["recall_at_20_effort"],
-                    "effort@20%recall": m["effort_at_20_recall"],
-                    "popt": m["popt"],
-                    "published_auc": published if published is not None else float("nan"),
-                }
-            )
-        if settings is not None:
-            with mlflow.start_run(experiment_id=experiment_id, run_name=result.project):
-                mlflow.log_params(
-                    {**model.config.model_dump(), "rows": result.rows, "test_rows": result.test_rows}
-                )
-                for name, m in result.metrics.items():
-                    key = name.split(" ")[0].lower()
-                    mlflow.log_metrics({f"{key}_{k}": v for k, v in m.items() if np.isfinite(v)})
-    table = pd.DataFrame(rows)
-    means = table.groupby("model", sort=False)[
-        ["auc", "f1", "recall@20%effort", "effort@20%recall", "popt"]
-    ].mean()
-    means = means.reset_index().assign(project="mean", published_auc=float("nan"))
-    table = pd.concat([table, means[table.columns]], ignore_index=True)
-    if out is not None:
-        out.write_text(table.to_json(orient="records", indent=2))
-    return table

@@ -1,61 +1,19 @@
-"""The risk API: FastAPI app factory, shared state, typed dependencies and error mapping.
+"""The risk API: FastAPI app factory and error mapping (shared state and dependencies: serving.deps).
 
 Run it with `awo serve` (uvicorn); tests build it with `create_app(settings)`."""
 
 from __future__ import annotations
 
-import threading
 from contextlib import asynccontextmanager
-from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.settings import Settings, load_settings
-from serving.champions import Champions
-from serving.predictions import PredictionLog
-from serving.scoring import Staleness
-from serving.telemetry import Telemetry, configure_json_logging, request_middleware
-
-
-class State:
-    """What every request shares: settings, the feature store, the champions, the prediction log."""
-
-    def __init__(self, settings: Settings) -> None:
-        from features.store import open_store
-
-        self.settings = settings
-        self.store = open_store(settings)
-        self.champions = Champions(settings)
-        self.predictions = PredictionLog(settings.data_dir / "predictions.db")
-        self.telemetry = Telemetry()
-        self.staleness = Staleness()
-        self._stop = threading.Event()
-
-    def start_reload_timer(self) -> None:
-        def loop() -> None:
-            while not self._stop.wait(self.settings.model_reload_seconds):
-                self.reload()
-
-        threading.Thread(target=loop, name="champion-reload", daemon=True).start()
-
-    def reload(self):
-        report = self.champions.reload()
-        for name, version in report.loaded.items():
-            self.telemetry.model_version.labels(name).set(float(version))
-        return report
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-def get_state(request: Request) -> State:
-    return request.app.state.awo
-
-
-StateDep = Annotated[State, Depends(get_state)]
+from serving.deps import State
+from serving.telemetry import configure_json_logging, request_middleware
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -156,7 +156,8 @@ def test_promotion_refuses_a_worse_challenger_and_accepts_a_good_one(pipeline):
     import mlflow
 
     from models.registry import alias_version, connect, experiment, log_model
-    from pipelines.train import LOADERS, held_out, promote_model, train
+    from models.training import held_out
+    from pipelines.train import LOADERS, promote_model, train
 
     settings, tables = pipeline
     connect(settings)

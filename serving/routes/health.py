@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from serving.app import StateDep
+from serving.deps import StateDep
 
 router = APIRouter(tags=["health"])
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, Request
 
-from serving.app import StateDep
 from serving.auth import READ, RELOAD, authorize
+from serving.deps import StateDep
 from serving.predictions import psi
 
 router = APIRouter(tags=["models"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, status
 
-from serving.app import StateDep
 from serving.auth import READ, authorize
+from serving.deps import StateDep
 from serving.schemas import CommitBatch, CommitRiskResponse, DeploymentQuery, DeploymentRisk, Problem
 from serving.scoring import score_commits, score_deployment
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from features.classify import file_kind
 from features.labels import Candidate
-from pipelines.gitlog import Repository
+from features.mining.gitlog import Repository
 
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+\d+(?:,\d+)? @@")
 _COMMENT_PREFIXES = ("#", "//", "/*", "*", "--", "<!--", '"""', "'''")

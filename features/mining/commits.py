@@ -1,0 +1,145 @@
+"""Point-in-time change metrics of commits: the order commits are processed in, the rows of the commits
+and files tables, and the history state replayed from stored rows. Pure functions over data read from
+git (`features.mining.gitlog`); the incremental job that drives them is `pipelines.mine`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.change_metrics import KAMEI_METRICS, Change, ChangeHistory, FileChange
+from features.classify import (
+    BotRule,
+    ServiceMap,
+    author_id,
+    change_kind,
+    file_kind,
+    is_fix_message,
+    subsystem_of,
+)
+from features.mining.gitlog import GraphNode, RawCommit
+from features.settings import Settings
+from features.tables import COMMITS_SCHEMA, FILES_SCHEMA, unix_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryOrder:
+    history_ts: int
+    generation: int
+
+
+def point_in_time_order(graph: list[GraphNode]) -> dict[str, HistoryOrder]:
+    """history_at (corrected commit time) and generation of every commit; `graph` lists parents first."""
+    order: dict[str, HistoryOrder] = {}
+    for node in graph:
+        parents = [order[p] for p in node.parents if p in order]
+        history_ts = max([node.committed_ts, *(p.history_ts for p in parents)])
+        generation = 1 + max((p.generation for p in parents), default=0)
+        order[node.sha] = HistoryOrder(history_ts, generation)
+    return order
+
+
+def epoch_seconds(timestamps: pd.Series) -> np.ndarray:
+    """Whole unix seconds of a timestamp column (git times are whole seconds)."""
+    return np.floor(unix_seconds(timestamps)).astype(np.int64)
+
+
+class CommitRows:
+    """Column lists of new rows, in processing order."""
+
+    def __init__(self) -> None:
+        self.commits: dict[str, list] = {name: [] for name in COMMITS_SCHEMA.names}
+        self.files: dict[str, list] = {name: [] for name in FILES_SCHEMA.names}
+
+    def __len__(self) -> int:
+        return len(self.commits["sha"])
+
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        commits = pd.DataFrame(self.commits)
+        for col in ("committed_at", "history_at"):
+            commits[col] = pd.to_datetime(commits[col], unit="s", utc=True)
+        return commits, pd.DataFrame(self.files)
+
+
+def replay_history(history: ChangeHistory, commits: pd.DataFrame, files: pd.DataFrame) -> None:
+    """Rebuild the history state from stored rows, in their point-in-time order."""
+    by_sha: dict[str, list[FileChange]] = {}
+    for sha, path, old_path, change_type, la, ld, binary in zip(
+        files["sha"], files["path"], files["old_path"], files["change_type"], files["la"], files["ld"],
+        files["is_binary"], strict=True,
+    ):  # fmt: skip
+        by_sha.setdefault(sha, []).append(
+            FileChange(
+                path, change_type, int(la), int(ld), old_path if isinstance(old_path, str) else None, binary
+            )
+        )
+    commits = commits.sort_values("seq")
+    at = epoch_seconds(commits["history_at"])
+    for sha, author, ts, is_fix, is_bot in zip(
+        commits["sha"], commits["author_id"], at, commits["is_fix"], commits["is_bot"], strict=True
+    ):
+        history.record(Change(tuple(by_sha.get(sha, ())), author, float(ts), bool(is_fix), bool(is_bot)))
+
+
+def add_commit(
+    rows: CommitRows,
+    raw: RawCommit,
+    seq: int,
+    history_ts: int,
+    repo_name: str,
+    history: ChangeHistory,
+    settings: Settings,
+    bots: BotRule,
+    services: ServiceMap,
+) -> None:
+    is_bot = bots.is_bot(raw.author_name, raw.author_email)
+    ident = author_id(raw.author_email, raw.author_name, settings.identity_salt)
+    is_fix = is_fix_message(raw.message)
+    kinds = [file_kind(f.path) for f in raw.files]
+    metrics = history.metrics_then_record(Change(raw.files, ident, float(history_ts), is_fix, is_bot))
+    shown_name, shown_email = (ident, ident) if settings.pseudonymize else (raw.author_name, raw.author_email)
+    c = rows.commits
+    c["repo"].append(repo_name)
+    c["sha"].append(raw.sha)
+    c["seq"].append(seq)
+    c["parents"].append(list(raw.parents))
+    c["committed_at"].append(raw.committed_ts)
+    c["history_at"].append(history_ts)
+    c["author_id"].append(ident)
+    c["author_name"].append(shown_name)
+    c["author_email"].append(shown_email)
+    c["is_bot"].append(is_bot)
+    c["message_subject"].append(raw.message.split("\n", 1)[0].strip())
+    c["is_fix"].append(is_fix)
+    c["change_kind"].append(change_kind(raw.message, kinds))
+    for metric in KAMEI_METRICS:
+        c[metric].append(metrics[metric])
+    f = rows.files
+    for change, kind in zip(raw.files, kinds, strict=True):
+        f["repo"].append(repo_name)
+        f["sha"].append(raw.sha)
+        f["path"].append(change.path)
+        f["old_path"].append(change.old_path)
+        f["change_type"].append(change.change_type)
+        f["la"].append(change.la)
+        f["ld"].append(change.ld)
+        f["is_binary"].append(change.is_binary)
+        f["is_test"].append(kind.is_test)
+        f["is_docs"].append(kind.is_docs)
+        f["is_config"].append(kind.is_config)
+        f["is_migration"].append(kind.is_migration)
+        f["is_ui_text"].append(kind.is_ui_text)
+        f["subsystem"].append(subsystem_of(change.path))
+        f["service"].append(services.service_of(change.path))
+
+
+def graph_frame(graph: list[GraphNode]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "sha": [n.sha for n in graph],
+            "parents": [list(n.parents) for n in graph],
+            "committed_at": pd.to_datetime([n.committed_ts for n in graph], unit="s", utc=True),
+        }
+    )

@@ -1,0 +1,77 @@
+"""Model training as domain logic, apart from where the data comes from: the training data of a model
+kind, the held-out split used by training and the promotion gate alike, the rolling evaluation that shows
+how a model ages, and the cross-project model for cold start (trained on public JIT data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.change_metrics import KAMEI_METRICS
+from features.errors import AwoError
+from models.evaluation import classification_metrics, rolling_windows, time_split
+from models.risk_model import ModelConfig, RiskModel, TooFewLabels
+
+
+@dataclass
+class TrainingData:
+    kind: str
+    service: str
+    features: list[str]
+    frame: pd.DataFrame  # features, `label`, `at`, `effort`; sorted by `at`
+    source: str
+
+
+def held_out(data: TrainingData, gap_days: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows to fit on, test rows): the newest 20% test, with a maturity gap before it."""
+    split = time_split(data.frame["at"], test_share=0.2, gap=pd.Timedelta(days=gap_days))
+    fit_rows = np.sort(np.concatenate([split.train, split.validation, split.calibration]))
+    return data.frame.iloc[fit_rows], data.frame.iloc[split.test]
+
+
+def rolling_evaluation(
+    data: TrainingData, features: list[str], config: ModelConfig | None, gap_days: float
+) -> pd.DataFrame:
+    """Train on a window, skip the gap, test on the next window, slide: how the model ages."""
+    span = data.frame["at"].max() - data.frame["at"].min()
+    window, test = span * 0.4, span * 0.15
+    rows = []
+    for start, train_rows, test_rows in rolling_windows(
+        data.frame["at"], window, pd.Timedelta(days=gap_days), test
+    ):
+        train, held = data.frame.iloc[train_rows], data.frame.iloc[test_rows]
+        if held["label"].nunique() < 2:
+            continue
+        try:
+            model = RiskModel(features, config).fit(train, train["label"], train["at"])
+        except TooFewLabels:
+            continue
+        m = classification_metrics(held["label"], model.predict_proba(held), held["effort"], model.threshold_)
+        rows.append(
+            {
+                "test_from": start,
+                "train_rows": len(train),
+                "test_rows": len(held),
+                "auc": m["auc"],
+                "brier": m["brier"],
+                "popt": m["popt"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def cross_project_model(dataset: Path, config: ModelConfig | None = None) -> RiskModel:
+    """A change-risk model trained on the public benchmark projects, on the 14 Kamei metrics."""
+    from models.jit_benchmark import load_project
+
+    files = sorted(Path(dataset).glob("*.csv"))
+    if not files:
+        raise AwoError(f"cold start needs the public JIT data in {dataset}, which is missing")
+    frames = [load_project(f) for f in files]
+    data = pd.concat(frames, ignore_index=True).sort_values("committed_at", kind="stable")
+    return RiskModel(list(KAMEI_METRICS), config, name="change-risk-cross-project").fit(
+        data, data["bug"], data["committed_at"]
+    )

@@ -1,0 +1,53 @@
+"""What the routes of the risk API share, and the typed dependency aliases that hand it to them
+(as in the FastAPI full-stack template's `api/deps.py`): a route's signature says what it needs."""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from features.settings import Settings
+from serving.champions import Champions
+from serving.predictions import PredictionLog
+from serving.scoring import Staleness
+from serving.telemetry import Telemetry
+
+
+class State:
+    """What every request shares: settings, the feature store, the champions, the prediction log."""
+
+    def __init__(self, settings: Settings) -> None:
+        from features.store import open_store
+
+        self.settings = settings
+        self.store = open_store(settings)
+        self.champions = Champions(settings)
+        self.predictions = PredictionLog(settings.data_dir / "predictions.db")
+        self.telemetry = Telemetry()
+        self.staleness = Staleness()
+        self._stop = threading.Event()
+
+    def start_reload_timer(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.settings.model_reload_seconds):
+                self.reload()
+
+        threading.Thread(target=loop, name="champion-reload", daemon=True).start()
+
+    def reload(self):
+        report = self.champions.reload()
+        for name, version in report.loaded.items():
+            self.telemetry.model_version.labels(name).set(float(version))
+        return report
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def get_state(request: Request) -> State:
+    return request.app.state.awo
+
+
+StateDep = Annotated[State, Depends(get_state)]
