@@ -23,6 +23,7 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # Real services the tests start: installed from Debian when missing and we may (root with apt);
 # otherwise the tests that need them skip with the reason.
