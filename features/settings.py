@@ -115,12 +115,19 @@ class ModelSettings(BaseModel):
     )
 
 
+RiskBand = Literal["medium", "high", "critical"]
+
+
+def _default_risk_bands() -> dict[RiskBand, float]:
+    return {"medium": 0.2, "high": 0.4, "critical": 0.7}
+
+
 class ServingSettings(BaseModel):
     """The risk API."""
 
     api_tokens: list[ApiToken] = Field(default_factory=list, description="tokens the risk API accepts")
-    risk_bands: dict[Literal["medium", "high", "critical"], float] = Field(
-        default_factory=lambda: {"medium": 0.2, "high": 0.4, "critical": 0.7},
+    risk_bands: dict[RiskBand, float] = Field(
+        default_factory=_default_risk_bands,
         description="lower probability bounds of the risk bands (below medium: low)",
     )
     max_batch: int = Field(default=1000, ge=1, le=100_000, description="largest batch the risk API scores")
