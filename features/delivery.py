@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import pandas as pd
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 SEVERITY_LEVEL = {"low": 1, "medium": 2, "high": 3, "critical": 4}
 _SEV_ALIASES = {"sev1": "critical", "sev2": "high", "sev3": "medium", "sev4": "low"}
@@ -196,7 +196,7 @@ def label_deployments(
             d = inc.linked_deploy_id
             if isinstance(d, str) and d in start and inc.started_at - start[d] <= window:
                 first_incident.setdefault(d, inc.incident_id)
-    reasons = []
+    reasons: list[str | None] = []
     for row in out.itertuples():
         if row.outcome in ("failed", "rolled-back"):
             reasons.append(f"outcome {row.outcome}")
@@ -301,14 +301,9 @@ def flakiness(runs: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def iter_field_errors(error: Exception) -> Iterable[tuple[str, str]]:
+def iter_field_errors(error: ValidationError) -> Iterable[tuple[str, str]]:
     """(field, reason) pairs of a pydantic ValidationError."""
-    from pydantic import ValidationError
-
-    if isinstance(error, ValidationError):
-        for item in error.errors():
-            field = ".".join(str(p) for p in item["loc"]) or "row"
-            reason = item["msg"].removeprefix("Value error, ")
-            yield field, reason
-    else:
-        yield "row", str(error)
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "row"
+        reason = item["msg"].removeprefix("Value error, ")
+        yield field, reason

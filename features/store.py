@@ -17,7 +17,7 @@ from features.errors import AwoError, BadConfig
 from features.settings import Settings
 
 if TYPE_CHECKING:
-    from feast import FeatureStore
+    from feast import FeatureStore, FeatureView
 
 FEATURE_REPO = Path(__file__).resolve().parent / "feature_repo"
 SOURCE_TABLES = (
@@ -154,15 +154,14 @@ def materialize(store: FeatureStore, end: datetime | None = None) -> dict[str, A
     import json
 
     end = end or datetime.now(UTC)
-    mark = Path(store.config.repo_path) / "sources" / REBUILT_MARK
+    mark = _repo_root(store) / "sources" / REBUILT_MARK
     rebuilt_since = (
         pd.Timestamp(json.loads(mark.read_text())["since"]).to_pydatetime() if mark.exists() else None
     )
-    views, empty = [], []
+    views: list[FeatureView] = []
+    empty: list[FeatureView] = []
     for view in store.list_feature_views():
-        source = Path(view.batch_source.path)
-        source = source if source.is_absolute() else Path(store.config.repo_path) / source
-        (views if source.exists() else empty).append(view)
+        (views if source_path(store, view).exists() else empty).append(view)
     first = [v.name for v in views if not v.materialization_intervals or rebuilt_since is not None]
     if first:
         start = min(rebuilt_since, end) if rebuilt_since is not None else datetime(1970, 1, 2, tzinfo=UTC)
@@ -173,6 +172,45 @@ def materialize(store: FeatureStore, end: datetime | None = None) -> dict[str, A
     if mark.exists():
         mark.unlink()
     return {"feature_views": len(views), "skipped": [v.name for v in empty], "end": end}
+
+
+def _repo_root(store: FeatureStore) -> Path:
+    return Path(store.config.repo_path or store.repo_path)
+
+
+def source_path(store: FeatureStore, view: FeatureView) -> Path:
+    """The parquet file a feature view reads (written by `awo features build`)."""
+    from feast import FileSource
+
+    source = view.batch_source
+    if not isinstance(source, FileSource):
+        raise BadConfig(f"feature view {view.name} does not read a file source")
+    path = Path(source.path)
+    return path if path.is_absolute() else _repo_root(store) / path
+
+
+@dataclass
+class FeatureCatalog:
+    """What the registry holds: each feature service with its features in model-input order, and each
+    feature view with its entities' join keys, its features and whether its source has been built."""
+
+    services: dict[str, list[str]]
+    views: dict[str, tuple[list[str], list[str], bool]]
+
+
+def catalog(store: FeatureStore) -> FeatureCatalog:
+    services = {s.name: feature_names(store, s.name) for s in store.list_feature_services()}
+    views = {
+        v.name: (
+            [c.name for c in v.entity_columns],
+            [f.name for f in v.features],
+            source_path(store, v).exists(),
+        )
+        for v in store.list_feature_views()
+    }
+    if not services and not views:
+        raise AwoError(f"the feature registry in {_repo_root(store)} is empty: run `awo features apply`")
+    return FeatureCatalog(dict(sorted(services.items())), dict(sorted(views.items())))
 
 
 # Registry look-ups cost milliseconds; a feature service's list of features never changes under the same
@@ -266,4 +304,12 @@ def training_set(store: FeatureStore, entities: pd.DataFrame, service_name: str)
     service = feature_service(store, service_name)
     if "event_timestamp" not in entities.columns:
         raise AwoError("the entities need an event_timestamp column (the time each row is scored as of)")
+    # Feast would fail deep in dask with a FileNotFoundError on the first source not built yet.
+    missing = [source_path(store, store.get_feature_view(p.name)) for p in service.feature_view_projections]
+    missing = [path for path in missing if not path.exists()]
+    if missing:
+        raise AwoError(
+            f"feature service {service_name!r} reads sources that are not built yet "
+            f"({', '.join(str(p) for p in missing)}): run `awo features build --data DIR` first"
+        )
     return store.get_historical_features(entity_df=entities, features=service).to_df()

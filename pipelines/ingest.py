@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from pydantic import BaseModel, ValidationError
 
 from features.delivery import (
     KINDS,
@@ -63,7 +64,7 @@ class IngestResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _read_records(path: Path, model: type) -> list[tuple[int, dict | None, str]]:
+def _read_records(path: Path, model: type[BaseModel]) -> list[tuple[int, dict | None, str]]:
     """(line number, record or None when unparsable, raw text) for each data line of the file."""
     columns = set(model.model_fields)
     required = {name for name, spec in model.model_fields.items() if spec.is_required()}
@@ -124,7 +125,7 @@ def validate_file(kind: str, path: Path) -> tuple[pd.DataFrame, list[Reject], in
             continue
         try:
             row = model.model_validate(record)
-        except Exception as exc:  # pydantic.ValidationError: every field error is reported
+        except ValidationError as exc:  # bad data: every field error is reported; anything else is a bug
             for field_name, reason in iter_field_errors(exc):
                 rejects.append(Reject(line, field_name, reason, raw))
             continue

@@ -145,6 +145,8 @@ def mine_repository(
             if time.monotonic() - last_checkpoint > settings.checkpoint_seconds:
                 _write(out_dir, kept_commits, kept_files, rows, graph_table)
                 last_checkpoint = time.monotonic()
+                # A resumed run starts from here; the kill-and-resume test waits for this line.
+                log.info("checkpoint: %d of %d commits saved in %s", seq, result.commits_total, out_dir)
         if len(rows) != len(todo):
             raise AwoError(f"{repository.path}: git returned {len(rows)} of {len(todo)} commits")
         commits = _write(out_dir, kept_commits, kept_files, rows, graph_table)
@@ -180,6 +182,8 @@ def _rows_to_keep(
         log.warning(message)
         result.warnings.append(message)
         result.dropped = len(vanished)
+    if old_files is None:  # mine_repository refuses commits without files before it gets here
+        raise AwoError("the files table is missing beside the commits table")
     if not cut_candidates:
         return old_commits, old_files, 2**62
     cut_ts = min(cut_candidates)

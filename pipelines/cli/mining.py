@@ -1,0 +1,224 @@
+"""`awo mine`, `awo label`, `awo ingest`: the commands that turn a repository and its delivery history
+into tables, and the summaries they print (shared with `awo retrain` and `awo demo`)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from features.errors import AwoError
+from pipelines.cli.root import DataOption, app, console, err_console, load_settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.progress import Progress, TaskID
+
+    from pipelines.ingest import IngestResult
+    from pipelines.label import LabelResult
+    from pipelines.mine import MineResult
+
+
+class MiningProgress:
+    """A progress bar on stderr (when it is a terminal) fed by mine_repository's `on_progress`. It starts
+    on the first report and `stop()` removes it, so a flow can print the next stage's summary below."""
+
+    def __init__(self) -> None:
+        self._bar: tuple[Progress, TaskID] | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            progress = Progress(
+                TextColumn("mining"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:>8.0f} commits/s"),
+                TimeRemainingColumn(),
+                console=err_console,
+                transient=True,
+                disable=not err_console.is_terminal,
+            )
+            self._bar = progress, progress.add_task("mine", total=None, rate=0.0)
+            progress.start()
+        if done == 1 or done % 200 == 0 or done == total:
+            progress, task = self._bar
+            elapsed = progress.tasks[0].elapsed or 1e-9
+            progress.update(task, completed=done, total=total, rate=done / elapsed)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar[0].stop()
+            self._bar = None
+
+    def __enter__(self) -> MiningProgress:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+@app.command()
+def mine(
+    repo: Annotated[Path, typer.Argument(help="path of a local git repository")],
+    data: DataOption = None,
+    branch: Annotated[str | None, typer.Option(help="branch to mine (default: HEAD)")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="parallel git processes for diffs")] = 1,
+    name: Annotated[
+        str | None, typer.Option(help="repository name in the tables (default: folder name)")
+    ] = None,
+    service_map: Annotated[Path | None, typer.Option(help="YAML of path globs → service")] = None,
+) -> None:
+    """Mine per-commit change metrics (Kamei et al.) and per-file rows, incrementally."""
+    from pipelines.mine import mine_repository
+
+    settings = load_settings(service_map=service_map)
+    with MiningProgress() as progress:
+        result = mine_repository(repo, settings, data, branch, workers, name, progress)
+    print_mine_summary(result)
+
+
+def print_mine_summary(result: MineResult) -> None:
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if result.commits_mined == 0:
+        console.print(
+            f"{result.repo}: up to date at {result.head[:12]} — {result.commits_total} commits "
+            f"({result.fix_commits} fixes) in {result.out_dir}",
+            highlight=False,
+        )
+        return
+    console.print(
+        f"{result.repo}: mined {result.commits_mined} of {result.commits_total} commits "
+        f"({result.commits_new} new, {result.commits_mined - result.commits_new} recomputed), "
+        f"{result.files_mined} file changes, {result.fix_commits} fix commits in total, "
+        f"{result.seconds:.2f} s ({result.commits_per_second:,.0f} commits/s)"
+        + (f", dropped {result.dropped} rewritten commits" if result.dropped else "")
+        + f"\n  tables: {result.out_dir}/commits.parquet, files.parquet",
+        highlight=False,
+    )
+
+
+@app.command()
+def label(
+    repo: Annotated[Path, typer.Argument(help="path of the mined git repository")],
+    data: DataOption = None,
+    issues: Annotated[
+        Path | None, typer.Option(help="issues.csv (issue_id, opened_at) for the date filter")
+    ] = None,
+    maturity_days: Annotated[float, typer.Option(min=0, help="labels younger than this are null")] = 180.0,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="parallel git blame processes")] = 2,
+    fix: Annotated[str | None, typer.Option(help="only print the SZZ candidates of this fix commit")] = None,
+    truth: Annotated[
+        Path | None, typer.Option(help="truth.parquet to measure label precision/recall")
+    ] = None,
+) -> None:
+    """Label bug-inducing commits with R-SZZ (blame with move/copy detection)."""
+    from features.mining.gitlog import Repository
+    from pipelines.label import audit_fix, label_repository
+
+    settings = load_settings()
+    out_dir = data or settings.repo_data_dir(Repository(repo).name)
+    if fix:
+        _print_audit(audit_fix(repo, out_dir, fix, issues, workers))
+        return
+    result = label_repository(repo, settings, out_dir, issues, maturity_days, workers)
+    console.print(
+        f"labelled {result.bug_inducing + result.clean + result.unknown} commits: "
+        f"{result.bug_inducing} bug-inducing, {result.clean} clean, {result.unknown} unknown "
+        f"(younger than {maturity_days:g} days); {result.fixes} fixes, {result.fixes_with_candidates} "
+        f"with SZZ candidates ({result.candidates} candidates judged)"
+        f"{failed_fixes_note(result)}, {result.seconds:.1f} s",
+        highlight=False,
+    )
+    if truth:
+        print_label_quality(out_dir, truth)
+
+
+def failed_fixes_note(result: LabelResult) -> str:
+    """', N fixes failed' when some fixes could not be analysed (their commits stay unlabelled)."""
+    failed = getattr(result, "failed_fixes", 0)
+    return f", {failed} fixes failed" if failed else ""
+
+
+def _print_audit(frame: pd.DataFrame) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"SZZ candidates of fix {frame.attrs['fix'][:12]}")
+    for column in frame.columns:
+        table.add_column(column)
+    for row in frame.itertuples(index=False):
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+    if frame.empty:
+        console.print("no candidates: the fix removes or changes no code line (SZZ cannot label it)")
+
+
+def print_label_quality(out_dir: Path, truth: Path) -> None:
+    from features.labels import label_quality
+    from features.tables import read_table
+    from pipelines.label import load_commits
+
+    truth_table = read_table(truth)
+    if truth_table is None:
+        raise AwoError(f"truth file {truth} does not exist")
+    quality = label_quality(load_commits(out_dir), truth_table)
+    console.print(
+        f"against {truth.name}: precision {quality['precision']:.3f}, recall {quality['recall']:.3f} "
+        f"(of defects ever fixed: {quality['recall_fixed']:.3f}); {quality['true_positive']} of "
+        f"{quality['labelled_positive']} labels right, {quality['truly_inducing']} truly bug-inducing",
+        highlight=False,
+    )
+
+
+class DeliveryKind(StrEnum):
+    deployments = "deployments"
+    incidents = "incidents"
+    test_runs = "test-runs"
+
+
+@app.command()
+def ingest(
+    kind: Annotated[DeliveryKind, typer.Argument(help="what the file holds")],
+    file: Annotated[Path, typer.Argument(help="CSV (with header) or JSON lines")],
+    data: Annotated[Path, typer.Option("--data", help="the repository's data directory (as for awo mine)")],
+    strict: Annotated[bool, typer.Option(help="reject the whole file if any row is bad")] = False,
+) -> None:
+    """Ingest deployments, incidents or test runs; link them to commits and each other."""
+    from pipelines.ingest import ingest_file
+
+    print_ingest_summary(ingest_file(kind.value, file, load_settings(), data, strict))
+
+
+def print_ingest_summary(result: IngestResult) -> None:
+    for reject in result.rejects[:10]:
+        err_console.print(
+            f"[yellow]rejected[/] {result.source}, line {reject.line}, field {reject.field}: {reject.reason}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if len(result.rejects) > 10:
+        err_console.print(
+            f"... and {len(result.rejects) - 10} more in {result.rejects_path}", highlight=False
+        )
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    lines = [
+        f"{result.kind}: {result.accepted} of {result.rows_read} rows accepted, "
+        f"{len(result.rejects)} problems"
+        + (f" (written to {result.rejects_path})" if result.rejects_path else "")
+        + f"; {result.stored} stored"
+    ]
+    if result.deployments:
+        lines.append(f"  deployments: {result.deployments}, failed {result.failed_deployments}")
+    if result.incidents:
+        lines.append(f"  incidents: {result.incidents}, linked to a deployment {result.linked_incidents}")
+    if result.tests:
+        lines.append(f"  tests: {result.tests}, flaky {result.flaky_tests}")
+    console.print("\n".join(lines), highlight=False)

@@ -1,0 +1,173 @@
+"""`awo train`, `awo promote`, `awo retrain` (the feedback loop) and `awo benchmark jit`."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from features.errors import AwoError
+from pipelines.cli.mining import MiningProgress, failed_fixes_note, print_mine_summary
+from pipelines.cli.root import app, console, err_console, load_settings
+from pipelines.flow import StageListener
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from models.risk_model import ModelConfig
+    from pipelines.features_job import BuildResult
+    from pipelines.label import LabelResult
+    from pipelines.mine import MineResult
+
+
+class ModelKind(StrEnum):
+    change_risk = "change-risk"
+    deploy_failure = "deploy-failure"
+
+
+@app.command()
+def train(
+    model: Annotated[ModelKind, typer.Argument(help="which model to train")],
+    data: Annotated[Path, typer.Option("--data", help="the repository's data directory")],
+    gap_days: Annotated[float, typer.Option(min=0, help="label-maturity gap before the test period")] = 30.0,
+    config: Annotated[Path | None, typer.Option(help="YAML of model hyperparameters (ModelConfig)")] = None,
+) -> None:
+    """Train a model on the Feast training set, evaluate it time-ordered, register it as challenger."""
+    from pipelines.train import train as run_training
+
+    result = run_training(model.value, load_settings(), data, _model_config(config), gap_days)
+    for note in result.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    m = result.metrics
+    console.print(
+        f"{result.kind} version {result.version} ({result.model_kind}): train {result.rows['train']}, "
+        f"validation {result.rows['validation']}, calibration {result.rows['calibration']}, "
+        f"test {result.rows['test']} rows, {result.seconds:.1f} s\n"
+        f"  test: AUC {m['auc']:.3f}, PR-AUC {m['pr_auc']:.3f}, Brier {m['brier']:.3f}, F1 {m['f1']:.3f}, "
+        f"Recall@20%Effort {m['recall_at_20_effort']:.3f}, Effort@20%Recall {m['effort_at_20_recall']:.3f}, "
+        f"Popt {m['popt']:.3f}",
+        highlight=False,
+    )
+    if len(result.rolling):
+        aucs = ", ".join(f"{r.test_from:%Y-%m}: {r.auc:.2f}" for r in result.rolling.itertuples())
+        console.print(f"  rolling AUC by test window: {aucs}", highlight=False)
+
+
+def _model_config(path: Path | None) -> ModelConfig | None:
+    if path is None:
+        return None
+    import yaml
+    from pydantic import ValidationError
+
+    from models.risk_model import ModelConfig
+
+    try:
+        return ModelConfig(**(yaml.safe_load(path.read_text()) or {}))
+    except FileNotFoundError:
+        raise AwoError(f"model config {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise AwoError(f"model config {path} is not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise AwoError(f"model config {path}, field {first['loc'][0]}: {first['msg']}") from None
+
+
+@app.command()
+def promote(
+    model: Annotated[ModelKind, typer.Argument(help="which model")],
+    data: Annotated[Path, typer.Option("--data", help="the repository's data directory")],
+    gap_days: Annotated[float, typer.Option(min=0)] = 30.0,
+) -> None:
+    """Promote the challenger to champion if it is at least as good on the same held-out period."""
+    from pipelines.train import promote_model
+
+    result = promote_model(model.value, load_settings(), data, gap_days)
+    for role in ("champion", "challenger"):
+        m = result["metrics"].get(role)
+        if m:
+            console.print(
+                f"  {role:<10} v{result[role]}: AUC {m['auc']:.3f}, Brier {m['brier']:.4f}, "
+                f"Popt {m['popt']:.3f}",
+                highlight=False,
+            )
+    verdict = "promoted" if result["promoted"] else "kept the champion"
+    console.print(f"{model.value}: {verdict} — {result['reason']}", highlight=False)
+
+
+class _RetrainSteps(StageListener):
+    """Prints steps 1-3 of `awo retrain` as the flow finishes them."""
+
+    def __init__(self, progress: MiningProgress) -> None:
+        self.progress = progress
+
+    def mined(self, result: MineResult) -> None:
+        self.progress.stop()
+        console.print("1. mine:", end=" ")
+        print_mine_summary(result)
+
+    def labelled(self, result: LabelResult) -> None:
+        console.print(
+            f"2. label: {result.bug_inducing} bug-inducing, {result.clean} clean, {result.unknown} unknown"
+            f"{failed_fixes_note(result)}"
+        )
+
+    def features_ready(
+        self, built: BuildResult, applied: dict[str, int], materialized: dict[str, Any]
+    ) -> None:
+        console.print(f"3. features: {sum(built.rows.values())} rows built and materialized")
+
+
+@app.command()
+def retrain(
+    repo: Annotated[Path, typer.Argument(help="path of the git repository")],
+    data: Annotated[Path, typer.Option("--data", help="the repository's data directory")],
+    model: Annotated[ModelKind, typer.Option(help="which model to retrain")] = ModelKind.change_risk,
+    gap_days: Annotated[float, typer.Option(min=0)] = 30.0,
+) -> None:
+    """The feedback loop: re-mine incrementally, relabel, rebuild features, train a challenger, run the
+    promotion gate."""
+    from pipelines.flow import prepare
+    from pipelines.train import promote_model
+    from pipelines.train import train as run_training
+
+    settings = load_settings()
+    with MiningProgress() as progress:
+        prepare(repo, settings, data, on_progress=progress, listener=_RetrainSteps(progress))
+    trained = run_training(model.value, settings, data, None, gap_days)
+    console.print(
+        f"4. train: {trained.kind} v{trained.version}, test AUC {trained.metrics['auc']:.3f}, "
+        f"Brier {trained.metrics['brier']:.3f}",
+        highlight=False,
+    )
+    gate = promote_model(model.value, settings, data, gap_days)
+    verdict = "promoted to champion" if gate["promoted"] else "champion kept"
+    console.print(f"5. promote: {verdict} — {gate['reason']}", highlight=False)
+
+
+benchmark_app = typer.Typer(help="Benchmarks on public data.")
+app.add_typer(benchmark_app, name="benchmark")
+
+
+@benchmark_app.command("jit")
+def benchmark_jit(
+    dataset: Annotated[Path, typer.Option(help="folder of CSVs in the ISSTA'21 JIT schema")],
+    out: Annotated[Path | None, typer.Option(help="write the table as JSON here too")] = None,
+    track: Annotated[bool, typer.Option(help="log one MLflow run per project")] = True,
+) -> None:
+    """Within-project JIT defect prediction: first 80% train, last 20% test, beside two baselines."""
+    from models.jit_benchmark import benchmark_table
+
+    _print_benchmark(benchmark_table(dataset, load_settings() if track else None, out))
+
+
+def _print_benchmark(table: pd.DataFrame) -> None:
+    from rich.table import Table
+
+    view = Table(title="JIT defect prediction, last 20% of each project as test")
+    for column in table.columns:
+        view.add_column(column, justify="right" if column not in ("project", "model") else "left")
+    for row in table.itertuples(index=False):
+        view.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    console.print(view)

@@ -1,0 +1,92 @@
+"""The root `awo` command, its consoles, and the one place where errors become an exit status: an
+AwoError is one line `error: <message>` on stderr with its exit code (2), Ctrl-C exits 130."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.text import Text
+from typer.core import TyperGroup
+
+from features.errors import AwoError
+
+if TYPE_CHECKING:
+    from features.settings import Settings
+
+console = Console(stderr=False, soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+DataOption = Annotated[
+    Path | None,
+    typer.Option("--data", help="directory of this repository's tables (default: <data root>/<repo name>/)"),
+]
+
+
+def one_line(message: str) -> str:
+    """A message on one line: multi-line texts of libraries (a YAML parser's) are joined with '; '."""
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def print_error(message: str) -> None:
+    # Markup off for the message: it quotes user input, which may look like rich markup ("[bold]").
+    err_console.print(Text.assemble(("error:", "bold red"), " ", one_line(message)), highlight=False)
+
+
+def fail(message: str, exit_code: int = AwoError.exit_code) -> NoReturn:
+    print_error(message)
+    raise typer.Exit(exit_code)
+
+
+@contextmanager
+def errors_as_exit_codes() -> Iterator[None]:
+    """The CLI's single error handler: user errors exit with one line, never a traceback; a bug still
+    raises with its traceback."""
+    try:
+        yield
+    except AwoError as exc:
+        fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+class AwoGroup(TyperGroup):
+    """The root command group. Every subcommand runs inside its `invoke`, so the handler here covers
+    `awo ...` from the console script and `CliRunner().invoke(app, ...)` in tests alike."""
+
+    def invoke(self, ctx: Any) -> Any:  # a Context of the click that typer vendors (typer._click)
+        with errors_as_exit_codes():
+            return super().invoke(ctx)
+
+
+app = typer.Typer(
+    name="awo",
+    cls=AwoGroup,
+    help="Agentic Workflow Orchestrator: how risky is a change, what to test, how to ship it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    from features.settings import load_settings as load
+
+    return load(**overrides)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app()
