@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,36 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 
 class RegistryError(AwoError):
     pass
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry did not answer (unreachable, locked, failing): nothing may be decided on a guess, least
+    of all that a model has no champion."""
+
+
+def registry_failures() -> tuple[type[BaseException], ...]:
+    """What a registry that is away or failing raises: MLflow's own errors (its REST client wraps most
+    transport errors in them), requests' and urllib3's connection errors, and OSError (sockets, files of
+    a local store or artifact root). Anything else is a bug and must not be reported as "registry away"."""
+    import requests
+    import urllib3
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException, requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+
+
+# MLflow (3.x SQL and file stores, and a tracking server relaying them) signals a missing alias as
+# INVALID_PARAMETER_VALUE "Registered model alias X not found." and a missing model as
+# RESOURCE_DOES_NOT_EXIST "Registered Model with name=X not found"; both mean "no such alias".
+_ALIAS_NOT_FOUND = re.compile(r"alias .+ not found", re.IGNORECASE)
+
+
+def _alias_missing(exc: BaseException) -> bool:
+    code = getattr(exc, "error_code", None)
+    message = str(getattr(exc, "message", exc))
+    if code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    return code == "INVALID_PARAMETER_VALUE" and _ALIAS_NOT_FOUND.search(message) is not None
 
 
 # mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into this process's environment; a value we
@@ -66,9 +98,9 @@ def experiment(settings: Settings, name: str) -> str:
 
 
 def _pyfunc_class():
-    import mlflow.pyfunc
+    from mlflow.pyfunc import PythonModel
 
-    class RiskPyfunc(mlflow.pyfunc.PythonModel):
+    class RiskPyfunc(PythonModel):
         """A calibrated risk model: probability, and contributions on request."""
 
         def load_context(self, context) -> None:
@@ -130,19 +162,42 @@ def log_model(
     client.set_model_version_tag(registered_name, version, "feature_service", feature_service)
     client.set_model_version_tag(registered_name, version, "model_kind", str(meta.get("model_kind", "")))
     client.set_registered_model_alias(registered_name, CHALLENGER, version)
-    if alias_version(registered_name, CHAMPION) is None:
+    # Only a registry that says "no champion" makes the first version champion; one that fails to answer
+    # raises RegistryUnavailable, else any transient error would skip the champion/challenger gate.
+    try:
+        no_champion = alias_version(registered_name, CHAMPION) is None
+    except RegistryUnavailable as exc:
+        raise RegistryUnavailable(
+            f"version {version} of {registered_name!r} is registered as challenger, but {exc}; run "
+            f"`awo promote {registered_name}` once the registry answers"
+        ) from exc
+    if no_champion:
         client.set_registered_model_alias(registered_name, CHAMPION, version)
     return version
 
 
 def alias_version(name: str, alias: str) -> str | None:
+    """The version behind `alias`; None only when the registry says the alias (or the model) does not
+    exist. A registry that fails to answer raises RegistryUnavailable."""
+    import mlflow
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     try:
         return str(MlflowClient().get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+    except registry_failures() as exc:
+        if _alias_missing(exc):
+            return None
+        raise RegistryUnavailable(
+            f"could not read alias {alias!r} of model {name!r} from the registry at "
+            f"{mlflow.get_registry_uri()}: {_describe(exc)}"
+        ) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    """One line: the error code (or type) and the first line of the message (SQL errors add the query)."""
+    code = getattr(exc, "error_code", None)
+    lines = str(getattr(exc, "message", exc)).strip().splitlines() or [""]
+    return f"{code or type(exc).__name__}: {lines[0]}"
 
 
 @dataclass
@@ -168,12 +223,20 @@ def load(name: str, alias: str = CHAMPION) -> LoadedModel:
         raise RegistryError(
             f"no {alias} of model {name!r} in the registry at {where}: run `awo train {name}`"
         )
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+    try:
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+    except registry_failures() as exc:
+        raise RegistryUnavailable(
+            f"could not load {alias} (version {version}) of model {name!r} from "
+            f"{mlflow.get_tracking_uri()}: {_describe(exc)}"
+        ) from exc
     inner = pyfunc.unwrap_python_model()
     return LoadedModel(name, version, alias, inner.model, inner.meta)
 
 
-def promote(name: str, score: callable, brier_tolerance: float = 0.01) -> dict[str, Any]:
+def promote(
+    name: str, score: Callable[[LoadedModel], dict[str, float]], brier_tolerance: float = 0.01
+) -> dict[str, Any]:
     """Compare challenger and champion with `score(model) -> metrics` on the same held-out period; move
     `champion` to the challenger only when its AUC is at least the champion's and its Brier score is not
     worse by more than `brier_tolerance`."""

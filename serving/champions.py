@@ -11,7 +11,15 @@ from typing import Any
 
 from features.errors import AwoError
 from features.settings import Settings
-from models.registry import CHALLENGER, CHAMPION, LoadedModel, alias_version, connect, load
+from models.registry import (
+    CHALLENGER,
+    CHAMPION,
+    LoadedModel,
+    alias_version,
+    connect,
+    load,
+    registry_failures,
+)
 
 log = logging.getLogger(__name__)
 MODEL_NAMES = ("change-risk", "deploy-failure")
@@ -33,7 +41,10 @@ def unreachable(uri: str, timeout: float = 2.0) -> str | None:
     parsed = urlparse(uri)
     if parsed.scheme not in ("http", "https"):
         return None  # a database URI: opening it is fast and its errors are reported by MLflow
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    except ValueError as exc:  # a port out of range or not a number
+        return f"{uri}: {exc}"
     try:
         socket.create_connection((parsed.hostname, port), timeout=timeout).close()
     except OSError as exc:
@@ -59,8 +70,8 @@ class Champions:
             try:
                 uri = connect(self.settings)
                 problem = unreachable(uri)
-            except Exception as exc:  # a broken tracking configuration: keep serving what we have
-                problem = str(exc)
+            except registry_failures() as exc:  # a broken tracking configuration: keep serving what we have
+                problem = f"{type(exc).__name__}: {exc}"
             if problem:
                 errors = {name: f"tracking server unavailable: {problem}" for name in MODEL_NAMES}
             for name in MODEL_NAMES if not errors else ():
@@ -72,10 +83,8 @@ class Champions:
                     elif current is None or current.version != version:
                         self.models[name] = load(name, CHAMPION)
                         changed.append(name)
-                except AwoError as exc:
+                except AwoError as exc:  # the registry's failures arrive as RegistryUnavailable
                     errors[name] = str(exc)
-                except Exception as exc:  # MLflow raises many kinds when its server is away
-                    errors[name] = f"could not reach the registry: {type(exc).__name__}: {exc}"
                     log.warning("model reload failed for %s: %s", name, exc)
             self.errors = errors
             self.last_reload = time.time()
@@ -118,7 +127,7 @@ class Champions:
                             "test_metrics": meta.get("test_metrics"),
                             "test_from": meta.get("test_from"),
                         }
-            except Exception as exc:  # the registry is away: describe what is served
+            except AwoError as exc:  # the registry is away: describe what is served
                 entry["registry_error"] = str(exc)
             out[name] = entry
         return out
