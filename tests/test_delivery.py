@@ -211,3 +211,21 @@ def test_demo_world_deployments_that_ship_defects_fail_more_often(small_world, t
     tests = pd.read_parquet(out / "tests.parquet")
     flaky = set(tests.loc[tests["flake_rate"] > 0.05, "test_id"])
     assert flaky <= {"test_checkout_timeout", "test_ranking_ties", "test_websocket_reconnect"} and flaky
+
+
+def test_a_bug_in_validation_fails_loudly_instead_of_becoming_a_rejected_row(tmp_path, settings, monkeypatch):
+    from pydantic import model_validator
+
+    import features.delivery
+
+    class BuggyDeployment(features.delivery.DeploymentRow):
+        @model_validator(mode="after")
+        def _bug(self):
+            raise KeyError("a bug, not bad data")
+
+    monkeypatch.setitem(features.delivery.KINDS, "deployments", (BuggyDeployment, ("deploy_id",)))
+    path = tmp_path / "deployments.csv"
+    path.write_text(DEPLOY_HEADER + f"d1,pay,production,{SHA},2024-01-01T10:00:00Z,,rolling,succeeded\n")
+    with pytest.raises(KeyError, match="a bug"):
+        ingest_file("deployments", path, settings, tmp_path / "t")
+    assert not (tmp_path / "t" / "rejects").exists()
