@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from features.change_metrics import ADD, DELETE, MODIFY, RENAME, FileChange
 from features.errors import (
@@ -176,7 +177,7 @@ class Repository:
             shas, ("--no-walk=unsorted", "--stdin", "--format=%x1e%x1eAWO%H%x1f%B")
         )
         out = {}
-        for record in _split_records(iter(lambda: proc.stdout.read(1 << 16), b"")):
+        for record in _split_records(iter(lambda: _stdout(proc).read(1 << 16), b"")):
             sha, _, message = record.partition("\x1f")
             out[sha] = message.strip()
         self._finish(proc, drain, errors)
@@ -190,7 +191,7 @@ class Repository:
         if not shas:
             return
         proc, drain, errors = self._start_log(shas, _PATCH_OPTIONS)
-        for record in _split_records(iter(lambda: proc.stdout.read(1 << 16), b"")):
+        for record in _split_records(iter(lambda: _stdout(proc).read(1 << 16), b"")):
             sha, _, patch = record.partition("\n")
             yield sha.strip(), patch
         self._finish(proc, drain, errors)
@@ -219,21 +220,28 @@ class Repository:
 
     def _log_output(self, shas: list[str]) -> bytes:
         proc, drain, errors = self._start_log(shas)
-        out = proc.stdout.read()
+        out = _stdout(proc).read()
         self._finish(proc, drain, errors)
         return out
 
     def _stream_chunk(self, shas: list[str]) -> Iterator[RawCommit]:
         proc, drain, errors = self._start_log(shas)
         try:
-            yield from _parse_records(iter(lambda: proc.stdout.read(1 << 16), b""))
+            yield from _parse_records(iter(lambda: _stdout(proc).read(1 << 16), b""))
         except (ValueError, IndexError) as exc:
             # git may print part of a commit before it fails on an unreadable object: its exit status
             # says what went wrong, not the truncated output.
-            proc.stdout.read()
+            _stdout(proc).read()
             self._finish(proc, drain, errors)
             raise UnreadableRepository(f"{self.path}: unexpected git log output ({exc})") from exc
         self._finish(proc, drain, errors)
+
+
+def _stdout(proc: subprocess.Popen) -> IO[bytes]:
+    """The output pipe of a git process started by `_start_log` (always opened with a pipe)."""
+    if proc.stdout is None:
+        raise UnreadableRepository("git log was started without an output pipe")
+    return proc.stdout
 
 
 def _first_line(text: str | bytes | None) -> str:
