@@ -23,7 +23,14 @@ from features.settings import Settings
 from features.tables import read_table
 from models.evaluation import classification_metrics, reference
 from models.risk_model import ModelConfig, RiskModel, TooFewLabels
-from models.training import TrainingData, cross_project_model, held_out, rolling_evaluation
+from models.training import (
+    TrainingData,
+    cross_project_model,
+    held_out,
+    immature_from,
+    mature_labels,
+    rolling_evaluation,
+)
 
 
 @dataclass
@@ -39,7 +46,11 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
 
 
-def change_risk_data(settings: Settings, data_dir: Path, store) -> TrainingData:
+def change_risk_data(
+    settings: Settings, data_dir: Path, store, maturity_days: float | None = None
+) -> TrainingData:
+    """Mature, labelled commits with their point-in-time features. `maturity_days`: the label maturity
+    window `awo label` used; by default read off the labels themselves (see models.training.mature_labels)."""
     from features.store import feature_names, training_set
 
     commits = read_table(data_dir / "commits.parquet")
@@ -49,7 +60,7 @@ def change_risk_data(settings: Settings, data_dir: Path, store) -> TrainingData:
         raise AwoError(
             f"{data_dir / 'commits.parquet'} has no labels: run `awo label REPO --data {data_dir}`"
         )
-    mature = commits[commits["bug_inducing"].notna()]
+    mature = mature_labels(commits, maturity_days)
     entities = mature[["repo", "sha", "committed_at"]].rename(columns={"committed_at": "event_timestamp"})
     frame = training_set(store, entities, "change_risk_v1")
     frame = frame.merge(mature[["repo", "sha", "bug_inducing", "committed_at"]], on=["repo", "sha"])
@@ -61,6 +72,7 @@ def change_risk_data(settings: Settings, data_dir: Path, store) -> TrainingData:
         feature_names(store, "change_risk_v1"),
         frame.sort_values("at", kind="stable").reset_index(drop=True),
         "mined, SZZ-labelled commits",
+        immature_from(commits, maturity_days),
     )
 
 
@@ -89,8 +101,25 @@ def deploy_failure_data(settings: Settings, data_dir: Path, store) -> TrainingDa
 LOADERS = {"change-risk": change_risk_data, "deploy-failure": deploy_failure_data}
 
 
+def training_data(
+    kind: str, settings: Settings, data_dir: Path, store, maturity_days: float | None = None
+) -> TrainingData:
+    """The training data of `kind`; label maturity applies to change-risk only (a deployment's failure is
+    known within the incident window, hours after it)."""
+    if kind not in LOADERS:
+        raise AwoError(f"unknown model {kind!r}; one of {', '.join(LOADERS)}")
+    if kind == "change-risk":
+        return change_risk_data(settings, data_dir, store, maturity_days)
+    return LOADERS[kind](settings, data_dir, store)
+
+
 def train(
-    kind: str, settings: Settings, data_dir: Path, config: ModelConfig | None = None, gap_days: float = 30.0
+    kind: str,
+    settings: Settings,
+    data_dir: Path,
+    config: ModelConfig | None = None,
+    gap_days: float = 30.0,
+    maturity_days: float | None = None,
 ) -> TrainResult:
     import mlflow
 
@@ -98,11 +127,8 @@ def train(
     from models.plots import save_evaluation_plots
     from models.registry import connect, experiment, log_model
 
-    if kind not in LOADERS:
-        raise AwoError(f"unknown model {kind!r}; one of {', '.join(LOADERS)}")
     started = time.perf_counter()
-    store = open_store(settings)
-    data = LOADERS[kind](settings, data_dir, store)
+    data = training_data(kind, settings, data_dir, open_store(settings), maturity_days)
     fit_rows, test = held_out(data, gap_days)
     notes: list[str] = []
     model_kind = f"within-project ({data.source})"
@@ -146,6 +172,7 @@ def train(
                 **{f"rows_{k}": v for k, v in model.trained_rows_.items()},
                 "rows_test": len(test),
                 "test_from": str(test["at"].min()),
+                "labels_mature_before": str(data.mature_before),
             }
         )
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if np.isfinite(v)})
@@ -187,15 +214,20 @@ def train(
     )
 
 
-def promote_model(kind: str, settings: Settings, data_dir: Path, gap_days: float = 30.0) -> dict[str, Any]:
-    """The promotion gate: champion and challenger scored on the same, most recent held-out period."""
+def promote_model(
+    kind: str,
+    settings: Settings,
+    data_dir: Path,
+    gap_days: float = 30.0,
+    maturity_days: float | None = None,
+) -> dict[str, Any]:
+    """The promotion gate: champion and challenger scored on the same, most recent held-out period of
+    mature labels."""
     from features.store import open_store
     from models.registry import connect, promote
 
-    if kind not in LOADERS:
-        raise AwoError(f"unknown model {kind!r}; one of {', '.join(LOADERS)}")
+    data = training_data(kind, settings, data_dir, open_store(settings), maturity_days)
     connect(settings)
-    data = LOADERS[kind](settings, data_dir, open_store(settings))
     _, test = held_out(data, gap_days)
 
     def score(loaded) -> dict[str, float]:

@@ -123,6 +123,18 @@ def pipeline(small_world, tmp_path_factory):
 FAST = ModelConfig(n_estimators=300, learning_rate=0.05)
 
 
+def test_immature_positives_are_left_out_like_the_immature_negatives():
+    from models.training import immature_from, mature_labels
+
+    days = pd.date_range("2024-01-01", periods=10, freq="D", tz="UTC")
+    labels = [False, True, False, True, False, False, False, None, True, None]  # as `awo label` leaves them
+    commits = pd.DataFrame({"committed_at": days, "bug_inducing": pd.array(labels, dtype="boolean")})
+    # labelled with a 2.5-day window: days 7 and 9 are null, day 8 positive though just as young
+    assert immature_from(commits) == days[7] and immature_from(commits, 2.5) == days[9] - pd.Timedelta("2.5D")
+    assert list(mature_labels(commits)["committed_at"]) == list(days[:7])
+    assert list(mature_labels(commits, 2.5)["committed_at"]) == list(days[:7])
+
+
 def test_first_version_is_champion_and_loads_by_alias(pipeline):
     from features.store import online_features, open_store
     from models.registry import alias_version, load
@@ -178,6 +190,21 @@ def test_promotion_refuses_a_worse_challenger_and_accepts_a_good_one(pipeline):
     good = train("change-risk", settings, tables, FAST)  # same data and seed: as good as the champion
     accepted = promote_model("change-risk", settings, tables)
     assert accepted["promoted"] and alias_version("change-risk", "champion") == good.version
+
+
+def test_the_test_period_holds_no_immature_positives_and_is_not_enriched(pipeline):
+    from features.store import open_store
+    from models.training import held_out
+    from pipelines.train import LOADERS
+
+    settings, tables = pipeline
+    commits = pd.read_parquet(tables / "commits.parquet")
+    window_start = commits["committed_at"].max() - pd.Timedelta(days=180)  # `awo label`'s default maturity
+    data = LOADERS["change-risk"](settings, tables, open_store(settings))
+    fit_rows, test = held_out(data, 30)
+    assert test["at"].max() <= window_start
+    print(f"positive rate: fitted on {fit_rows['label'].mean():.3f}, test {test['label'].mean():.3f}")
+    assert test["label"].mean() <= 1.25 * fit_rows["label"].mean()
 
 
 def test_cold_start_uses_a_cross_project_model_and_says_so(pipeline, monkeypatch):
