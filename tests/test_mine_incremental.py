@@ -7,14 +7,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
 
+from features.mining.gitlog import Repository
 from features.settings import load_settings
+from features.tables import read_table
 from pipelines.mine import mine_repository
 from tests.conftest import DAY, T0, clone, git
 
@@ -70,28 +72,52 @@ def test_force_push_drops_vanished_commits_with_a_warning(click_repo, tmp_path):
 @pytest.mark.slow
 def test_killed_runs_resume_without_loss_or_duplicates(small_world, tmp_path):
     out = tmp_path / "killed"
-    env = {**os.environ, "AWO_DATA_DIR": str(tmp_path / "data"), "AWO_CHECKPOINT_SECONDS": "0.05"}
-    command = [sys.executable, "-m", "pipelines", "mine", str(small_world.repo), "--data", str(out)]
-    kills = 0
-    for delay in (0.8, 1.1, 1.4, 1.7, 2.0, 2.3):
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
+    env = {k: v for k, v in os.environ.items() if k != "AWO_CONFIG"}
+    env.update({"AWO_DATA_DIR": str(tmp_path / "data"), "AWO_CHECKPOINT_SECONDS": "0.05"})
+    command = [sys.executable, "-m", "pipelines", "--verbose", "mine", str(small_world.repo)]
+    command += ["--data", str(out)]
+    saved = []
+    for _ in range(3):
+        # Each run is killed right after it logs a checkpoint: never before one, never after the end.
+        proc = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "pipelines.mine: checkpoint:" in line:
+                proc.send_signal(signal.SIGKILL)
+                break
         proc.wait()
+        assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
+        commits = read_table(out / "commits.parquet")  # as the next run sees it (recovering a torn write)
+        assert commits is not None
+        saved.append(len(commits))
+    assert 0 < saved[0] < saved[1] < saved[2] < 600  # every killed run kept its progress
     final = subprocess.run(command, env=env, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr
-    assert kills > 0
+    assert f"mined {600 - saved[2]} of 600 commits" in final.stdout  # resumed, not started over
     mine_repository(small_world.repo, load_settings(data_dir=tmp_path / "data"), tmp_path / "full")
     _assert_same_tables(out, tmp_path / "full")
     assert not list(out.glob(".tmp-*"))
 
 
-def test_parallel_workers_give_the_same_tables(small_world, tmp_path):
+def test_parallel_workers_give_the_same_tables(small_world, tmp_path, monkeypatch):
+    diff_processes: list[tuple[int, int]] = []  # (thread, commits) of each `git log` that diffs
+    start_log = Repository._start_log
+
+    def spy(self, shas, *options):
+        if not options:  # the diff log of stream_commits (messages and patches pass their own options)
+            diff_processes.append((threading.get_ident(), len(shas)))
+        return start_log(self, shas, *options)
+
+    monkeypatch.setattr(Repository, "_start_log", spy)
     settings = load_settings(data_dir=tmp_path / "data")
     mine_repository(small_world.repo, settings, tmp_path / "one", workers=1)
+    assert diff_processes == [(threading.get_ident(), 600)]
+    diff_processes.clear()
     mine_repository(small_world.repo, settings, tmp_path / "four", workers=4)
+    assert sorted(n for _, n in diff_processes) == [150, 150, 150, 150]  # four git processes, one per chunk
+    assert threading.get_ident() not in {thread for thread, _ in diff_processes}  # run by the pool
     _assert_same_tables(tmp_path / "one", tmp_path / "four")
 
 
