@@ -131,6 +131,12 @@ class ServingSettings(BaseModel):
         description="lower probability bounds of the risk bands (below medium: low)",
     )
     max_batch: int = Field(default=1000, ge=1, le=100_000, description="largest batch the risk API scores")
+    max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        le=1 << 30,
+        description="largest request body the risk API reads, in bytes; larger ones get 413 unread",
+    )
     model_reload_seconds: float = Field(
         default=300.0, gt=0, description="how often the API reloads champions"
     )

@@ -9,9 +9,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.settings import Settings, load_settings
+from serving.admission import AdmittedRoute
 from serving.deps import State
 from serving.telemetry import configure_json_logging, request_middleware
 
@@ -61,6 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(risk.router, prefix="/v1")
     app.include_router(models.router, prefix="/v1")
+    # A route of another class would read its body before the token is checked (serving.admission).
+    plain = [r.path for r in app.routes if isinstance(r, APIRoute) and not isinstance(r, AdmittedRoute)]
+    if plain:
+        raise TypeError(f"routes not admitted before their body is read: {plain}")
     return app
 
 

@@ -1,14 +1,15 @@
 """API tokens: `Authorization: Bearer <token>`; configuration holds SHA-256 digests of long random tokens,
 compared in constant time (no slow password hash on the hot path: the tokens are random, not passwords).
-No or unknown token → 401; a token without the scope the route needs → 403."""
+No or unknown token → 401; a token without a scope the route needs → 403. When: serving.admission."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable, Sequence
 
-from fastapi import HTTPException, Request, status
+from fastapi import HTTPException, status
 
 from features.settings import ApiToken
 
@@ -25,9 +26,9 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def authorize(request: Request, tokens: list[ApiToken], scope: str) -> ApiToken:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+def authorize(authorization: str, tokens: Sequence[ApiToken], scopes: Iterable[str]) -> ApiToken:
+    """The configured token presented in an `Authorization` header value, if it holds every scope."""
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -45,9 +46,10 @@ def authorize(request: Request, tokens: list[ApiToken], scope: str) -> ApiToken:
             detail={"code": "unauthenticated", "message": "unknown token"},
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if scope not in match.scopes:
+    missing = [scope for scope in scopes if scope not in match.scopes]
+    if missing:
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
-            detail={"code": "forbidden", "message": f"token {match.name!r} lacks scope {scope!r}"},
+            detail={"code": "forbidden", "message": f"token {match.name!r} lacks scope {missing[0]!r}"},
         )
     return match

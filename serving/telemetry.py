@@ -86,6 +86,8 @@ def request_middleware(telemetry: Telemetry):
         telemetry.requests.labels(request.method, path, str(response.status_code)).inc()
         telemetry.latency.labels(path).observe(elapsed)
         response.headers["x-request-id"] = request_id
+        # Which worker process answered: with several workers, logs and load spread can be told apart.
+        response.headers["x-awo-worker"] = str(os.getpid())
         log.info(
             "request",
             extra={
@@ -94,6 +96,7 @@ def request_middleware(telemetry: Telemetry):
                     "method": request.method,
                     "path": path,
                     "status": response.status_code,
+                    "worker": os.getpid(),
                     "ms": round(elapsed * 1000, 2),
                 }
             },

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
+from serving.admission import AdmittedRoute
 from serving.deps import StateDep
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=AdmittedRoute)  # no caller: open, body size still capped
 
 
 @router.get("/healthz", summary="The process is up")

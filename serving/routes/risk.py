@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, status
+from typing import Any
 
-from serving.auth import READ, authorize
+from fastapi import APIRouter, HTTPException, Request, Security, status
+
+from serving.admission import AdmittedRoute, caller
+from serving.auth import READ
 from serving.deps import StateDep
 from serving.schemas import CommitBatch, CommitRiskResponse, DeploymentQuery, DeploymentRisk, Problem
 from serving.scoring import score_commits, score_deployment
 
-router = APIRouter(tags=["risk"])
-ERRORS = {401: {"model": Problem}, 403: {"model": Problem}, 413: {"model": Problem}, 503: {"model": Problem}}
+# Every risk route needs a token with risk:read, checked (with the body's size) before the body is read.
+router = APIRouter(tags=["risk"], route_class=AdmittedRoute, dependencies=[Security(caller, scopes=[READ])])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem},
+    403: {"model": Problem},
+    413: {"model": Problem},
+    503: {"model": Problem},
+}
 
 
 def _admit(request: Request, state, commits: int) -> None:
-    """Authenticate for reading scores, and refuse batches over the configured size."""
-    authorize(request, state.settings.api_tokens, READ)
+    """Refuse batches over the configured size (the caller was admitted before the body was read)."""
     if commits > state.settings.max_batch:
         raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            status.HTTP_413_CONTENT_TOO_LARGE,
             detail={
                 "code": "batch_too_large",
                 "message": f"{commits} commits; at most {state.settings.max_batch}",
