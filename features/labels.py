@@ -3,7 +3,8 @@
 R-SZZ (Rosa et al., ICSE 2021): of the commits that last touched the lines a fix removed or changed, keep
 only the most recent one — the most precise SZZ variant against a developer-informed oracle. With the
 issue-date filter, candidates committed after the fixed issue was opened are dropped first (they cannot
-have caused a bug already reported).
+have caused a bug already reported). A fix that git could not read in full is recorded with its failure and
+labels nothing: R-SZZ's choice of the most recent candidate is only right when every line was blamed.
 
 Label maturity: defects surface late, so a commit younger than the maturity window (measured back from the
 newest commit) whose label is not positive is unknown (null), not clean; training skips it.
@@ -30,9 +31,28 @@ class Candidate:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class FixFailure:
+    """Part of a fix that git could not read: its diff (no path), or the blame of one of its files at its
+    parent. `kind` is a short stable name to count by; `detail` is git's own message."""
+
     fix_sha: str
-    candidate_sha: str
+    path: str | None
+    kind: str
+    detail: str
+    lines: int = 0  # removed lines that could not be blamed
+
+    @property
+    def reason(self) -> str:
+        where = f"{self.path}: " if self.path is not None else ""
+        return f"failed ({self.kind}): {where}{self.detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Why one candidate of one fix was kept or dropped; `candidate_sha` is None on the row of a failure."""
+
+    fix_sha: str
+    candidate_sha: str | None
     kept: bool
     reason: str
     lines: int
@@ -43,23 +63,47 @@ def issue_ids(message: str) -> list[str]:
     return ISSUE_REFERENCE.findall(message)
 
 
+def fix_issue_dates(
+    fix_shas: list[str], messages: dict[str, str], opened: dict[str, pd.Timestamp]
+) -> dict[str, pd.Timestamp]:
+    """For each fix referencing issues with a known open date, the earliest such date. Only issue ids are
+    read from a message, never the commits it names: the developer-informed oracle is built from those."""
+    dates: dict[str, pd.Timestamp] = {}
+    for sha in fix_shas:
+        known = [opened[i] for i in issue_ids(messages.get(sha, "")) if i in opened]
+        if known:
+            dates[sha] = min(known)
+    return dates
+
+
 def select_inducing(
     candidates: list[Candidate],
     seq: dict[str, int],
     committed_at: dict[str, pd.Timestamp],
     is_merge: set[str] | None = None,
     issue_opened: dict[str, pd.Timestamp] | None = None,
+    failures: list[FixFailure] | None = None,
 ) -> list[Verdict]:
-    """Keep or drop every candidate of every fix, with the reason. `seq` is the point-in-time order of the
-    mined commits; `issue_opened` maps a fix sha to the earliest open date of the issues it references."""
+    """Keep or drop every candidate of every fix, with the reason, and one row per failure. `seq` is the
+    point-in-time order of the mined commits; `issue_opened` maps a fix sha to the earliest open date of
+    the issues it references; a fix with `failures` keeps none of its candidates."""
     is_merge = is_merge or set()
     issue_opened = issue_opened or {}
     by_fix: dict[str, dict[str, int]] = {}
     for c in candidates:
         by_fix.setdefault(c.fix_sha, {})
         by_fix[c.fix_sha][c.candidate_sha] = by_fix[c.fix_sha].get(c.candidate_sha, 0) + 1
+    failed: dict[str, list[FixFailure]] = {}
+    for f in failures or []:
+        failed.setdefault(f.fix_sha, []).append(f)
     verdicts: list[Verdict] = []
-    for fix, counted in by_fix.items():
+    for fix in dict.fromkeys([*by_fix, *failed]):
+        counted = by_fix.get(fix, {})
+        if fix in failed:
+            verdicts.extend(Verdict(fix, None, False, f.reason, f.lines) for f in failed[fix])
+            reason = "dropped: the fix could not be read in full"
+            verdicts.extend(Verdict(fix, sha, False, reason, lines) for sha, lines in counted.items())
+            continue
         alive: list[str] = []
         for sha, lines in counted.items():
             if sha == fix:
@@ -92,7 +136,7 @@ def label_commits(
     `fix_delay_days` (days from the commit to its first fix) added or replaced."""
     fixes: dict[str, list[str]] = {}
     for v in verdicts:
-        if v.kept:
+        if v.kept and v.candidate_sha is not None:
             fixes.setdefault(v.candidate_sha, []).append(v.fix_sha)
     at = dict(zip(commits["sha"], commits["committed_at"], strict=True))
     out = commits.drop(columns=["bug_inducing", "fixed_by", "fix_delay_days"], errors="ignore").copy()

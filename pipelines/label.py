@@ -1,17 +1,19 @@
-"""`awo label`: bug-inducing labels for the mined commits of one repository (R-SZZ, see features.labels)."""
+"""`awo label`: the job that labels the mined commits of one repository with R-SZZ (the algorithm is in
+features.mining.szz and features.labels): lock, read the tables, write the labels and verdicts, count."""
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from features.errors import AwoError, BadTable
-from features.labels import Candidate, Verdict, issue_ids, label_commits, select_inducing
+from features.labels import Verdict, label_commits
 from features.mining.gitlog import Repository
-from features.mining.szz import find_candidates
+from features.mining.szz import SzzResult, judge_fixes
 from features.settings import Settings
 from features.tables import (
     CANDIDATES_FILE,
@@ -32,6 +34,10 @@ class LabelResult:
     fixes: int = 0
     fixes_with_candidates: int = 0
     candidates: int = 0
+    # Fixes git could not read in full (they label nothing; each failure is a row of szz_candidates.parquet),
+    # and how many fixes failed for each reason ("diff unreadable", "blame failed").
+    failed_fixes: int = 0
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
     bug_inducing: int = 0
     clean: int = 0
     unknown: int = 0
@@ -66,43 +72,6 @@ def read_issue_dates(path: Path) -> dict[str, pd.Timestamp]:
     return dict(zip(ids, opened, strict=True))
 
 
-def fix_issue_dates(
-    commits: pd.DataFrame, messages: dict[str, str], opened: dict[str, pd.Timestamp]
-) -> dict[str, pd.Timestamp]:
-    """For each fix referencing issues with a known open date, the earliest such date."""
-    dates: dict[str, pd.Timestamp] = {}
-    for sha in commits.loc[commits["is_fix"], "sha"]:
-        known = [opened[i] for i in issue_ids(messages.get(sha, "")) if i in opened]
-        if known:
-            dates[sha] = min(known)
-    return dates
-
-
-def candidates_for(
-    repo_path: Path, commits: pd.DataFrame, fix_shas: list[str], workers: int
-) -> tuple[Repository, list[Candidate]]:
-    repository = Repository(repo_path)
-    parents = dict(zip(commits["sha"], commits["parents"].map(list), strict=True))
-    return repository, find_candidates(repository, fix_shas, parents, workers)
-
-
-def judge(
-    commits: pd.DataFrame,
-    candidates: list[Candidate],
-    repository: Repository,
-    issues: Path | None,
-) -> list[Verdict]:
-    seq = dict(zip(commits["sha"], commits["seq"], strict=True))
-    committed = dict(zip(commits["sha"], commits["committed_at"], strict=True))
-    issue_opened: dict[str, pd.Timestamp] = {}
-    if issues is not None:
-        fixes = list(commits.loc[commits["is_fix"], "sha"])
-        issue_opened = fix_issue_dates(commits, repository.messages(fixes), read_issue_dates(issues))
-    foreign = {c.candidate_sha for c in candidates} - set(seq)
-    merges = {sha for sha in foreign if len(repository.parents_of(sha)) > 1} if foreign else set()
-    return select_inducing(candidates, seq, committed, merges, issue_opened)
-
-
 def label_repository(
     repo_path: Path,
     settings: Settings,
@@ -113,11 +82,12 @@ def label_repository(
 ) -> LabelResult:
     started = time.perf_counter()
     out_dir = Path(out_dir) if out_dir else settings.repo_data_dir(Repository(repo_path).name)
+    opened = read_issue_dates(issues) if issues is not None else None
     with exclusive(out_dir):
         commits = load_commits(out_dir)
         fixes = list(commits.loc[commits["is_fix"], "sha"])
-        repository, candidates = candidates_for(repo_path, commits, fixes, workers)
-        verdicts = judge(commits, candidates, repository, issues)
+        szz = judge_fixes(Repository(repo_path), commits, fixes, opened, workers)
+        verdicts = szz.verdicts
         labelled = label_commits(commits, verdicts, maturity_days)
         table = pd.DataFrame(
             {
@@ -139,8 +109,10 @@ def label_repository(
     return LabelResult(
         out_dir=out_dir,
         fixes=len(fixes),
-        fixes_with_candidates=len({v.fix_sha for v in verdicts}),
-        candidates=len(verdicts),
+        fixes_with_candidates=len({c.fix_sha for c in szz.candidates}),
+        candidates=sum(v.candidate_sha is not None for v in verdicts),
+        failed_fixes=len({f.fix_sha for f in szz.failures}),
+        failures_by_reason=_failures_by_reason(szz),
         bug_inducing=int((label == True).sum()),  # noqa: E712 - nullable boolean
         clean=int((label == False).sum()),  # noqa: E712
         unknown=int(label.isna().sum()),
@@ -158,25 +130,36 @@ def audit_fix(
     if len(matches) != 1:
         raise AwoError(f"fix {fix!r} matches {len(matches)} mined commits; give more of the sha")
     sha = matches.iloc[0]
-    repository, candidates = candidates_for(repo_path, commits, [sha], workers)
-    verdicts = judge(commits, candidates, repository, issues)
+    opened = read_issue_dates(issues) if issues is not None else None
+    szz = judge_fixes(Repository(repo_path), commits, [sha], opened, workers)
     at = dict(zip(commits["sha"], commits["committed_at"], strict=True))
     subject = dict(zip(commits["sha"], commits["message_subject"], strict=True))
     paths: dict[str, set[str]] = {}
-    for c in candidates:
+    for c in szz.candidates:
         paths.setdefault(c.candidate_sha, set()).add(c.path)
-    return _frame(verdicts, at, subject, paths, sha)
+    return _frame(szz.verdicts, at, subject, paths, sha)
 
 
-def _frame(verdicts, at, subject, paths, sha) -> pd.DataFrame:
+def _failures_by_reason(szz: SzzResult) -> dict[str, int]:
+    """Number of fixes that failed for each kind of failure (a fix counts once per kind)."""
+    return dict(Counter(kind for _, kind in {(f.fix_sha, f.kind) for f in szz.failures}))
+
+
+def _frame(
+    verdicts: list[Verdict],
+    at: dict[str, pd.Timestamp],
+    subject: dict[str, str],
+    paths: dict[str, set[str]],
+    sha: str,
+) -> pd.DataFrame:
     frame = pd.DataFrame(
         [
             {
-                "candidate": v.candidate_sha[:12],
-                "committed_at": at.get(v.candidate_sha),
+                "candidate": (v.candidate_sha or "")[:12],
+                "committed_at": at.get(v.candidate_sha) if v.candidate_sha else None,
                 "lines": v.lines,
-                "paths": ", ".join(sorted(paths.get(v.candidate_sha, ()))),
-                "subject": subject.get(v.candidate_sha, ""),
+                "paths": ", ".join(sorted(paths.get(v.candidate_sha, ()))) if v.candidate_sha else "",
+                "subject": subject.get(v.candidate_sha, "") if v.candidate_sha else "",
                 "verdict": v.reason,
             }
             for v in verdicts

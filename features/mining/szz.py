@@ -5,7 +5,12 @@ lines and comment-only lines (starting with `#`, `//`, `/*`, `*`, `--`, `<!--`, 
 skipped, and so are test and documentation files (a changed test line is not a defect). Each remaining
 line is blamed at the parent with move and copy detection (`git blame -w -M -C`), so a line moved by a
 refactor is traced to the commit that wrote it, not to the refactor. A fix that only adds lines has no
-candidates (a known limit of every SZZ variant).
+candidates (a known limit of every SZZ variant). Submodule pointers (gitlinks, mode 160000) and binary files
+have no lines to blame and are skipped. A fix that git cannot read (its diff, or the blame of one of its
+files) is recorded as a failure with git's reason, and the run goes on with the other fixes.
+
+The candidates are judged by R-SZZ (features.labels.select_inducing). Nothing here reads the commits a
+message names: the developer-informed oracle the labels are measured against was built from them.
 """
 
 from __future__ import annotations
@@ -15,12 +20,23 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import pandas as pd
+
 from features.classify import file_kind
-from features.labels import Candidate
+from features.errors import UnreadableRepository
+from features.labels import Candidate, FixFailure, Verdict, fix_issue_dates, select_inducing
 from features.mining.gitlog import Repository
 
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+\d+(?:,\d+)? @@")
 _COMMENT_PREFIXES = ("#", "//", "/*", "*", "--", "<!--", '"""', "'''")
+# Header lines that give the old side's mode; a gitlink's "lines" are the commit it points to.
+_OLD_MODE_LINES = ("index ", "old mode ", "deleted file mode ")
+_GITLINK_MODE = " 160000"
+_GIT_MESSAGE = re.compile(r"(?:fatal|error): .*")
+
+# Failure kinds, as counted in a label run's summary.
+DIFF_UNREADABLE = "diff unreadable"
+BLAME_FAILED = "blame failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +52,10 @@ def is_meaningful(line: str) -> bool:
 
 
 def parse_removed_lines(fix_sha: str, patch: str) -> Iterator[RemovedLines]:
-    """Removed lines per old path of one commit's zero-context patch."""
+    """Removed lines per old path of one commit's zero-context patch (submodule pointers left out)."""
     path: str | None = None
     in_header = False
+    is_gitlink = False
     old_line = 0
     found: list[int] = []
 
@@ -49,10 +66,12 @@ def parse_removed_lines(fix_sha: str, patch: str) -> Iterator[RemovedLines]:
     for text in patch.split("\n"):
         if text.startswith("diff --git "):
             yield from flush()
-            path, found, in_header = None, [], True
+            path, found, in_header, is_gitlink = None, [], True, False
+        elif in_header and text.startswith(_OLD_MODE_LINES):
+            is_gitlink = is_gitlink or text.endswith(_GITLINK_MODE)
         elif in_header and text.startswith("--- "):
             old = text[4:]
-            path = _unquote(old)[2:] if old != "/dev/null" else None
+            path = _old_path(old) if old != "/dev/null" and not is_gitlink else None
         elif text.startswith("@@"):
             in_header = False
             match = _HUNK.match(text)
@@ -64,6 +83,14 @@ def parse_removed_lines(fix_sha: str, patch: str) -> Iterator[RemovedLines]:
                 found.append(old_line)
             old_line += 1
     yield from flush()
+
+
+def _old_path(name: str) -> str:
+    """The path of `--- a/NAME`. git ends the line with a tab when an unquoted name holds a space (for GNU
+    patch); a name with a tab of its own is quoted, so the tab is never part of it."""
+    if not name.startswith('"'):
+        name = name.removesuffix("\t")
+    return _unquote(name)[2:]
 
 
 def _unquote(path: str) -> str:
@@ -78,20 +105,82 @@ def _unquote(path: str) -> str:
     return path
 
 
-def find_candidates(repository: Repository, fix_shas: list[str], parents: dict[str, list[str]],
-                    workers: int = 2) -> list[Candidate]:  # fmt: skip
-    """SZZ candidates of every fix (fixes without a parent have none)."""
-    tasks: list[RemovedLines] = []
-    with_parent = [sha for sha in fix_shas if parents.get(sha)]
-    for sha, patch in repository.stream_patches(with_parent):
-        for removed in parse_removed_lines(sha, patch):
-            kind = file_kind(removed.path)
-            if not (kind.is_test or kind.is_docs):
-                tasks.append(removed)
+@dataclass(frozen=True, slots=True)
+class SzzResult:
+    """The SZZ candidates of some fixes, the parts of them git could not read, and R-SZZ's verdicts."""
 
-    def blame(task: RemovedLines) -> list[Candidate]:
-        blamed = repository.blame_lines(parents[task.fix_sha][0], task.path, list(task.lines))
+    candidates: list[Candidate]
+    failures: list[FixFailure]
+    verdicts: list[Verdict]
+
+
+def find_candidates(
+    repository: Repository, fix_shas: list[str], parents: dict[str, list[str]], workers: int = 2
+) -> tuple[list[Candidate], list[FixFailure]]:
+    """SZZ candidates of every fix (fixes without a parent have none), and what could not be read."""
+    removed, failures = _removed_lines(repository, [sha for sha in fix_shas if parents.get(sha)])
+    tasks = [r for r in removed if not (file_kind(r.path).is_test or file_kind(r.path).is_docs)]
+
+    def blame(task: RemovedLines) -> list[Candidate] | FixFailure:
+        try:
+            blamed = repository.blame_lines(parents[task.fix_sha][0], task.path, list(task.lines))
+        except UnreadableRepository as exc:
+            return FixFailure(task.fix_sha, task.path, BLAME_FAILED, _git_message(exc), len(task.lines))
         return [Candidate(task.fix_sha, sha, task.path, line) for line, sha in sorted(blamed.items())]
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return [c for found in pool.map(blame, tasks) for c in found]
+        found = list(pool.map(blame, tasks))
+    candidates = [c for f in found if isinstance(f, list) for c in f]
+    return candidates, failures + [f for f in found if isinstance(f, FixFailure)]
+
+
+def _removed_lines(repository: Repository, shas: list[str]) -> tuple[list[RemovedLines], list[FixFailure]]:
+    """The removed lines of each fix, read in one `git log -p` pass. git stops at the first commit it
+    cannot diff (a missing object): the fixes from there on are read one by one, to tell which failed."""
+    read: dict[str, list[RemovedLines]] = {}
+    last: str | None = None
+    try:
+        for sha, patch in repository.stream_patches(shas):
+            read[sha], last = list(parse_removed_lines(sha, patch)), sha
+    except UnreadableRepository:
+        if last is not None:
+            del read[last]  # git may have printed part of it before failing
+    failures: list[FixFailure] = []
+    for sha in shas:
+        if sha in read:
+            continue
+        try:
+            read[sha] = [
+                r for _, patch in repository.stream_patches([sha]) for r in parse_removed_lines(sha, patch)
+            ]
+        except UnreadableRepository as exc:
+            failures.append(FixFailure(sha, None, DIFF_UNREADABLE, _git_message(exc)))
+    return [r for sha in shas for r in read.get(sha, [])], failures
+
+
+def _git_message(exc: Exception) -> str:
+    """git's own words (`fatal: ...`) in an error raised by the repository, else the whole error."""
+    match = _GIT_MESSAGE.search(str(exc))
+    return match.group(0).rstrip("'") if match else str(exc)
+
+
+def judge_fixes(
+    repository: Repository,
+    commits: pd.DataFrame,
+    fix_shas: list[str],
+    issue_opened: dict[str, pd.Timestamp] | None = None,
+    workers: int = 2,
+) -> SzzResult:
+    """R-SZZ on `fix_shas`, mined commits of `commits` (commits.parquet: sha, seq, committed_at, parents).
+    `issue_opened` maps issue ids to their open dates, for the issue-date filter."""
+    parents = dict(zip(commits["sha"], commits["parents"].map(list), strict=True))
+    candidates, failures = find_candidates(repository, fix_shas, parents, workers)
+    seq = dict(zip(commits["sha"], commits["seq"], strict=True))
+    committed = dict(zip(commits["sha"], commits["committed_at"], strict=True))
+    fix_opened = (
+        fix_issue_dates(fix_shas, repository.messages(fix_shas), issue_opened) if issue_opened else {}
+    )
+    foreign = {c.candidate_sha for c in candidates} - set(seq)
+    merges = {sha for sha in foreign if len(repository.parents_of(sha)) > 1}
+    verdicts = select_inducing(candidates, seq, committed, merges, fix_opened, failures)
+    return SzzResult(candidates, failures, verdicts)
