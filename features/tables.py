@@ -114,9 +114,9 @@ FILES_SCHEMA = pa.schema(
 CANDIDATES_SCHEMA = pa.schema(
     [
         ("fix_sha", pa.string()),
-        ("candidate_sha", pa.string()),
+        ("candidate_sha", pa.string()),  # null on the row of a part of a fix git could not read
         ("kept", pa.bool_()),
-        ("reason", pa.string()),
+        ("reason", pa.string()),  # "kept: ...", "dropped: ..." or "failed (KIND): PATH: git's message"
         ("lines", pa.int32()),  # removed lines of the fix last written by the candidate
     ]
 )
