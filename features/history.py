@@ -21,7 +21,9 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -127,7 +129,8 @@ def commit_tables(commits: pd.DataFrame, files: pd.DataFrame) -> dict[str, pd.Da
     (labelled commits: `bug_inducing`, `fixed_by`; unlabelled commits have no known defects)."""
     commits = commits.sort_values("seq").reset_index(drop=True)
     at = dict(zip(commits["sha"], commits["committed_at"], strict=True))
-    files_of: dict[str, list[tuple]] = {}
+    # Rows of the files table (itertuples: attributes path, old_path, change_type, la, ld, subsystem, ...).
+    files_of: dict[str, list[Any]] = {}
     for row in files.itertuples(index=False):
         files_of.setdefault(row.sha, []).append(row)
 
@@ -167,7 +170,7 @@ def commit_tables(commits: pd.DataFrame, files: pd.DataFrame) -> dict[str, pd.Da
         credited: list[_Track] = []
         for r in rows:
             old = r.old_path if r.change_type == "RENAME" and r.old_path else r.path
-            track = file_tracks.pop(old, None) or _Track()
+            track = file_tracks.pop(old) if old in file_tracks else _Track()
             if r.change_type != "DELETE":
                 file_tracks[r.path] = track
             _record(track, now, r.la + r.ld, c.author_id, c.is_bot)
@@ -235,15 +238,27 @@ def _last_per_key(frame: pd.DataFrame, key: list[str]) -> pd.DataFrame:
     return frame.drop_duplicates(key, keep="last").reset_index(drop=True)
 
 
-def _commit_change(c, rows) -> dict:
-    out = {"repo": c.repo, "sha": c.sha, "committed_at": c.committed_at}
-    for metric in KAMEI_METRICS:
-        out[metric] = float(getattr(c, metric))
+def change_features(metrics: Mapping[str, Any], change_kind: str, files: Iterable[Any]) -> dict[str, float]:
+    """The COMMIT_CHANGE_FEATURES of one change: its Kamei metrics, change-kind flags and file-type
+    counts (`files`: anything with the FILE_FLAGS attributes, rows of the files table or FileKinds). The
+    feature build and the scoring of a change that is not mined yet both call it."""
+    files = list(files)
+    out = {metric: float(metrics[metric]) for metric in KAMEI_METRICS}
     for kind in CHANGE_KINDS:
-        out[f"kind_{kind}"] = float(c.change_kind == kind)
+        out[f"kind_{kind}"] = float(change_kind == kind)
     for flag in FILE_FLAGS:
-        out[f"n_{flag.removeprefix('is_')}_files"] = float(sum(bool(getattr(r, flag)) for r in rows))
+        out[f"n_{flag.removeprefix('is_')}_files"] = float(sum(bool(getattr(r, flag)) for r in files))
     return out
+
+
+def _commit_change(c, rows) -> dict:
+    metrics = {metric: getattr(c, metric) for metric in KAMEI_METRICS}
+    return {
+        "repo": c.repo,
+        "sha": c.sha,
+        "committed_at": c.committed_at,
+        **change_features(metrics, c.change_kind, rows),
+    }
 
 
 def _commit_history(c, rows, ftracks: list[_Track], stracks: list[_Track], author: _Track, now) -> tuple:
@@ -282,6 +297,10 @@ def _commit_history(c, rows, ftracks: list[_Track], stracks: list[_Track], autho
     )
 
 
+# The commit_change features of its commits that a deployment's shipped features read (with `author_id`).
+SHIPPED_COMMIT_FEATURES = ("la", "ld", "nf", "entropy", "fix", "exp", "n_migration_files", "n_config_files")
+
+
 def shipped_change_features(commits: pd.DataFrame) -> dict[str, float]:
     """What a deployment ships, from the change features of its commits (columns la, ld, nf, entropy,
     fix, exp, n_migration_files, n_config_files, and author_id when known). Used offline by the
@@ -317,65 +336,126 @@ def release_features(strategy: str | None, environment: str, at: pd.Timestamp) -
     }
 
 
-def deployment_tables(
-    deployments: pd.DataFrame, incidents: pd.DataFrame | None, commits: pd.DataFrame, files: pd.DataFrame
-) -> dict[str, pd.DataFrame]:
-    """deployment_change (features of each deployment as of its start) and service_health."""
-    info = commits.set_index("sha")
-    incidents = incidents if incidents is not None else pd.DataFrame(columns=["service", "started_at"])
-    deployments = deployments.sort_values("started_at", kind="stable").reset_index(drop=True)
-    # When a deployment's failure became known: at its end for a failed outcome, at the incident otherwise.
-    known_failed_at: list[pd.Timestamp | None] = []
+def known_failure_times(deployments: pd.DataFrame, incidents: pd.DataFrame | None) -> pd.Series:
+    """When each deployment's failure became known (NaT for one that did not fail): at its end for a
+    failed outcome, at the incident's start for a failure by incident (`failure_reason` "incident ID")."""
+    incidents = incidents if incidents is not None else pd.DataFrame(columns=["incident_id", "started_at"])
     incident_start = dict(zip(incidents.get("incident_id", []), incidents.get("started_at", []), strict=True))
-    for d in deployments.itertuples(index=False):
-        if not d.failed:
-            known_failed_at.append(None)
-        elif str(d.failure_reason).startswith("incident "):
-            known_failed_at.append(incident_start.get(str(d.failure_reason).removeprefix("incident ")))
+    known: list[pd.Timestamp | None] = []
+    for failed, reason, started, finished in zip(
+        deployments["failed"], deployments["failure_reason"], deployments["started_at"],
+        deployments["finished_at"], strict=True,
+    ):  # fmt: skip
+        if not failed:
+            known.append(None)
+        elif str(reason).startswith("incident "):
+            known.append(incident_start.get(str(reason).removeprefix("incident ")))
         else:
-            known_failed_at.append(d.finished_at if pd.notna(d.finished_at) else d.started_at)
-    deployments["known_failed_at"] = known_failed_at
+            known.append(finished if pd.notna(finished) else started)
+    return pd.Series(pd.to_datetime(known, utc=True), index=deployments.index, dtype="datetime64[ns, UTC]")
+
+
+@dataclass(frozen=True)
+class ServiceTimeline:
+    """A service's delivery history as unix seconds, for features as of any time: every deployment's
+    start, environment and known failure time (NaN: never failed), and incident starts, ascending."""
+
+    starts: np.ndarray
+    environments: np.ndarray
+    failed_at: np.ndarray
+    incident_starts: np.ndarray
+
+    @classmethod
+    def of(cls, deployments: pd.DataFrame, incidents: pd.DataFrame | None, service: str) -> ServiceTimeline:
+        """`deployments` with a `known_failed_at` column (see `known_failure_times`)."""
+        mine = deployments[deployments["service"] == service].sort_values("started_at", kind="stable")
+        incident_times = (
+            incidents.loc[incidents["service"] == service, "started_at"]
+            if incidents is not None
+            else pd.Series([], dtype="datetime64[ns, UTC]")
+        )
+        return cls(
+            starts=unix_seconds(mine["started_at"]),
+            environments=mine["environment"].to_numpy(dtype=object),
+            failed_at=unix_seconds(mine["known_failed_at"]),
+            incident_starts=np.sort(unix_seconds(incident_times)),
+        )
+
+
+def timeline_features(timeline: ServiceTimeline, environment: str, t: float) -> dict[str, float]:
+    """hours_since_previous_deploy (to the same environment) and the service's health, as of unix time
+    `t`, from strictly earlier deployments and incidents only; windows are [t - w, t)."""
+    before = timeline.starts < t
+    earlier_here = timeline.starts[before & (timeline.environments == environment)]
+    known = before & (timeline.failed_at < t)  # NaN (never failed) compares False
+    in7, in30 = timeline.starts >= t - 7 * 86_400, timeline.starts >= t - 30 * 86_400
+    incidents = timeline.incident_starts
+    n_incidents = int(np.searchsorted(incidents, t))
+    recent_incidents = n_incidents - int(np.searchsorted(incidents, t - 30 * 86_400))
+    return {
+        "hours_since_previous_deploy": (t - earlier_here.max()) / 3600 if len(earlier_here) else math.nan,
+        "deploys_7d": float((before & in7).sum()),
+        "deploys_30d": float((before & in30).sum()),
+        "failed_deploys_7d": float((known & in7).sum()),
+        "failed_deploys_30d": float((known & in30).sum()),
+        "incidents_30d": float(recent_incidents),
+        "hours_since_last_incident": (t - incidents[n_incidents - 1]) / 3600 if n_incidents else math.nan,
+    }
+
+
+def deployment_features(
+    shipped: pd.DataFrame,
+    strategy: str | None,
+    environment: str,
+    at: pd.Timestamp,
+    timeline: ServiceTimeline,
+) -> dict[str, float]:
+    """The DEPLOYMENT_FEATURES of a deployment starting at `at`: what it ships (`shipped`: its commits'
+    change features and author_id, see `shipped_change_features`), how, and the service's history
+    before it. The one definition of the vector: the feature build and the risk API both call it."""
+    values = {
+        **shipped_change_features(shipped),
+        **release_features(strategy, environment, at),
+        **timeline_features(timeline, environment, at.timestamp()),
+    }
+    return {name: values[name] for name in DEPLOYMENT_FEATURES}
+
+
+def shipped_commit_table(commits: pd.DataFrame, files: pd.DataFrame) -> pd.DataFrame:
+    """Per commit (index sha): author_id and the SHIPPED_COMMIT_FEATURES, from the mined tables (the
+    same values as the commit_change feature view)."""
+    info = commits.set_index("sha")
     flags = files.groupby("sha")[["is_migration", "is_config"]].sum()
     info = info.assign(
         fix=info["is_fix"].astype(float),
         n_migration_files=flags["is_migration"].reindex(info.index).fillna(0),
         n_config_files=flags["is_config"].reindex(info.index).fillna(0),
     )
+    return info[["author_id", *SHIPPED_COMMIT_FEATURES]]
+
+
+def deployment_tables(
+    deployments: pd.DataFrame, incidents: pd.DataFrame | None, commits: pd.DataFrame, files: pd.DataFrame
+) -> dict[str, pd.DataFrame]:
+    """deployment_change (features of each deployment as of its start) and service_health."""
+    info = shipped_commit_table(commits, files)
+    deployments = deployments.sort_values("started_at", kind="stable").reset_index(drop=True)
+    deployments["known_failed_at"] = known_failure_times(deployments, incidents)
+    timelines = {s: ServiceTimeline.of(deployments, incidents, s) for s in deployments["service"].unique()}
     rows, health = [], []
-    for (service, _), group in deployments.groupby(["service", "environment"], sort=False):
-        # Times as unix seconds: numpy compares them fast; windows are [t - w, t), strictly before t.
-        by_service = deployments[deployments["service"] == service]
-        starts = unix_seconds(by_service["started_at"])
-        failed_at = unix_seconds(by_service["known_failed_at"])
-        incident_starts = np.sort(unix_seconds(incidents.loc[incidents["service"] == service, "started_at"]))
-        env_starts = unix_seconds(group["started_at"])
-        for position, d in enumerate(group.itertuples(index=False)):
-            t = env_starts[position]
-            before = starts < t
-            known = before & (failed_at < t)  # NaN (never failed) compares False
-            in7, in30 = starts >= t - 7 * 86_400, starts >= t - 30 * 86_400
-            n_incidents = int(np.searchsorted(incident_starts, t))
-            recent_incidents = n_incidents - int(np.searchsorted(incident_starts, t - 30 * 86_400))
-            shipped = [s for s in d.shipped if s in info.index]
-            sc = info.loc[shipped] if shipped else info.iloc[0:0]
-            values = {
-                "deploy_id": d.deploy_id, "service": service, "started_at": d.started_at,
-                **shipped_change_features(sc),
-                "hours_since_previous_deploy": (t - env_starts[position - 1]) / 3600
-                if position else math.nan,
-                **release_features(d.strategy, d.environment, d.started_at),
-                "deploys_7d": float((before & in7).sum()), "deploys_30d": float((before & in30).sum()),
-                "failed_deploys_7d": float((known & in7).sum()),
-                "failed_deploys_30d": float((known & in30).sum()),
-                "incidents_30d": float(recent_incidents),
-                "hours_since_last_incident": (t - incident_starts[n_incidents - 1]) / 3600
-                if n_incidents else math.nan,
-            }  # fmt: skip
-            rows.append(values)
-            health.append({"service": service, "event_at": d.started_at,
-                           **{k: values[k] for k in SERVICE_HEALTH_FEATURES}})  # fmt: skip
-    rows.sort(key=lambda r: r["started_at"])
-    health.sort(key=lambda r: r["event_at"])
+    for d in deployments.itertuples(index=False):
+        shipped = [s for s in d.shipped if s in info.index]
+        values = {
+            "deploy_id": d.deploy_id,
+            "service": d.service,
+            "started_at": d.started_at,
+            **deployment_features(
+                info.loc[shipped], d.strategy, d.environment, d.started_at, timelines[d.service]
+            ),
+        }
+        rows.append(values)
+        health.append({"service": d.service, "event_at": d.started_at})
+        health[-1].update({k: values[k] for k in SERVICE_HEALTH_FEATURES})
     change = pd.DataFrame(rows, columns=["deploy_id", "service", "started_at", *DEPLOYMENT_FEATURES])
     return {
         "deployment_change": change,

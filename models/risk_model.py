@@ -13,6 +13,7 @@ with the `bias` column they sum to the booster's raw margin (log-odds before cal
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -52,6 +53,15 @@ RATIOS = {
     "nuc_per_nf": ("nuc", "nf"),
     "rexp_per_exp": ("rexp", "exp"),
 }
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What drove each row's score: the bias (log-odds of an average row) and the top drivers as
+    (column, input value, log-odds contribution), largest absolute contribution first."""
+
+    bias: np.ndarray
+    drivers: list[list[tuple[str, float, float]]]
 
 
 class TooFewLabels(ValueError):
@@ -124,7 +134,7 @@ class RiskModel:
             callbacks=[lgb.early_stopping(cfg.early_stopping_rounds, verbose=False)],
         )
         self.columns_ = list(X.columns)
-        raw = self.booster_.predict(X.iloc[calibration], raw_score=True)
+        raw = np.asarray(self.booster_.predict(X.iloc[calibration], raw_score=True), dtype=float)
         self.calibrator_ = _fit_calibrator(cfg.calibration, raw, y[calibration])
         self.threshold_ = best_f1_threshold(y[calibration], self.calibrator_.predict(raw))
         self.trained_rows_ = {
@@ -166,7 +176,7 @@ class RiskModel:
 
     def _predict(self, X, **kwargs) -> np.ndarray:
         best = getattr(self.booster_, "best_iteration_", None) or None
-        return self.booster_.booster_.predict(self.matrix(X), num_iteration=best, **kwargs)
+        return np.asarray(self.booster_.booster_.predict(self.matrix(X), num_iteration=best, **kwargs))
 
     def raw_score(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         return self._predict(X, raw_score=True)
@@ -174,6 +184,33 @@ class RiskModel:
     def predict_proba(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Calibrated probability of the positive class, one per row."""
         return self.calibrator_.predict(self.raw_score(X))
+
+    def calibrated_probability(self, raw: np.ndarray) -> np.ndarray:
+        """The calibrated probability of raw scores (log-odds from `raw_score`), without a second pass
+        through the booster."""
+        return np.asarray(self.calibrator_.predict(np.asarray(raw, dtype=float)), dtype=float)
+
+    @property
+    def feature_columns(self) -> list[str]:
+        """The columns the booster sees, in order: `features`, then the ratios derived from them."""
+        return list(self.columns_)
+
+    def explain(self, X: pd.DataFrame | np.ndarray, top: int) -> Explanation:
+        """Per row, the `top` columns by absolute contribution to the raw score (stable order on ties),
+        with the column's input value; and the bias. With every column, bias + Σ contributions = raw score."""
+        contributions = self.contribution_matrix(X)
+        bias = contributions[:, -1]
+        contributions = contributions[:, :-1]
+        design = self.matrix(X)
+        order = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, :top]
+        columns = self.columns_
+        return Explanation(
+            bias=bias,
+            drivers=[
+                [(columns[j], float(design[i, j]), float(contributions[i, j])) for j in order[i]]
+                for i in range(len(design))
+            ],
+        )
 
     def contribution_matrix(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Contributions in `columns_` order plus a last column, the bias; rows sum to raw_score."""

@@ -19,6 +19,7 @@ from features.classify import (
     is_fix_message,
     subsystem_of,
 )
+from features.history import change_features
 from features.mining.gitlog import GraphNode, RawCommit
 from features.settings import Settings
 from features.tables import COMMITS_SCHEMA, FILES_SCHEMA, unix_seconds
@@ -83,6 +84,30 @@ def replay_history(history: ChangeHistory, commits: pd.DataFrame, files: pd.Data
         history.record(Change(tuple(by_sha.get(sha, ())), author, float(ts), bool(is_fix), bool(is_bot)))
 
 
+def as_change(raw: RawCommit, history_ts: float, settings: Settings, bots: BotRule) -> Change:
+    """A commit read from git as the change its metrics are computed of: files, pseudonymous author
+    (after .mailmap), point-in-time, fix and bot flags."""
+    return Change(
+        raw.files,
+        author_id(raw.author_email, raw.author_name, settings.identity_salt),
+        float(history_ts),
+        is_fix_message(raw.message),
+        bots.is_bot(raw.author_name, raw.author_email),
+    )
+
+
+def unmined_change_features(
+    raw: RawCommit, at: float, history: ChangeHistory, settings: Settings, bots: BotRule
+) -> dict[str, float]:
+    """The commit_change features (14 Kamei metrics, change-kind flags, file-type counts) of a change
+    that is not mined, as of unix time `at`, against `history` (replayed from the mined tables, see
+    `replay_history`), computed as `add_commit` computes them for mined commits; `history` is left as it
+    was (the change is not recorded)."""
+    kinds = [file_kind(f.path) for f in raw.files]
+    metrics = history.metrics(as_change(raw, at, settings, bots))
+    return change_features(metrics, change_kind(raw.message, kinds), kinds)
+
+
 def add_commit(
     rows: CommitRows,
     raw: RawCommit,
@@ -94,11 +119,10 @@ def add_commit(
     bots: BotRule,
     services: ServiceMap,
 ) -> None:
-    is_bot = bots.is_bot(raw.author_name, raw.author_email)
-    ident = author_id(raw.author_email, raw.author_name, settings.identity_salt)
-    is_fix = is_fix_message(raw.message)
+    described = as_change(raw, history_ts, settings, bots)
+    is_bot, ident, is_fix = described.is_bot, described.author_id, described.is_fix
     kinds = [file_kind(f.path) for f in raw.files]
-    metrics = history.metrics_then_record(Change(raw.files, ident, float(history_ts), is_fix, is_bot))
+    metrics = history.metrics_then_record(described)
     shown_name, shown_email = (ident, ident) if settings.pseudonymize else (raw.author_name, raw.author_email)
     c = rows.commits
     c["repo"].append(repo_name)

@@ -236,6 +236,29 @@ class Repository:
             raise UnreadableRepository(f"{self.path}: unexpected git log output ({exc})") from exc
         self._finish(proc, drain, errors)
 
+    def read_unmined_change(self, base: str, head: str) -> tuple[RawCommit, list[str]]:
+        """The change a pull request of `head` into `base` would land, read as the miner reads a commit:
+        the diff from their merge base to `head` (same rename detection and numstat) as one RawCommit with
+        the merge base as parent, `head`'s author and commit time, and the messages of every commit in
+        the range, newest first; and the shas of those commits."""
+        head_sha = self._run("rev-parse", "--verify", "--end-of-options", f"{head}^{{commit}}").strip()
+        base_sha = self._run("rev-parse", "--verify", "--end-of-options", f"{base}^{{commit}}").strip()
+        merge_base = self._run("merge-base", base_sha, head_sha).strip()
+        shas = self._run("rev-list", f"{merge_base}..{head_sha}").split()
+        header = self._run("log", "-n", "1", "--no-show-signature", "--format=%aN%x1f%aE%x1f%ct", head_sha)
+        name, email, ts = header.strip().split("\x1f")
+        found = self.messages(shas)
+        message = "\n\n".join(found.get(sha, "") for sha in shas)
+        diff = self._run(
+            "diff", "-M", "--raw", "--numstat", "-z", "--no-color", "--no-ext-diff", "--no-textconv",
+            merge_base, head_sha,
+        )  # fmt: skip
+        record = "\x1f".join((head_sha, merge_base, name, email, ts, message)) + "\0" + diff
+        try:
+            return _parse_record(record), shas
+        except (ValueError, IndexError) as exc:
+            raise UnreadableRepository(f"{self.path}: unexpected git diff output ({exc})") from exc
+
 
 def _stdout(proc: subprocess.Popen) -> IO[bytes]:
     """The output pipe of a git process started by `_start_log` (always opened with a pipe)."""

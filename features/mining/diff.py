@@ -1,0 +1,86 @@
+"""Change metrics of a change that is not mined yet (a pull request's commits): the mined history is
+replayed from the tables, then the change is measured as of now with the miner's own code
+(`features.mining.commits`). Nothing is written: the tables stay as `awo mine` left them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from features.change_metrics import ChangeHistory, FileChange
+from features.classify import BotRule
+from features.errors import AwoError
+from features.mining.commits import as_change, replay_history, unmined_change_features
+from features.mining.gitlog import Repository
+from features.settings import Settings
+from features.tables import COMMITS_FILE, COMMITS_SCHEMA, FILES_FILE, FILES_SCHEMA, read_table
+
+
+@dataclass(frozen=True)
+class UnminedChange:
+    """A measured change: where it comes from, who made it, and its commit_change features."""
+
+    repo: str
+    merge_base: str
+    head: str
+    commits: tuple[str, ...]  # the range's commits, newest first
+    author_id: str
+    is_bot: bool
+    at: pd.Timestamp  # the time it was measured as of
+    files: tuple[FileChange, ...]
+    features: dict[str, float]  # COMMIT_CHANGE_FEATURES: 14 Kamei metrics, kind flags, file counts
+    history_commits: int  # mined commits the history was replayed from
+
+
+def revision_range(spec: str) -> tuple[str, str]:
+    """(base, head) of `base..head` or `base...head` (both mean: what head adds over their merge base)."""
+    base, dots, head = spec.partition("...") if "..." in spec else spec.partition("..")
+    if not dots or not base or not head:
+        raise AwoError(f"not a revision range: {spec!r}; use BASE..HEAD")
+    return base, head
+
+
+def measure_unmined_change(
+    repo_path: Path,
+    base: str,
+    head: str,
+    settings: Settings,
+    tables: Path | None = None,
+    name: str | None = None,
+    at: pd.Timestamp | None = None,
+) -> UnminedChange:
+    """The features of what `head` adds over its merge base with `base`, as one change, against the
+    history mined into `tables` (default `<data root>/<repo name>/`), as of `at` (default now). Commits of
+    the range that were mined already are left out of the history, so they are not counted twice."""
+    repository = Repository(repo_path)
+    repo_name = name or repository.name
+    tables = Path(tables) if tables else settings.repo_data_dir(repo_name)
+    commits = read_table(tables / COMMITS_FILE, COMMITS_SCHEMA)
+    files = read_table(tables / FILES_FILE, FILES_SCHEMA)
+    if commits is None or files is None:
+        raise AwoError(f"no mined tables in {tables}: run `awo mine {repo_path} --data {tables}` first")
+    raw, shas = repository.read_unmined_change(base, head)
+    in_range = set(shas)
+    commits = commits[~commits["sha"].isin(in_range)]
+    files = files[files["sha"].isin(set(commits["sha"]))]
+    history = ChangeHistory()
+    replay_history(history, commits, files)
+    when = pd.Timestamp(time.time(), unit="s", tz="UTC") if at is None else pd.Timestamp(at)
+    when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+    bots = BotRule(settings.bot_patterns)
+    change = as_change(raw, when.timestamp(), settings, bots)
+    return UnminedChange(
+        repo=repo_name,
+        merge_base=raw.parents[0],
+        head=raw.sha,
+        commits=tuple(shas),
+        author_id=change.author_id,
+        is_bot=change.is_bot,
+        at=when,
+        files=raw.files,
+        features=unmined_change_features(raw, when.timestamp(), history, settings, bots),
+        history_commits=len(history),
+    )
