@@ -10,7 +10,7 @@ from serving.admission import AdmittedRoute, caller
 from serving.auth import READ
 from serving.deps import StateDep
 from serving.schemas import CommitBatch, CommitRiskResponse, DeploymentQuery, DeploymentRisk, Problem
-from serving.scoring import score_commits, score_deployment
+from serving.scoring import commit_risks, deployment_risk
 
 # Every risk route needs a token with risk:read, checked (with the body's size) before the body is read.
 router = APIRouter(tags=["risk"], route_class=AdmittedRoute, dependencies=[Security(caller, scopes=[READ])])
@@ -57,7 +57,7 @@ def risk_commits(batch: CommitBatch, request: Request, state: StateDep) -> Commi
     _admit(request, state, len(batch.commits))
     loaded = _model(state, "change-risk")
     top = list(loaded.meta.get("reference", {}).get("features", {}))
-    results, logged_features = score_commits(
+    results, logged_features = commit_risks(
         batch.commits, loaded, state.store, state.settings, state.staleness, batch.drivers, top
     )
     scored = [(r, f) for r, f in zip(results, logged_features, strict=True) if r.probability is not None]
@@ -90,7 +90,7 @@ def risk_commits(batch: CommitBatch, request: Request, state: StateDep) -> Commi
 def risk_deployment(query: DeploymentQuery, request: Request, state: StateDep) -> DeploymentRisk:
     _admit(request, state, len(query.commits))
     loaded = _model(state, "deploy-failure")
-    result = score_deployment(query, loaded, state.champions.get("change-risk"), state.store, state.settings)
+    result = deployment_risk(query, loaded, state.store, state.settings)
     state.telemetry.predictions.labels("deploy-failure", result.band).inc()
     state.predictions.record(
         [

@@ -1,0 +1,428 @@
+"""The scoring core: commits (by sha from the online store, or by raw metrics), a deployment, and a change
+that is not mined yet, scored in process and answered as plain dataclasses. No FastAPI and no response
+models here: the HTTP routes convert (serving.scoring), the agents call these functions directly.
+
+A deployment is scored on the vector training saw: every feature comes from the function the feature
+build uses (features.history.deployment_features), fed the same inputs — the shipped commits' change
+features from the online store and their authors from the mined commits table, the previous deployment
+of the service and environment and the service's health as of the query time from the delivery tables."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import numpy as np
+import pandas as pd
+
+from features.history import (
+    SERVICE_HEALTH_FEATURES,
+    SHIPPED_COMMIT_FEATURES,
+    ServiceTimeline,
+    deployment_features,
+    known_failure_times,
+)
+from features.settings import Settings
+from features.tables import COMMITS_FILE, read_table
+from models.registry import LoadedModel
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+    from features.mining.diff import UnminedChange
+
+TOP_DRIVERS = 5
+STALENESS_CACHE_SECONDS = 60.0
+Band = Literal["low", "medium", "high", "critical"]
+
+
+@dataclass(frozen=True)
+class Driver:
+    """A feature that drove a score: its input value (None when missing) and log-odds contribution."""
+
+    feature: str
+    value: float | None
+    contribution: float
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    kind: str | None
+
+
+class CommitInput(Protocol):
+    """A commit to score: by `sha` of a mined repository, or by raw `metrics` (feature name → value)."""
+
+    @property
+    def repo(self) -> str: ...
+    @property
+    def sha(self) -> str | None: ...
+    @property
+    def metrics(self) -> Mapping[str, float] | None: ...
+
+
+@dataclass(frozen=True)
+class CommitRef:
+    """The plain CommitInput, for in-process callers."""
+
+    repo: str
+    sha: str | None = None
+    metrics: Mapping[str, float] | None = None
+
+
+@dataclass
+class CommitScore:
+    repo: str
+    sha: str | None
+    probability: float  # calibrated
+    band: Band
+    model: ModelInfo
+    raw_score: float  # log-odds before calibration
+    base_value: float  # log-odds of an average commit (the bias)
+    drivers: list[Driver]  # with every feature: base_value + Σ contribution = raw_score
+    features: dict[str, float | None]  # the model's input, by feature name (None: missing)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CommitNotFound:
+    """A commit asked for by sha that the online store does not hold."""
+
+    repo: str
+    sha: str
+    code: str = "unknown_commit"
+    status: int = 404
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    """A deployment to score: what it ships, where, how, and when it starts (None: now)."""
+
+    repo: str
+    service: str
+    environment: str
+    commits: Sequence[str]
+    strategy: str | None = None
+    started_at: datetime | None = None
+
+
+@dataclass
+class DeploymentVector:
+    """The deployment features of a plan (NaN: unknown), the service's health among them, and notes."""
+
+    features: dict[str, float]
+    health: dict[str, float | None]
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DeploymentScore:
+    service: str
+    environment: str
+    probability: float
+    band: Band
+    model: ModelInfo
+    drivers: list[Driver]
+    health: dict[str, float | None]
+    features: dict[str, float | None]
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class UnminedChangeScore:
+    change: UnminedChange
+    score: CommitScore
+
+
+def band(probability: float, bands: Mapping[Any, float]) -> Band:
+    levels: tuple[Band, ...] = ("critical", "high", "medium")
+    for name in levels:
+        if probability >= bands[name]:
+            return name
+    return "low"
+
+
+def model_info(loaded: LoadedModel) -> ModelInfo:
+    return ModelInfo(name=loaded.name, version=loaded.version, kind=loaded.meta.get("model_kind"))
+
+
+def _finite(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class Staleness:
+    """Stale-store warnings, checked at most once a minute (the check reads the source tables)."""
+
+    def __init__(self) -> None:
+        self._at = 0.0
+        self._warnings: list[str] = []
+
+    def warnings(self, store: FeatureStore, settings: Settings, service_name: str) -> list[str]:
+        from features.store import feature_service, staleness
+
+        if time.monotonic() - self._at > STALENESS_CACHE_SECONDS:
+            self._warnings = staleness(store, settings, feature_service(store, service_name))
+            self._at = time.monotonic()
+        return self._warnings
+
+
+def _explained(
+    loaded: LoadedModel, matrix: np.ndarray, top: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[Driver]]]:
+    """Raw scores, calibrated probabilities, biases and top drivers of the rows of `matrix` (columns: the
+    model's features in order; NumPy throughout, this is the serving hot path)."""
+    model = loaded.model
+    raw = model.raw_score(matrix)
+    explanation = model.explain(matrix, top)
+    drivers = [
+        [Driver(feature, _finite(value), contribution) for feature, value, contribution in row]
+        for row in explanation.drivers
+    ]
+    return raw, model.calibrated_probability(raw), explanation.bias, drivers
+
+
+def score_commits(
+    commits: Sequence[CommitInput],
+    loaded: LoadedModel,
+    store: FeatureStore | None,
+    settings: Settings,
+    *,
+    top: int = TOP_DRIVERS,
+    staleness: Staleness | None = None,
+) -> list[CommitScore | CommitNotFound]:
+    """The risk of each commit, in order: by sha, from the online store through the model's feature
+    service (`store` may be None when every commit comes with metrics); by metrics, as given, with
+    missing features scored as unknown and named in a warning."""
+    from features.store import online_features
+
+    names = loaded.model.features
+    results: list[CommitScore | CommitNotFound | None] = [None] * len(commits)
+    rows: list[list[float]] = []
+    positions: list[int] = []
+    notes: list[list[str]] = []
+    by_sha = [(i, c, c.sha) for i, c in enumerate(commits) if c.sha is not None]
+    if by_sha:
+        if store is None:
+            raise ValueError("scoring commits by sha needs the feature store")
+        found = online_features(
+            store, loaded.feature_service, [{"repo": c.repo, "sha": sha} for _, c, sha in by_sha]
+        )
+        for (i, c, sha), values in zip(by_sha, found.rows, strict=True):
+            if all(v is None for v in values.values()):
+                message = f"commit {sha} of {c.repo} is not in the feature store"
+                results[i] = CommitNotFound(repo=c.repo, sha=sha, message=message)
+                continue
+            rows.append([np.nan if values.get(n) is None else values[n] for n in names])
+            positions.append(i)
+            notes.append([])
+    for i, c in enumerate(commits):
+        if c.metrics is None:
+            continue
+        unknown = sorted(set(c.metrics) - set(names))
+        missing = [n for n in names if n not in c.metrics]
+        item: list[str] = []
+        if unknown:
+            item.append(f"ignored unknown features: {', '.join(unknown)}")
+        if missing:
+            item.append(f"missing features scored as unknown: {len(missing)} of {len(names)}")
+        rows.append([float(c.metrics.get(n, np.nan)) for n in names])
+        positions.append(i)
+        notes.append(item)
+    if rows:
+        matrix = np.array(rows, dtype=float)
+        raw, probabilities, bias, drivers = _explained(loaded, matrix, top)
+        store_notes = (
+            staleness.warnings(store, settings, loaded.feature_service)
+            if by_sha and staleness is not None and store is not None
+            else []
+        )
+        info = model_info(loaded)
+        for k, i in enumerate(positions):
+            c = commits[i]
+            p = float(probabilities[k])
+            results[i] = CommitScore(
+                repo=c.repo,
+                sha=c.sha,
+                probability=p,
+                band=band(p, settings.risk_bands),
+                model=info,
+                raw_score=float(raw[k]),
+                base_value=float(bias[k]),
+                drivers=drivers[k],
+                features={name: _finite(matrix[k, j]) for j, name in enumerate(names)},
+                warnings=notes[k] + (store_notes if c.sha else []),
+            )
+    return [r for r in results if r is not None]
+
+
+def score_unmined_change(
+    repo_path: Path,
+    base: str,
+    head: str,
+    loaded: LoadedModel,
+    settings: Settings,
+    *,
+    tables: Path | None = None,
+    name: str | None = None,
+    at: datetime | None = None,
+    top: int = TOP_DRIVERS,
+) -> UnminedChangeScore:
+    """The change-risk of what `head` adds over its merge base with `base` (a pull request's commits, not
+    mined yet), measured as one change as of `at` (default now) with the miner's code against the history
+    mined into `tables` (default `<data root>/<repo name>/`), nothing written. The features the miner
+    cannot know of an unmined change (its author's and files' defect history) are scored as unknown."""
+    from features.mining.diff import measure_unmined_change
+
+    change = measure_unmined_change(
+        repo_path, base, head, settings, tables, name, None if at is None else pd.Timestamp(at)
+    )
+    score = score_commits(
+        [CommitRef(repo=change.repo, metrics=change.features)], loaded, None, settings, top=top
+    )
+    result = score[0]
+    if not isinstance(result, CommitScore):  # a metrics query is always scored
+        raise TypeError(f"unexpected result {result!r}")
+    return UnminedChangeScore(change=change, score=result)
+
+
+# --- deployments ---
+
+
+def _file_key(path: Path) -> tuple[str, int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return str(path), stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=16)
+def _delivery_tables(
+    deployments_key: tuple[str, int, int], incidents_key: tuple[str, int, int] | None
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The deployments (with when each failure became known) and incidents tables; read again only when
+    a file changes (an ingest rewrites it)."""
+    incidents = read_table(Path(incidents_key[0])) if incidents_key else None
+    deployments = read_table(Path(deployments_key[0]))
+    if deployments is None:
+        raise FileNotFoundError(deployments_key[0])
+    deployments = deployments.sort_values("started_at", kind="stable").reset_index(drop=True)
+    deployments["known_failed_at"] = known_failure_times(deployments, incidents)
+    return deployments, incidents
+
+
+@functools.lru_cache(maxsize=16)
+def _authors(commits_key: tuple[str, int, int]) -> dict[str, str]:
+    """sha → author_id of the mined commits."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(commits_key[0], columns=["sha", "author_id"])
+    return dict(zip(table.column("sha").to_pylist(), table.column("author_id").to_pylist(), strict=True))
+
+
+def _timeline(settings: Settings, repo: str, service: str) -> ServiceTimeline | None:
+    tables = settings.repo_data_dir(repo)
+    deployments_key = _file_key(tables / "deployments.parquet")
+    if deployments_key is None:
+        return None
+    deployments, incidents = _delivery_tables(deployments_key, _file_key(tables / "incidents.parquet"))
+    return ServiceTimeline.of(deployments, incidents, service)
+
+
+def _utc(at: datetime | pd.Timestamp | None) -> pd.Timestamp:
+    stamp = pd.Timestamp.now(tz="UTC") if at is None else pd.Timestamp(at)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def deployment_vectors(
+    plans: Sequence[DeploymentPlan], store: FeatureStore, settings: Settings
+) -> list[DeploymentVector]:
+    """The DEPLOYMENT_FEATURES of each plan, as the feature build computes them for a past deployment:
+    change features of the shipped commits (online store, commit_change view) and their authors (mined
+    commits table); previous deployment of the service and environment, and the service's health, as of
+    the plan's start, from the delivery tables under the data root (deployments, incidents)."""
+    wanted = [(p.repo, sha) for p in plans for sha in p.commits]
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    if wanted:
+        response = store.get_online_features(
+            features=[f"commit_change:{n}" for n in SHIPPED_COMMIT_FEATURES],
+            entity_rows=[{"repo": repo, "sha": sha} for repo, sha in wanted],
+        ).to_dict()
+        for k, key in enumerate(wanted):
+            values = {n: response[n][k] for n in SHIPPED_COMMIT_FEATURES}
+            if any(v is not None for v in values.values()):
+                found[key] = values
+    vectors = []
+    for plan in plans:
+        notes: list[str] = []
+        at = _utc(plan.started_at)
+        commits_key = _file_key(settings.repo_data_dir(plan.repo) / COMMITS_FILE)
+        authors = _authors(commits_key) if commits_key else {}
+        known = [sha for sha in plan.commits if (plan.repo, sha) in found]
+        if len(known) < len(plan.commits):
+            missing = len(plan.commits) - len(known)
+            notes.append(f"{missing} of {len(plan.commits)} commits are not in the feature store")
+        shipped = pd.DataFrame(
+            [found[(plan.repo, sha)] for sha in known], columns=list(SHIPPED_COMMIT_FEATURES), dtype=float
+        )
+        if all(sha in authors for sha in known):
+            shipped["author_id"] = [authors[sha] for sha in known]
+        else:
+            notes.append(f"authors unknown: commits of {plan.repo} are not in the mined tables")
+        timeline = _timeline(settings, plan.repo, plan.service)
+        if timeline is None:
+            notes.append(f"no delivery history of {plan.repo} ingested: the service's health is unknown")
+            timeline = ServiceTimeline(*(np.array([]) for _ in range(4)))
+            unknown = {*SERVICE_HEALTH_FEATURES, "hours_since_previous_deploy"}
+        else:
+            unknown = set()
+            if not len(timeline.starts):
+                notes.append(f"no recorded deployments of service {plan.service!r}")
+        features = deployment_features(shipped, plan.strategy, plan.environment, at, timeline)
+        features = {n: (math.nan if n in unknown else v) for n, v in features.items()}
+        health = {n: _finite(features[n]) for n in SERVICE_HEALTH_FEATURES}
+        vectors.append(DeploymentVector(features=features, health=health, warnings=notes))
+    return vectors
+
+
+def score_deployment(
+    plan: DeploymentPlan,
+    loaded: LoadedModel,
+    store: FeatureStore,
+    settings: Settings,
+    *,
+    top: int = TOP_DRIVERS,
+) -> DeploymentScore:
+    """The failure probability of a deployment, on the vector of `deployment_vectors`."""
+    vector = deployment_vectors([plan], store, settings)[0]
+    names = loaded.model.features
+    notes = list(vector.warnings)
+    unknown = [n for n in names if n not in vector.features]
+    if unknown:
+        notes.append(
+            f"features of {loaded.feature_service} not computed at serving, scored as unknown: {unknown}"
+        )
+    matrix = np.array([[vector.features.get(n, math.nan) for n in names]], dtype=float)
+    _, probabilities, _, drivers = _explained(loaded, matrix, top)
+    p = float(probabilities[0])
+    return DeploymentScore(
+        service=plan.service,
+        environment=plan.environment,
+        probability=p,
+        band=band(p, settings.risk_bands),
+        model=model_info(loaded),
+        drivers=drivers[0],
+        health=vector.health,
+        features={n: _finite(matrix[0, j]) for j, n in enumerate(names)},
+        warnings=notes,
+    )

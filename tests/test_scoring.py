@@ -1,0 +1,182 @@
+"""The scoring core in process, against a real Feast store and MLflow registry built from a demo world:
+deployments are scored on the vector training saw, commits on the model's prediction, and a change that
+is not mined yet on the miner's own metrics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.settings import load_settings
+from models.risk_model import ModelConfig
+
+FAST = ModelConfig(n_estimators=200, learning_rate=0.05)
+
+
+@pytest.fixture(scope="module")
+def world(small_world, tmp_path_factory):
+    from pipelines.flow import prepare
+    from pipelines.train import train
+
+    root = tmp_path_factory.mktemp("scoring")
+    settings = load_settings(data_dir=root, min_positive_labels=10)
+    tables = root / "demo"
+    store = prepare(small_world.repo, settings, tables, name="demo", delivery=small_world.repo.parent)
+    train("change-risk", settings, tables, FAST)
+    train("deploy-failure", settings, tables, FAST)
+    return settings, tables, store, small_world.repo
+
+
+def _plans(deployments: pd.DataFrame):
+    from serving.core import DeploymentPlan
+
+    return [
+        DeploymentPlan(
+            repo="demo",
+            service=d.service,
+            environment=d.environment,
+            commits=list(d.shipped),
+            strategy=d.strategy,
+            started_at=d.started_at,
+        )
+        for d in deployments.itertuples(index=False)
+    ]
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-9, abs=1e-9)
+
+
+def test_served_deployment_vectors_equal_the_training_rows_feature_by_feature(world):
+    from features.store import feature_names, training_set
+    from serving.core import deployment_vectors
+
+    settings, tables, store, _ = world
+    deployments = pd.read_parquet(tables / "deployments.parquet")
+    entities = deployments[["deploy_id", "started_at"]].rename(columns={"started_at": "event_timestamp"})
+    trained = training_set(store, entities, "deploy_failure_v1").set_index("deploy_id")
+    names = feature_names(store, "deploy_failure_v1")
+    served = deployment_vectors(_plans(deployments), store, settings)
+    differing = [
+        (d.deploy_id, name, v.features[name], trained.at[d.deploy_id, name])
+        for d, v in zip(deployments.itertuples(index=False), served, strict=True)
+        for name in names
+        if not _same(v.features[name], float(trained.at[d.deploy_id, name]))
+    ]
+    assert len(deployments) > 1000 and deployments["shipped"].map(len).gt(0).sum() > 100
+    assert differing == []
+
+
+def test_deployment_is_scored_by_the_model_on_its_training_row(world):
+    from features.store import training_set
+    from models.registry import load
+    from serving.core import score_deployment
+
+    settings, tables, store, _ = world
+    deployments = pd.read_parquet(tables / "deployments.parquet")
+    shipping = deployments[deployments["shipped"].map(len) > 0].tail(5)
+    model = load("deploy-failure")
+    entities = shipping[["deploy_id", "started_at"]].rename(columns={"started_at": "event_timestamp"})
+    rows = (
+        training_set(store, entities, model.feature_service).set_index("deploy_id").loc[shipping["deploy_id"]]
+    )
+    scores = [score_deployment(plan, model, store, settings) for plan in _plans(shipping)]
+    assert np.allclose([s.probability for s in scores], model.model.predict_proba(rows))
+    assert all(s.model.name == "deploy-failure" and s.drivers for s in scores)
+
+
+def test_service_health_is_served_as_of_the_query_time_not_the_last_deployment(world):
+    from serving.core import DeploymentPlan, deployment_vectors
+
+    settings, tables, store, _ = world
+    deployments = pd.read_parquet(tables / "deployments.parquet")
+    last = deployments.sort_values("started_at").iloc[-1]
+    later = last["started_at"] + pd.Timedelta(hours=1)
+    plan = DeploymentPlan("demo", last["service"], last["environment"], [], "canary", later.to_pydatetime())
+    vector = deployment_vectors([plan], store, settings)[0]
+    same_service = deployments[deployments["service"] == last["service"]]
+    week = same_service["started_at"] >= later - pd.Timedelta(days=7)
+    # The last deployment counts: it started before the query, though no deployment came after it.
+    assert vector.health["deploys_7d"] == float(week.sum())
+    assert vector.features["hours_since_previous_deploy"] == pytest.approx(1.0)
+    assert vector.features["n_commits"] == 0.0 and vector.features["n_authors"] == 0.0
+
+
+def test_commit_scores_equal_the_model_prediction_and_explanations_sum_to_the_logit(world):
+    from features.store import online_features
+    from models.registry import load
+    from serving.core import CommitRef, CommitScore, score_commits
+
+    settings, tables, store, _ = world
+    shas = list(pd.read_parquet(tables / "commits.parquet")["sha"].tail(10))
+    model = load("change-risk")
+    results = score_commits([CommitRef("demo", sha) for sha in shas], model, store, settings, top=500)
+    rows = online_features(store, model.feature_service, [{"repo": "demo", "sha": s} for s in shas]).rows
+    assert all(isinstance(r, CommitScore) for r in results)
+    scored = [r for r in results if isinstance(r, CommitScore)]
+    assert np.allclose([r.probability for r in scored], model.model.predict_proba(pd.DataFrame(rows)))
+    for r in scored:
+        total = r.base_value + sum(d.contribution for d in r.drivers)
+        assert total == pytest.approx(r.raw_score, abs=1e-6)
+
+
+def test_an_unknown_sha_is_reported_not_scored(world):
+    from models.registry import load
+    from serving.core import CommitNotFound, CommitRef, score_commits
+
+    settings, _, store, _ = world
+    (result,) = score_commits([CommitRef("demo", "f" * 40)], load("change-risk"), store, settings)
+    assert isinstance(result, CommitNotFound) and result.status == 404
+
+
+def test_an_unmined_change_gets_the_metrics_the_miner_would_give_it(world):
+    from features.history import commit_tables
+    from features.mining.diff import measure_unmined_change
+
+    settings, tables, _, repo = world
+    commits = pd.read_parquet(tables / "commits.parquet").sort_values("seq")
+    files = pd.read_parquet(tables / "files.parquet")
+    last = commits.iloc[-1]
+    written = {p.name: p.stat().st_mtime_ns for p in tables.iterdir()}
+    change = measure_unmined_change(
+        repo, f"{last['sha']}~1", last["sha"], settings, name="demo", at=last["history_at"]
+    )
+    mined = commit_tables(commits, files)["commit_change"].set_index("sha").loc[last["sha"]]
+    # The range's commit was mined already: it is left out of the history, not counted twice.
+    assert change.commits == (last["sha"],) and change.history_commits == len(commits) - 1
+    assert change.features == {name: float(mined[name]) for name in change.features}
+    assert {p.name: p.stat().st_mtime_ns for p in tables.iterdir()} == written
+
+
+def test_a_pull_request_branch_is_scored_with_the_change_risk_model(world, tmp_path):
+    from models.registry import load
+    from serving.core import score_unmined_change
+    from tests.conftest import clone, git
+
+    settings, tables, _, repo = world
+    work = clone(repo, tmp_path / "pr")
+    git(work, "checkout", "-q", "-b", "feature")
+    target = next(p for p in sorted(work.rglob("*.py")) if ".git" not in p.parts)
+    target.write_text(target.read_text() + "\n# fix the retry bug\nRETRIES = 3\n")
+    git(
+        work,
+        "commit",
+        "-qam",
+        "Fix retry bug",
+        env={
+            f"GIT_{who}_{what}": value
+            for who in ("AUTHOR", "COMMITTER")
+            for what, value in (("NAME", "Pat"), ("EMAIL", "pat@x.org"))
+        },
+    )
+    result = score_unmined_change(
+        work, "main", "feature", load("change-risk"), settings, tables=tables, name="demo"
+    )
+    metrics = result.change.features
+    assert metrics["nf"] == 1 and metrics["fix"] == 1.0
+    assert metrics["kind_fix"] == 1.0 and metrics["lt"] > 0 and metrics["nuc"] > 0
+    assert 0 < result.score.probability < 1 and result.score.sha is None
+    assert any("missing features" in w for w in result.score.warnings)
