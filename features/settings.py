@@ -79,6 +79,11 @@ class DataSettings(BaseModel):
     service_map: Path | None = Field(
         default=None, description="YAML file mapping path globs to service names"
     )
+    label_maturity_days: float = Field(
+        default=180.0,
+        ge=0,
+        description="a commit younger than this (before the newest) keeps a label only if a fix blamed it",
+    )
     incident_window_hours: float = Field(
         default=48.0, gt=0, description="an incident links to a deployment that started this long before it"
     )

@@ -77,10 +77,14 @@ def label_repository(
     settings: Settings,
     out_dir: Path | None = None,
     issues: Path | None = None,
-    maturity_days: float = 180.0,
+    maturity_days: float | None = None,
     workers: int = 2,
 ) -> LabelResult:
+    """Label the mined commits of `repo_path` in `out_dir`; labels younger than `maturity_days` (default:
+    the `label_maturity_days` setting) stay null unless a fix blamed them."""
     started = time.perf_counter()
+    if maturity_days is None:
+        maturity_days = settings.label_maturity_days
     out_dir = Path(out_dir) if out_dir else settings.repo_data_dir(Repository(repo_path).name)
     opened = read_issue_dates(issues) if issues is not None else None
     with exclusive(out_dir):

@@ -112,7 +112,10 @@ def label(
     issues: Annotated[
         Path | None, typer.Option(help="issues.csv (issue_id, opened_at) for the date filter")
     ] = None,
-    maturity_days: Annotated[float, typer.Option(min=0, help="labels younger than this are null")] = 180.0,
+    maturity_days: Annotated[
+        float | None,
+        typer.Option(min=0, help="labels younger than this are null (default: AWO_LABEL_MATURITY_DAYS, 180)"),
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="parallel git blame processes")] = 2,
     fix: Annotated[str | None, typer.Option(help="only print the SZZ candidates of this fix commit")] = None,
     truth: Annotated[
@@ -128,6 +131,7 @@ def label(
     if fix:
         _print_audit(audit_fix(repo, out_dir, fix, issues, workers))
         return
+    maturity_days = settings.label_maturity_days if maturity_days is None else maturity_days
     result = label_repository(repo, settings, out_dir, issues, maturity_days, workers)
     console.print(
         f"labelled {result.bug_inducing + result.clean + result.unknown} commits: "
@@ -142,9 +146,12 @@ def label(
 
 
 def failed_fixes_note(result: LabelResult) -> str:
-    """', N fixes failed' when some fixes could not be analysed (their commits stay unlabelled)."""
-    failed = getattr(result, "failed_fixes", 0)
-    return f", {failed} fixes failed" if failed else ""
+    """', N fixes failed (K diff unreadable, ...)' when git could not read some fixes in full (they label
+    nothing; each failure is a row of szz_candidates.parquet with its reason)."""
+    if not result.failed_fixes:
+        return ""
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(result.failures_by_reason.items()))
+    return f", {result.failed_fixes} fixes failed ({kinds})"
 
 
 def _print_audit(frame: pd.DataFrame) -> None:
