@@ -16,6 +16,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from starlette.types import Message
 
 from features.settings import ApiToken, load_settings
 from serving.auth import new_token
@@ -62,9 +63,9 @@ def _asgi_post(
     (the client sends `chunks` as fast as the app asks for them)."""
     pulled = 0
     answered = False
-    messages: list[dict] = []
+    messages: list[Message] = []
 
-    async def receive() -> dict:
+    async def receive() -> Message:
         nonlocal pulled
         chunk = None if answered else next(chunks, None)
         if chunk is None:
@@ -72,7 +73,7 @@ def _asgi_post(
         pulled += len(chunk)
         return {"type": "http.request", "body": chunk, "more_body": True}
 
-    async def send(message: dict) -> None:
+    async def send(message: Message) -> None:
         nonlocal answered
         answered = answered or message["type"] == "http.response.start"
         messages.append(message)
@@ -91,7 +92,7 @@ def _asgi_post(
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
-    asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+    asyncio.run(app(scope, receive, send))
     status = next(m["status"] for m in messages if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
     return status, json.loads(body), pulled
