@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,17 @@ COMMIT_HISTORY_FEATURES = (
     "subsystem_defect_rate_max",
     "subsystem_authors_max",
     "subsystem_churn_90d_max",
+    "defective_churn_share",
+)
+# The commit_history features that read defect labels: unknowable without them (an unlabelled table).
+DEFECT_HISTORY_FEATURES = (
+    "author_known_defects",
+    "author_defect_rate",
+    "file_defects_max",
+    "file_defects_mean",
+    "file_days_since_defect_min",
+    "subsystem_defects_max",
+    "subsystem_defect_rate_max",
     "defective_churn_share",
 )
 DEPLOYMENT_FEATURES = (
@@ -124,57 +135,141 @@ class _Track:
         return len(self.times) - bisect.bisect_left(self.times, since)
 
 
-def commit_tables(commits: pd.DataFrame, files: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """commit_change, commit_history, author_history and file_history of one repository's mined tables
-    (labelled commits: `bug_inducing`, `fixed_by`; unlabelled commits have no known defects)."""
-    commits = commits.sort_values("seq").reset_index(drop=True)
-    at = dict(zip(commits["sha"], commits["committed_at"], strict=True))
-    # Rows of the files table (itertuples: attributes path, old_path, change_type, la, ld, subsystem, ...).
-    files_of: dict[str, list[Any]] = {}
-    for row in files.itertuples(index=False):
-        files_of.setdefault(row.sha, []).append(row)
+@dataclass(frozen=True, slots=True)
+class ChangedFile:
+    """A file a change touches, as the history features read it (the files table's columns of the same
+    names; rows of that table serve as well)."""
 
-    # Known-defect events: (time of the first fix, inducing sha), applied before any later commit.
+    path: str
+    old_path: str | None
+    change_type: str
+    la: int
+    ld: int
+    subsystem: str
+
+
+def _known_defect_events(commits: pd.DataFrame) -> list[tuple[pd.Timestamp, int, str]]:
+    """(time of the first fix, tie-break, inducing sha) of each labelled defect whose fix is in `commits`,
+    as a heap: a defect becomes known when its first fix lands."""
     events: list[tuple[pd.Timestamp, int, str]] = []
     if "fixed_by" in commits.columns:
+        at = dict(zip(commits["sha"], commits["committed_at"], strict=True))
         for sha, label, fixes in zip(
             commits["sha"], commits["bug_inducing"], commits["fixed_by"], strict=True
         ):
             fixed_at = [at[f] for f in (fixes if fixes is not None else []) if f in at]
             if label is True and fixed_at:
                 heapq.heappush(events, (min(fixed_at), len(events), sha))
+    return events
 
-    file_tracks: dict[str, _Track] = {}
-    subsystem_tracks: dict[str, _Track] = {}
-    author_tracks: dict[str, _Track] = {}
-    touched_by: dict[str, list[_Track]] = {}  # commit → tracks to credit when its defect becomes known
+
+class CommitHistory:
+    """The author, file and subsystem histories of one repository while its commits are replayed in
+    point-in-time order, a labelled defect credited to what its commit touched once its first fix lands.
+    The one definition of the commit_history features: the feature build reads them before each mined
+    commit (`commit_tables`), the scoring of an unmined change after the whole mined history
+    (`commit_history_as_of`)."""
+
+    def __init__(self, commits: pd.DataFrame) -> None:
+        """`commits`: the mined commits table (labelled: `bug_inducing`, `fixed_by`; unlabelled commits
+        have no known defects); only the labels are read here, `record` replays the commits."""
+        self._events = _known_defect_events(commits)
+        self._files: dict[str, _Track] = {}
+        self._subsystems: dict[str, _Track] = {}
+        self._authors: dict[str, _Track] = {}
+        self._touched_by: dict[str, list[_Track]] = {}  # commit → tracks to credit when its defect is known
+        self.commits = 0  # commits recorded
+
+    def advance(self, now: pd.Timestamp) -> None:
+        """Credit the defects whose first fix landed strictly before `now`."""
+        while self._events and self._events[0][0] < now:
+            fixed_at, _, inducing = heapq.heappop(self._events)
+            for track in self._touched_by.get(inducing, ()):
+                track.defects += 1
+                track.last_defect_at = fixed_at
+
+    def features(self, author_id: str, is_bot: bool, rows: Sequence[Any], now: pd.Timestamp) -> tuple:
+        """The COMMIT_HISTORY_FEATURES, in order, of a change by `author_id` touching `rows` (ChangedFile
+        or rows of the files table) at `now`, from what was recorded; nothing is recorded."""
+        author = _Track() if is_bot else self._authors.get(author_id) or _Track()
+        ftracks = [self._files.get(_old_path(r)) or _Track() for r in rows]
+        stracks = [self._subsystems.get(s) or _Track() for s in {r.subsystem for r in rows}]
+        return _commit_history(rows, ftracks, stracks, author, now)
+
+    def record(
+        self, sha: str, author_id: str, is_bot: bool, churn: int, rows: Sequence[Any], now: pd.Timestamp
+    ) -> tuple[list[_Track], _Track | None]:
+        """Record a commit in every history it belongs to; returns the tracks of its files (in the order
+        of `rows`) and of its author (None for a bot) after it."""
+        credited: list[_Track] = []
+        file_tracks: list[_Track] = []
+        for r in rows:
+            old = _old_path(r)
+            track = self._files.pop(old) if old in self._files else _Track()
+            if r.change_type != "DELETE":
+                self._files[r.path] = track
+            _record(track, now, r.la + r.ld, author_id, is_bot)
+            credited.append(track)
+            file_tracks.append(track)
+        for s in {r.subsystem for r in rows}:
+            track = self._subsystems.setdefault(s, _Track())
+            _record(track, now, sum(r.la + r.ld for r in rows if r.subsystem == s), author_id, is_bot)
+            credited.append(track)
+        author = None
+        if not is_bot:
+            author = self._authors.setdefault(author_id, _Track())
+            _record(author, now, churn, author_id, False)
+            credited.append(author)
+        self._touched_by[sha] = credited
+        self.commits += 1
+        return file_tracks, author
+
+
+def _old_path(row: Any) -> str:
+    """Where a file's history was before this change (the old path of a rename)."""
+    return row.old_path if row.change_type == "RENAME" and row.old_path else row.path
+
+
+def _files_by_commit(files: pd.DataFrame) -> dict[str, list[Any]]:
+    """Rows of the files table by sha (itertuples: attributes path, old_path, change_type, la, ld,
+    subsystem, ...)."""
+    files_of: dict[str, list[Any]] = {}
+    for row in files.itertuples(index=False):
+        files_of.setdefault(row.sha, []).append(row)
+    return files_of
+
+
+def commit_history_as_of(commits: pd.DataFrame, files: pd.DataFrame, at: pd.Timestamp) -> CommitHistory:
+    """The history after every commit of the mined tables, replayed in their point-in-time order (`seq`),
+    with the defects known before `at` credited: what `commit_tables` holds before a commit at `at`
+    that comes after all of them."""
+    history = CommitHistory(commits)
+    files_of = _files_by_commit(files)
+    for c in commits.sort_values("seq").itertuples(index=False):
+        history.advance(c.committed_at)
+        history.record(
+            c.sha, c.author_id, c.is_bot, int(c.la + c.ld), files_of.get(c.sha, []), c.committed_at
+        )
+    history.advance(at)
+    return history
+
+
+def commit_tables(commits: pd.DataFrame, files: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """commit_change, commit_history, author_history and file_history of one repository's mined tables
+    (labelled commits: `bug_inducing`, `fixed_by`; unlabelled commits have no known defects)."""
+    commits = commits.sort_values("seq").reset_index(drop=True)
+    files_of = _files_by_commit(files)
+    state = CommitHistory(commits)
     change_rows, history_rows, author_rows, file_rows = [], [], [], []
     repo = commits["repo"].iloc[0] if len(commits) else ""
     for c in commits.itertuples(index=False):
         now = c.committed_at
-        while events and events[0][0] < now:
-            fixed_at, _, inducing = heapq.heappop(events)
-            for track in touched_by.get(inducing, ()):
-                track.defects += 1
-                track.last_defect_at = fixed_at
+        state.advance(now)
         rows = files_of.get(c.sha, [])
-        author = author_tracks.setdefault(c.author_id, _Track()) if not c.is_bot else _Track()
-        ftracks = [
-            file_tracks.get(r.old_path if r.change_type == "RENAME" and r.old_path else r.path) or _Track()
-            for r in rows
-        ]
-        stracks = [subsystem_tracks.get(s) or _Track() for s in {r.subsystem for r in rows}]
-        history_rows.append(_commit_history(c, rows, ftracks, stracks, author, now))
+        history_rows.append((c.repo, c.sha, now, *state.features(c.author_id, c.is_bot, rows, now)))
         change_rows.append(_commit_change(c, rows))
-        # Record the commit in every history it belongs to.
-        credited: list[_Track] = []
-        for r in rows:
-            old = r.old_path if r.change_type == "RENAME" and r.old_path else r.path
-            track = file_tracks.pop(old) if old in file_tracks else _Track()
-            if r.change_type != "DELETE":
-                file_tracks[r.path] = track
-            _record(track, now, r.la + r.ld, c.author_id, c.is_bot)
-            credited.append(track)
+        file_tracks, author = state.record(c.sha, c.author_id, c.is_bot, int(c.la + c.ld), rows, now)
+        for r, track in zip(rows, file_tracks, strict=True):
             file_rows.append(
                 (
                     repo,
@@ -187,13 +282,7 @@ def commit_tables(commits: pd.DataFrame, files: pd.DataFrame) -> dict[str, pd.Da
                     track.churn_since(now - 90 * DAY),
                 )
             )
-        for s in {r.subsystem for r in rows}:
-            track = subsystem_tracks.setdefault(s, _Track())
-            _record(track, now, sum(r.la + r.ld for r in rows if r.subsystem == s), c.author_id, c.is_bot)
-            credited.append(track)
-        if not c.is_bot:
-            _record(author, now, int(c.la + c.ld), c.author_id, False)
-            credited.append(author)
+        if author is not None:
             author_rows.append(
                 (
                     c.author_id,
@@ -205,7 +294,6 @@ def commit_tables(commits: pd.DataFrame, files: pd.DataFrame) -> dict[str, pd.Da
                     author.defects / len(author.times),
                 )
             )
-        touched_by[c.sha] = credited
     change = pd.DataFrame(change_rows)
     history = pd.DataFrame(history_rows, columns=["repo", "sha", "committed_at", *COMMIT_HISTORY_FEATURES])
     authors = pd.DataFrame(author_rows, columns=["author_id", "event_at", *AUTHOR_HISTORY_FEATURES])
@@ -261,7 +349,9 @@ def _commit_change(c, rows) -> dict:
     }
 
 
-def _commit_history(c, rows, ftracks: list[_Track], stracks: list[_Track], author: _Track, now) -> tuple:
+def _commit_history(
+    rows: Sequence[Any], ftracks: list[_Track], stracks: list[_Track], author: _Track, now: pd.Timestamp
+) -> tuple:
     since90, since30 = now - 90 * DAY, now - 30 * DAY
     exp = len(author.times)
 
@@ -276,9 +366,6 @@ def _commit_history(c, rows, ftracks: list[_Track], stracks: list[_Track], autho
     churn = [r.la + r.ld for r in rows]
     defective = sum(ch for ch, t in zip(churn, ftracks, strict=True) if t.defects > 0)
     return (
-        c.repo,
-        c.sha,
-        now,
         float(author.count_since(since30)),
         float(author.count_since(since90)),
         float(author.defects),

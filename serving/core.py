@@ -278,20 +278,35 @@ def score_unmined_change(
     top: int = TOP_DRIVERS,
 ) -> UnminedChangeScore:
     """The change-risk of what `head` adds over its merge base with `base` (a pull request's commits, not
-    mined yet), measured as one change as of `at` (default now) with the miner's code against the history
-    mined into `tables` (default `<data root>/<repo name>/`), nothing written. The features the miner
-    cannot know of an unmined change (its author's and files' defect history) are scored as unknown."""
+    mined yet), measured as one change as of `at` (default now) against the history mined and labelled
+    into `tables` (default `<data root>/<repo name>/`), nothing written: its full change_risk_v1 vector,
+    computed with the miner's and the feature build's code. Only features that cannot be known (the
+    defect history of an unlabelled repository, features the model reads beyond that vector) are scored
+    as unknown, and named in a warning."""
     from features.mining.diff import measure_unmined_change
 
     change = measure_unmined_change(
         repo_path, base, head, settings, tables, name, None if at is None else pd.Timestamp(at)
     )
-    score = score_commits(
-        [CommitRef(repo=change.repo, metrics=change.features)], loaded, None, settings, top=top
-    )
+    vector = change.vector
+    names = loaded.model.features
+    unlabelled = [n for n in names if n in change.unknown]
+    beyond = [n for n in names if n not in vector]
+    metrics = {n: vector.get(n, math.nan) for n in names}
+    score = score_commits([CommitRef(repo=change.repo, metrics=metrics)], loaded, None, settings, top=top)
     result = score[0]
     if not isinstance(result, CommitScore):  # a metrics query is always scored
         raise TypeError(f"unexpected result {result!r}")
+    if unlabelled:
+        result.warnings.append(
+            f"the mined commits of {change.repo} are not labelled (run `awo label`): defect history "
+            f"scored as unknown: {', '.join(unlabelled)}"
+        )
+    if beyond:
+        result.warnings.append(
+            f"features of {loaded.feature_service} not computed for an unmined change, scored as unknown: "
+            f"{', '.join(beyond)}"
+        )
     return UnminedChangeScore(change=change, score=result)
 
 

@@ -179,4 +179,146 @@ def test_a_pull_request_branch_is_scored_with_the_change_risk_model(world, tmp_p
     assert metrics["nf"] == 1 and metrics["fix"] == 1.0
     assert metrics["kind_fix"] == 1.0 and metrics["lt"] > 0 and metrics["nuc"] > 0
     assert 0 < result.score.probability < 1 and result.score.sha is None
-    assert any("missing features" in w for w in result.score.warnings)
+    # The full change_risk_v1 vector is computed: nothing is scored as unknown, nothing is warned about.
+    assert result.score.warnings == [] and result.change.unknown == ()
+    assert result.score.features["author_commits_90d"] == 0.0  # Pat has no history in the demo world
+    assert (
+        result.score.features["file_changes_max"] is not None
+        and result.score.features["file_changes_max"] > 0
+    )
+
+
+def _pull_request(repo, target_dir):
+    """A clone of `repo` with a branch `feature` of one commit by a newcomer, touching a Python file."""
+    from tests.conftest import clone, git
+
+    work = clone(repo, target_dir)
+    git(work, "checkout", "-q", "-b", "feature")
+    target = next(p for p in sorted(work.rglob("*.py")) if ".git" not in p.parts)
+    target.write_text(target.read_text() + "\n# fix the retry bug\nRETRIES = 3\n")
+    people = (("NAME", "Pat"), ("EMAIL", "pat@x.org"))
+    env = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER") for what, value in people}
+    git(work, "commit", "-qam", "Fix retry bug", env=env)
+    return work
+
+
+def _parity_sample(commits: pd.DataFrame, files: pd.DataFrame, trained: pd.DataFrame) -> list[str]:
+    """Non-merge commits with file changes, chosen to cover the history features: authors with known
+    defects, files with prior fixes, a defect of the author that is labelled but not fixed yet at the
+    commit (it must not count), and a few ordinary commits."""
+    touched = set(files["sha"])
+    fixed_at = dict(zip(commits["sha"], commits["committed_at"], strict=True))
+    candidates = commits[(commits["parents"].map(len) == 1) & commits["sha"].isin(touched)]
+    candidates = candidates[candidates["seq"] > 0]
+    rows = trained.loc[candidates["sha"]]
+    both = rows[(rows["author_known_defects"] > 0) & (rows["file_defects_max"] > 0)].index
+    file_only = rows[(rows["author_known_defects"] == 0) & rows["file_days_since_defect_min"].notna()].index
+    plain = rows[rows["file_defects_max"] == 0].index
+    pending = []  # the author has a labelled defect before the commit whose first fix lands after it
+    for c in candidates.itertuples():
+        earlier = commits[(commits["seq"] < c.seq) & (commits["author_id"] == c.author_id)]
+        if any(
+            label is True
+            and fixes is not None
+            and len(fixes)
+            and min(fixed_at[f] for f in fixes) >= c.committed_at
+            for label, fixes in zip(earlier["bug_inducing"], earlier["fixed_by"], strict=True)
+        ):
+            pending.append(c.sha)
+            if len(pending) == 2:
+                break
+    picked = [*both[:: max(1, len(both) // 4)][:4], *file_only[:2], *plain[-2:], *pending]
+    return list(dict.fromkeys(picked))
+
+
+def test_an_unmined_change_gets_the_training_row_of_the_same_commit_feature_by_feature(world, tmp_path):
+    """Each commit measured as an unmined change (its parent to it, as of its history time, against the
+    tables truncated to the commits before it) equals its change_risk_v1 training row: the Kamei metrics
+    and the author, file and subsystem defect history, a defect counting only once its first fix landed."""
+    from features.history import CHANGE_RISK_V1
+    from features.mining.diff import measure_unmined_change
+    from features.store import feature_names, training_set
+
+    settings, tables, store, repo = world
+    commits = pd.read_parquet(tables / "commits.parquet").sort_values("seq")
+    files = pd.read_parquet(tables / "files.parquet")
+    entities = commits[["repo", "sha", "committed_at"]].rename(columns={"committed_at": "event_timestamp"})
+    trained = training_set(store, entities, "change_risk_v1").set_index("sha")
+    assert tuple(feature_names(store, "change_risk_v1")) == CHANGE_RISK_V1
+    sample = _parity_sample(commits, files, trained)
+    differing = []
+    for sha in sample:
+        c = commits[commits["sha"] == sha].iloc[0]
+        before = tmp_path / sha[:12]
+        before.mkdir()
+        earlier = commits[commits["seq"] < c["seq"]]
+        earlier.to_parquet(before / "commits.parquet")
+        files[files["sha"].isin(set(earlier["sha"]))].to_parquet(before / "files.parquet")
+        change = measure_unmined_change(
+            repo, c["parents"][0], sha, settings, tables=before, name="demo", at=c["history_at"]
+        )
+        assert change.unknown == () and change.history_commits == len(earlier)
+        differing += [
+            (sha[:8], name, value, float(trained.at[sha, name]))
+            for name, value in change.vector.items()
+            if not _same(value, float(trained.at[sha, name]))
+        ]
+    chosen = trained.loc[sample]
+    assert len(sample) >= 8 and (chosen["author_known_defects"] > 0).sum() >= 3
+    assert (chosen["file_defects_max"] > 0).sum() >= 3 and chosen["file_days_since_defect_min"].notna().any()
+    assert differing == []
+
+
+def test_a_defect_counts_for_an_unmined_change_only_once_its_first_fix_landed_before_it(world):
+    from features.mining.diff import measure_unmined_change
+
+    settings, tables, _, repo = world
+    commits = pd.read_parquet(tables / "commits.parquet").sort_values("seq")
+    fix_time = dict(zip(commits["sha"], commits["committed_at"], strict=True))
+    first_fix = {
+        c.sha: min(fix_time[f] for f in c.fixed_by)
+        for c in commits.itertuples()
+        if c.bug_inducing is True and c.fixed_by is not None and len(c.fixed_by) and not c.is_bot
+    }
+    inducing = max(first_fix, key=lambda sha: first_fix[sha])  # the last defect to become known
+    author = commits.set_index("sha").at[inducing, "author_id"]
+    fixed = first_fix[inducing]
+    landing = sum(
+        1
+        for sha, t in first_fix.items()
+        if t == fixed and commits.set_index("sha").at[sha, "author_id"] == author
+    )
+    head = commits[(commits["author_id"] == author) & (commits["parents"].map(len) == 1)].iloc[-1]
+
+    def known_defects(at: pd.Timestamp) -> float:
+        change = measure_unmined_change(repo, head["parents"][0], head["sha"], settings, name="demo", at=at)
+        return change.history["author_known_defects"]
+
+    # At the instant of the fix the defect is not known yet; a microsecond later it is.
+    assert known_defects(fixed + pd.Timedelta(microseconds=1)) - known_defects(fixed) == landing >= 1
+
+
+def test_an_unlabelled_history_names_the_defect_features_it_cannot_know(world, tmp_path):
+    from features.history import DEFECT_HISTORY_FEATURES
+    from features.tables import LABEL_COLUMNS
+    from models.registry import load
+    from serving.core import score_unmined_change
+
+    settings, tables, _, repo = world
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    commits = pd.read_parquet(tables / "commits.parquet")
+    commits.drop(columns=list(LABEL_COLUMNS)).to_parquet(unlabelled / "commits.parquet")
+    pd.read_parquet(tables / "files.parquet").to_parquet(unlabelled / "files.parquet")
+    work = _pull_request(repo, tmp_path / "pr")
+    result = score_unmined_change(
+        work, "main", "feature", load("change-risk"), settings, tables=unlabelled, name="demo"
+    )
+    assert result.change.unknown == DEFECT_HISTORY_FEATURES
+    assert all(math.isnan(result.change.history[n]) for n in DEFECT_HISTORY_FEATURES)
+    assert all(result.score.features[n] is None for n in DEFECT_HISTORY_FEATURES)
+    (warning,) = result.score.warnings
+    assert "not labelled" in warning and all(n in warning for n in DEFECT_HISTORY_FEATURES)
+    assert (
+        result.change.history["author_commits_90d"] == 0.0 and result.change.history["file_changes_max"] > 0
+    )

@@ -4,6 +4,7 @@ git (`features.mining.gitlog`); the incremental job that drives them is `pipelin
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ from features.classify import (
     is_fix_message,
     subsystem_of,
 )
-from features.history import change_features
+from features.history import COMMIT_HISTORY_FEATURES, ChangedFile, CommitHistory, change_features
 from features.mining.gitlog import GraphNode, RawCommit
 from features.settings import Settings
 from features.tables import COMMITS_SCHEMA, FILES_SCHEMA, unix_seconds
@@ -97,15 +98,31 @@ def as_change(raw: RawCommit, history_ts: float, settings: Settings, bots: BotRu
 
 
 def unmined_change_features(
-    raw: RawCommit, at: float, history: ChangeHistory, settings: Settings, bots: BotRule
+    raw: RawCommit, at: pd.Timestamp, history: ChangeHistory, settings: Settings, bots: BotRule
 ) -> dict[str, float]:
     """The commit_change features (14 Kamei metrics, change-kind flags, file-type counts) of a change
-    that is not mined, as of unix time `at`, against `history` (replayed from the mined tables, see
+    that is not mined, as of `at`, against `history` (replayed from the mined tables, see
     `replay_history`), computed as `add_commit` computes them for mined commits; `history` is left as it
     was (the change is not recorded)."""
     kinds = [file_kind(f.path) for f in raw.files]
-    metrics = history.metrics(as_change(raw, at, settings, bots))
+    metrics = history.metrics(as_change(raw, at.timestamp(), settings, bots))
     return change_features(metrics, change_kind(raw.message, kinds), kinds)
+
+
+def changed_files(files: Iterable[FileChange]) -> list[ChangedFile]:
+    """The files of a diff as the history features read them: what the files table stores of each."""
+    return [ChangedFile(f.path, f.old_path, f.change_type, f.la, f.ld, subsystem_of(f.path)) for f in files]
+
+
+def unmined_history_features(
+    raw: RawCommit, at: pd.Timestamp, history: CommitHistory, settings: Settings, bots: BotRule
+) -> dict[str, float]:
+    """The commit_history features (author, file and subsystem history) of a change that is not mined, as
+    of `at`, against `history` (see `features.history.commit_history_as_of`): the values the feature build
+    gives a mined commit at `at` after the same history; `history` is left as it was."""
+    change = as_change(raw, at.timestamp(), settings, bots)
+    values = history.features(change.author_id, change.is_bot, changed_files(raw.files), at)
+    return dict(zip(COMMIT_HISTORY_FEATURES, values, strict=True))
 
 
 def add_commit(

@@ -1,9 +1,11 @@
-"""Change metrics of a change that is not mined yet (a pull request's commits): the mined history is
-replayed from the tables, then the change is measured as of now with the miner's own code
-(`features.mining.commits`). Nothing is written: the tables stay as `awo mine` left them."""
+"""The change_risk_v1 features of a change that is not mined yet (a pull request's commits): the mined
+history is replayed from the tables, then the change is measured as of now with the miner's own code
+(`features.mining.commits`) and the feature build's history (`features.history.CommitHistory`). Nothing is
+written: the tables stay as `awo mine` and `awo label` left them."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +15,13 @@ import pandas as pd
 from features.change_metrics import ChangeHistory, FileChange
 from features.classify import BotRule
 from features.errors import AwoError
-from features.mining.commits import as_change, replay_history, unmined_change_features
+from features.history import CHANGE_RISK_V1, DEFECT_HISTORY_FEATURES, commit_history_as_of
+from features.mining.commits import (
+    as_change,
+    replay_history,
+    unmined_change_features,
+    unmined_history_features,
+)
 from features.mining.gitlog import Repository
 from features.settings import Settings
 from features.tables import COMMITS_FILE, COMMITS_SCHEMA, FILES_FILE, FILES_SCHEMA, read_table
@@ -21,7 +29,7 @@ from features.tables import COMMITS_FILE, COMMITS_SCHEMA, FILES_FILE, FILES_SCHE
 
 @dataclass(frozen=True)
 class UnminedChange:
-    """A measured change: where it comes from, who made it, and its commit_change features."""
+    """A measured change: where it comes from, who made it, and its change_risk_v1 features."""
 
     repo: str
     merge_base: str
@@ -32,7 +40,15 @@ class UnminedChange:
     at: pd.Timestamp  # the time it was measured as of
     files: tuple[FileChange, ...]
     features: dict[str, float]  # COMMIT_CHANGE_FEATURES: 14 Kamei metrics, kind flags, file counts
+    history: dict[str, float]  # COMMIT_HISTORY_FEATURES: author, file and subsystem history (NaN: unknown)
     history_commits: int  # mined commits the history was replayed from
+    unknown: tuple[str, ...] = ()  # features that cannot be known from the tables (NaN in `history`)
+
+    @property
+    def vector(self) -> dict[str, float]:
+        """The change_risk_v1 vector, in the feature service's order."""
+        values = {**self.features, **self.history}
+        return {name: values[name] for name in CHANGE_RISK_V1}
 
 
 def revision_range(spec: str) -> tuple[str, str]:
@@ -52,9 +68,13 @@ def measure_unmined_change(
     name: str | None = None,
     at: pd.Timestamp | None = None,
 ) -> UnminedChange:
-    """The features of what `head` adds over its merge base with `base`, as one change, against the
-    history mined into `tables` (default `<data root>/<repo name>/`), as of `at` (default now). Commits of
-    the range that were mined already are left out of the history, so they are not counted twice."""
+    """The change_risk_v1 features of what `head` adds over its merge base with `base`, as one change, as
+    of `at` (default now), against the history mined and labelled into `tables` (default `<data
+    root>/<repo name>/`): the values the feature build would give the change were it mined as the next
+    commit, a defect counting once its first fix landed before `at`. Commits of the range that were mined
+    already are left out of the history, so they are not counted twice, and so are commits whose
+    `history_at` is after `at`. Without labels (`awo label` not run) the defect-history features are
+    unknown (NaN, named in `unknown`)."""
     repository = Repository(repo_path)
     repo_name = name or repository.name
     tables = Path(tables) if tables else settings.repo_data_dir(repo_name)
@@ -63,15 +83,18 @@ def measure_unmined_change(
     if commits is None or files is None:
         raise AwoError(f"no mined tables in {tables}: run `awo mine {repo_path} --data {tables}` first")
     raw, shas = repository.read_unmined_change(base, head)
-    in_range = set(shas)
-    commits = commits[~commits["sha"].isin(in_range)]
+    when = pd.Timestamp(time.time(), unit="s", tz="UTC") if at is None else pd.Timestamp(at)
+    when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+    # The change comes next in point-in-time order: after every commit mined as of `when`, before any later.
+    commits = commits[~commits["sha"].isin(set(shas)) & (commits["history_at"] <= when)]
     files = files[files["sha"].isin(set(commits["sha"]))]
     history = ChangeHistory()
     replay_history(history, commits, files)
-    when = pd.Timestamp(time.time(), unit="s", tz="UTC") if at is None else pd.Timestamp(at)
-    when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
     bots = BotRule(settings.bot_patterns)
     change = as_change(raw, when.timestamp(), settings, bots)
+    past = commit_history_as_of(commits, files, when)
+    known = unmined_history_features(raw, when, past, settings, bots)
+    unknown = () if "fixed_by" in commits.columns else DEFECT_HISTORY_FEATURES
     return UnminedChange(
         repo=repo_name,
         merge_base=raw.parents[0],
@@ -81,6 +104,8 @@ def measure_unmined_change(
         is_bot=change.is_bot,
         at=when,
         files=raw.files,
-        features=unmined_change_features(raw, when.timestamp(), history, settings, bots),
+        features=unmined_change_features(raw, when, history, settings, bots),
+        history={n: math.nan if n in unknown else v for n, v in known.items()},
         history_commits=len(history),
+        unknown=unknown,
     )
