@@ -4,6 +4,8 @@ import alone takes seconds."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -163,12 +165,14 @@ def materialize(store: FeatureStore, end: datetime | None = None) -> dict[str, A
     for view in store.list_feature_views():
         (views if source_path(store, view).exists() else empty).append(view)
     first = [v.name for v in views if not v.materialization_intervals or rebuilt_since is not None]
-    if first:
-        start = min(rebuilt_since, end) if rebuilt_since is not None else datetime(1970, 1, 2, tzinfo=UTC)
-        store.materialize(start - timedelta(seconds=1), end, feature_views=first)
     rest = [v.name for v in views if v.name not in first]
-    if rest:
-        store.materialize_incremental(end, feature_views=rest)
+    # Feast prints its own progress to stdout; the caller reports what was materialized in numbers.
+    with contextlib.redirect_stdout(io.StringIO()):
+        if first:
+            start = min(rebuilt_since, end) if rebuilt_since is not None else datetime(1970, 1, 2, tzinfo=UTC)
+            store.materialize(start - timedelta(seconds=1), end, feature_views=first)
+        if rest:
+            store.materialize_incremental(end, feature_views=rest)
     if mark.exists():
         mark.unlink()
     return {"feature_views": len(views), "skipped": [v.name for v in empty], "end": end}

@@ -4,6 +4,7 @@ AwoError is one line `error: <message>` on stderr with its exit code (2), Ctrl-C
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,6 +87,11 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug l
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        # The commands print their own summaries in numbers; MLflow's INFO lines and download bars (it
+        # configures its loggers from these variables when first imported) would bury them.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def main() -> None:  # pragma: no cover - entry point
