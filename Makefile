@@ -39,7 +39,7 @@ bench: install
 	$(PY) benchmarks/mining.py
 	$(PY) benchmarks/features.py
 	$(PY) benchmarks/api.py
-	$(VENV)/bin/awo benchmark jit --dataset ../shared/data/jit/issta21 --out benchmarks/results/jit.json
+	$(VENV)/bin/awo benchmark jit --out benchmarks/results/jit.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -152,14 +152,19 @@ app.add_typer(benchmark_app, name="benchmark")
 
 @benchmark_app.command("jit")
 def benchmark_jit(
-    dataset: Annotated[Path, typer.Option(help="folder of CSVs in the ISSTA'21 JIT schema")],
+    dataset: Annotated[
+        Path | None,
+        typer.Option(help="folder of CSVs in the ISSTA'21 JIT schema (default: AWO_PUBLIC_JIT_DIR)"),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="write the table as JSON here too")] = None,
     track: Annotated[bool, typer.Option(help="log one MLflow run per project")] = True,
 ) -> None:
     """Within-project JIT defect prediction: first 80% train, last 20% test, beside two baselines."""
     from models.jit_benchmark import benchmark_table
 
-    _print_benchmark(benchmark_table(dataset, load_settings() if track else None, out))
+    settings = load_settings()
+    folder = dataset or settings.public_jit_dir
+    _print_benchmark(benchmark_table(folder, settings if track else None, out))
 
 
 def _print_benchmark(table: pd.DataFrame) -> None:
