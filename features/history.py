@@ -178,7 +178,6 @@ class CommitHistory:
         self._subsystems: dict[str, _Track] = {}
         self._authors: dict[str, _Track] = {}
         self._touched_by: dict[str, list[_Track]] = {}  # commit → tracks to credit when its defect is known
-        self.commits = 0  # commits recorded
 
     def advance(self, now: pd.Timestamp) -> None:
         """Credit the defects whose first fix landed strictly before `now`."""
@@ -221,7 +220,6 @@ class CommitHistory:
             _record(author, now, churn, author_id, False)
             credited.append(author)
         self._touched_by[sha] = credited
-        self.commits += 1
         return file_tracks, author
 
 
