@@ -9,6 +9,7 @@ may be flat or sectioned (`serving: {max_batch: 500}`)."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from features.errors import BadConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("data", "models", "serving", "agents")
+_PATH_SEPARATORS = re.compile(r"[/\\\x00]")
 
 
 class _SectionedYamlSource(YamlConfigSettingsSource):
@@ -100,6 +102,11 @@ class DataSettings(BaseModel):
 
     def repo_data_dir(self, repo_name: str) -> Path:
         """Where the tables of one repository live by default: `<data root>/<repo name>/`."""
+        if not repo_name or repo_name in (".", "..") or _PATH_SEPARATORS.search(repo_name):
+            raise BadConfig(
+                f"repository name {repo_name!r} is not one folder name: it would place tables outside "
+                "the data root (pass another --name)"
+            )
         return self.data_dir / repo_name
 
 

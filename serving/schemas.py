@@ -5,12 +5,33 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 Sha = Annotated[
     str, Field(pattern=r"^[0-9a-f]{40}$", description="full commit sha", examples=["3f1c9e0a" * 5])
 ]
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._/@:+-]+$")]
+
+
+def _one_folder(name: str) -> str:
+    if name in (".", ".."):
+        raise ValueError("a repository name is a folder name, not '.' or '..'")
+    return name
+
+
+# A repository is a folder under the data root: one path component, never `.` or `..` (untrusted text
+# never becomes a path outside the data root).
+RepoName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9._@+ -]+$",
+        description="repository name, as mined (`awo mine --name`)",
+        examples=["demo"],
+    ),
+    AfterValidator(_one_folder),
+]
 Band = Literal["low", "medium", "high", "critical"]
 FeatureName = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,64}$")]
 FeatureValue = Annotated[float, Field(ge=-1e12, le=1e12, allow_inf_nan=False)]
@@ -29,7 +50,7 @@ class CommitQuery(BaseModel):
         },
     )
 
-    repo: Name
+    repo: RepoName
     sha: Sha | None = None
     metrics: dict[FeatureName, FeatureValue] | None = Field(
         default=None, max_length=200, description="feature name → value, for a commit that is not mined"
@@ -101,7 +122,7 @@ class DeploymentQuery(BaseModel):
         },
     )
 
-    repo: Name
+    repo: RepoName
     service: Name
     environment: Name
     commits: list[Sha] = Field(min_length=1, description="commits the deployment ships")

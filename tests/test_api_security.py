@@ -231,3 +231,25 @@ def test_a_real_server_answers_401_to_a_huge_anonymous_body_and_413_to_a_long_st
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.mark.parametrize("repo", ["../outside", "/tmp/outside", "..", ".", "a/b"])
+def test_a_repository_name_never_becomes_a_path_outside_the_data_root(client, repo):
+    deployment = {"repo": repo, "service": "billing", "environment": "production", "commits": ["a" * 40]}
+    for path, body in (
+        ("/v1/risk/deployments", deployment),
+        ("/v1/risk/commits", {"commits": [{"repo": repo, "sha": "a" * 40}]}),
+    ):
+        response = client.post(path, json=body, headers=_auth(READER))
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["errors"][0]["path"].endswith("repo")
+
+
+@pytest.mark.parametrize("repo", ["../outside", "/tmp/outside", "..", "a\\b"])
+def test_the_data_root_refuses_repository_names_that_leave_it(tmp_path, repo):
+    from features.errors import BadConfig
+
+    settings = load_settings(data_dir=tmp_path)
+    with pytest.raises(BadConfig, match="not one folder name"):
+        settings.repo_data_dir(repo)
+    assert settings.repo_data_dir("my repo") == tmp_path / "my repo"

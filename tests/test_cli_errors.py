@@ -136,3 +136,18 @@ def test_the_unknown_feature_error_points_to_a_command_that_exists(applied_store
     with pytest.raises(FeatureNotFound, match="awo features list"):
         resolve_features(open_store(load_settings()), ["no_such_feature"])
     assert runner.invoke(app, ["features", "list"]).exit_code == 0
+
+
+def test_data_that_looks_like_markup_is_printed_as_is_in_summaries(tmp_path):
+    # A rejected value quoting rich markup ("[/x]" closes a tag never opened) once crashed the summary.
+    rows = tmp_path / "deployments.csv"
+    rows.write_text(
+        "deploy_id,service,environment,sha,started_at,finished_at,strategy,outcome\n"
+        "d1,[/x],production,[/x],2024-01-01T10:00:00Z,,rolling,succeeded\n"
+    )
+    env = {"AWO_DATA_DIR": str(tmp_path / "root")}
+    result = CliRunner().invoke(
+        app, ["ingest", "deployments", str(rows), "--data", str(tmp_path / "t")], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert "[/x]" in result.output and "rejected" in result.output

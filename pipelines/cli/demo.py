@@ -17,7 +17,7 @@ from pipelines.cli.mining import (
     print_label_quality,
     print_mine_summary,
 )
-from pipelines.cli.root import app, console, load_settings
+from pipelines.cli.root import app, console, load_settings, styled
 from pipelines.flow import StageListener
 
 if TYPE_CHECKING:
@@ -60,21 +60,26 @@ class _DemoSteps(StageListener):
 
     def mined(self, result: MineResult) -> None:
         self.progress.stop()
-        console.print("[bold]2. mine[/]:", end=" ")
+        console.print(styled("2. mine", "bold", ":"), end=" ")
         print_mine_summary(result)
         _print_table_overview(self.tables)
 
     def labelled(self, result: LabelResult) -> None:
         console.print(
-            f"[bold]3. label[/] (R-SZZ): {result.bug_inducing} bug-inducing, {result.clean} clean, "
-            f"{result.unknown} not mature yet, from {result.fixes} fix commits{failed_fixes_note(result)}",
+            styled(
+                "3. label",
+                "bold",
+                f" (R-SZZ): {result.bug_inducing} bug-inducing, {result.clean} clean, "
+                f"{result.unknown} not mature yet, from {result.fixes} fix commits"
+                f"{failed_fixes_note(result)}",
+            ),
             highlight=False,
         )
         print_label_quality(self.tables, self.world.truth_path)
 
     def ingested(self, result: IngestResult) -> None:
         if not self.ingested_any:
-            console.print("[bold]4. ingest[/] delivery history:")
+            console.print(styled("4. ingest", "bold", " delivery history:"))
             self.ingested_any = True
         print_ingest_summary(result)
 
@@ -99,8 +104,12 @@ def demo(
     world = generate_world(root / "world", seed=seed, n_commits=commits, overwrite=True)
     shutil.rmtree(tables, ignore_errors=True)  # the demo always starts from scratch
     console.print(
-        f"[bold]1. demo world[/]: {world.commits} commits, {world.authors} authors, {world.days} days, "
-        f"{world.bug_inducing} defect-inducing commits ({world.unfixed} never fixed)",
+        styled(
+            "1. demo world",
+            "bold",
+            f": {world.commits} commits, {world.authors} authors, {world.days} days, "
+            f"{world.bug_inducing} defect-inducing commits ({world.unfixed} never fixed)",
+        ),
         highlight=False,
     )
     with MiningProgress() as progress:
@@ -127,9 +136,13 @@ def _demo_feature_store(store: FeatureStore, steps: _DemoSteps, tables: Path) ->
     batch_ms = (time.perf_counter() - started) * 1000
     built = steps.built
     console.print(
-        f"[bold]5. feature store[/] (Feast): {sum(built.rows.values())} rows in {len(built.rows)} sources, "
-        f"{steps.applied['feature_views']} feature views; point-in-time training set {train.shape[0]} x "
-        f"{train.shape[1] - 3} (change_risk_v1); online lookup of 100 commits {batch_ms:.1f} ms",
+        styled(
+            "5. feature store",
+            "bold",
+            f" (Feast): {sum(built.rows.values())} rows in {len(built.rows)} sources, "
+            f"{steps.applied['feature_views']} feature views; point-in-time training set {train.shape[0]} x "
+            f"{train.shape[1] - 3} (change_risk_v1); online lookup of 100 commits {batch_ms:.1f} ms",
+        ),
         highlight=False,
     )
 
@@ -142,8 +155,13 @@ def _demo_models(settings: Settings, tables: Path) -> None:
         result = run_training(kind, settings, tables)
         m = result.metrics
         console.print(
-            f"[bold]6. model[/] {kind} v{result.version}: test AUC {m['auc']:.3f}, Brier {m['brier']:.3f}, "
-            f"Popt {m['popt']:.3f}, Recall@20%Effort {m['recall_at_20_effort']:.3f} — {result.model_kind}",
+            styled(
+                "6. model",
+                "bold",
+                f" {kind} v{result.version}: test AUC {m['auc']:.3f}, Brier {m['brier']:.3f}, "
+                f"Popt {m['popt']:.3f}, Recall@20%Effort {m['recall_at_20_effort']:.3f} "
+                f"— {result.model_kind}",
+            ),
             highlight=False,
         )
     console.print(f"models and runs in MLflow at {tracking_uri(settings)}; browse them with `awo mlflow-ui`")

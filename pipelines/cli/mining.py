@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from features.errors import AwoError
-from pipelines.cli.root import DataOption, app, console, err_console, load_settings
+from pipelines.cli.root import DataOption, app, console, err_console, load_settings, styled
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -86,7 +86,7 @@ def mine(
 
 def print_mine_summary(result: MineResult) -> None:
     for warning in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err_console.print(styled("warning:", "yellow", f" {warning}"), highlight=False)
     if result.commits_mined == 0:
         console.print(
             f"{result.repo}: up to date at {result.head[:12]} — {result.commits_total} commits "
@@ -206,7 +206,11 @@ def ingest(
 def print_ingest_summary(result: IngestResult) -> None:
     for reject in result.rejects[:10]:
         err_console.print(
-            f"[yellow]rejected[/] {result.source}, line {reject.line}, field {reject.field}: {reject.reason}",
+            styled(
+                "rejected",
+                "yellow",
+                f" {result.source}, line {reject.line}, field {reject.field}: {reject.reason}",
+            ),
             highlight=False,
             soft_wrap=True,
         )
@@ -215,7 +219,7 @@ def print_ingest_summary(result: IngestResult) -> None:
             f"... and {len(result.rejects) - 10} more in {result.rejects_path}", highlight=False
         )
     for warning in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err_console.print(styled("warning:", "yellow", f" {warning}"), highlight=False)
     lines = [
         f"{result.kind}: {result.accepted} of {result.rows_read} rows accepted, "
         f"{len(result.rejects)} problems"

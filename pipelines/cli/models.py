@@ -10,7 +10,7 @@ import typer
 
 from features.errors import AwoError
 from pipelines.cli.mining import MiningProgress, failed_fixes_note, print_mine_summary
-from pipelines.cli.root import app, console, err_console, load_settings
+from pipelines.cli.root import app, console, err_console, load_settings, styled
 from pipelines.flow import StageListener
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def train(
 
     result = run_training(model.value, load_settings(), data, _model_config(config), gap_days)
     for note in result.notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+        err_console.print(styled("note:", "yellow", f" {note}"), highlight=False)
     m = result.metrics
     console.print(
         f"{result.kind} version {result.version} ({result.model_kind}): train {result.rows['train']}, "

@@ -20,8 +20,16 @@ from features.errors import AwoError
 if TYPE_CHECKING:
     from features.settings import Settings
 
-console = Console(stderr=False, soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+# Markup off: what the commands print quotes data (paths, rejected values, git's messages) that may look
+# like rich markup ("[/x]"); the few styled labels go through `styled`.
+console = Console(stderr=False, soft_wrap=True, markup=False)
+err_console = Console(stderr=True, soft_wrap=True, markup=False)
+
+
+def styled(label: str, style: str, rest: str = "") -> Text:
+    """`label` in `style`, then `rest` as plain text."""
+    return Text.assemble((label, style), rest)
+
 
 DataOption = Annotated[
     Path | None,
@@ -35,8 +43,7 @@ def one_line(message: str) -> str:
 
 
 def print_error(message: str) -> None:
-    # Markup off for the message: it quotes user input, which may look like rich markup ("[bold]").
-    err_console.print(Text.assemble(("error:", "bold red"), " ", one_line(message)), highlight=False)
+    err_console.print(styled("error:", "bold red", " " + one_line(message)), highlight=False)
 
 
 def fail(message: str, exit_code: int = AwoError.exit_code) -> NoReturn:

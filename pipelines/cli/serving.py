@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from features.errors import AwoError
-from pipelines.cli.root import app, console, err_console, load_settings
+from pipelines.cli.root import app, console, err_console, load_settings, styled
 
 SCOPES = ("risk:read", "models:reload")
 
@@ -38,8 +38,11 @@ def serve(
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     if not settings.api_tokens:
         err_console.print(
-            "[yellow]warning:[/] no API tokens configured: every scoring call will get 401 "
-            "(create one with `awo token`)"
+            styled(
+                "warning:",
+                "yellow",
+                " no API tokens configured: every scoring call will get 401 (create one with `awo token`)",
+            )
         )
     console.print(f"risk API on http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''})")
     uvicorn.run(

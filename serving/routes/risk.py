@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Security, status
+from fastapi import APIRouter, HTTPException, Security, status
 
 from serving.admission import AdmittedRoute, caller
 from serving.auth import READ
-from serving.deps import StateDep
+from serving.deps import State, StateDep
 from serving.schemas import CommitBatch, CommitRiskResponse, DeploymentQuery, DeploymentRisk, Problem
 from serving.scoring import commit_risks, deployment_risk
 
@@ -22,7 +22,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _admit(request: Request, state, commits: int) -> None:
+def _check_batch(state: State, commits: int) -> None:
     """Refuse batches over the configured size (the caller was admitted before the body was read)."""
     if commits > state.settings.max_batch:
         raise HTTPException(
@@ -53,8 +53,8 @@ def _model(state, name: str):
     responses=ERRORS,
     summary="Score commits by sha (mined) or by raw change metrics (not mined yet)",
 )
-def risk_commits(batch: CommitBatch, request: Request, state: StateDep) -> CommitRiskResponse:
-    _admit(request, state, len(batch.commits))
+def risk_commits(batch: CommitBatch, state: StateDep) -> CommitRiskResponse:
+    _check_batch(state, len(batch.commits))
     loaded = _model(state, "change-risk")
     top = list(loaded.meta.get("reference", {}).get("features", {}))
     results, logged_features = commit_risks(
@@ -87,8 +87,8 @@ def risk_commits(batch: CommitBatch, request: Request, state: StateDep) -> Commi
     responses=ERRORS,
     summary="Failure probability of a deployment from the commits it ships and its service's health",
 )
-def risk_deployment(query: DeploymentQuery, request: Request, state: StateDep) -> DeploymentRisk:
-    _admit(request, state, len(query.commits))
+def risk_deployment(query: DeploymentQuery, state: StateDep) -> DeploymentRisk:
+    _check_batch(state, len(query.commits))
     loaded = _model(state, "deploy-failure")
     result = deployment_risk(query, loaded, state.store, state.settings)
     state.telemetry.predictions.labels("deploy-failure", result.band).inc()
