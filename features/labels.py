@@ -4,7 +4,9 @@ R-SZZ (Rosa et al., ICSE 2021): of the commits that last touched the lines a fix
 only the most recent one — the most precise SZZ variant against a developer-informed oracle. With the
 issue-date filter, candidates committed after the fixed issue was opened are dropped first (they cannot
 have caused a bug already reported). A fix that git could not read in full is recorded with its failure and
-labels nothing: R-SZZ's choice of the most recent candidate is only right when every line was blamed.
+labels nothing positive: R-SZZ's choice of the most recent candidate is only right when every line was
+blamed. The newest commit its readable part blamed is unknown (null), not clean, unless another fix keeps
+it; the older ones are dropped as R-SZZ drops them, whatever the unread lines named.
 
 Label maturity: defects surface late, so a commit younger than the maturity window (measured back from the
 newest commit) whose label is not positive is unknown (null), not clean; training skips it.
@@ -18,6 +20,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 ISSUE_REFERENCE = re.compile(r"(?:#|\b[A-Z][A-Z0-9]+-)(\d+)\b")
+KEPT = "kept: most recent candidate (R-SZZ)"
+# The newest candidate of a fix git could not read in full: it may or may not be the one R-SZZ would keep.
+UNREAD_FIX = "unknown: the fix could not be read in full"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +62,11 @@ class Verdict:
     reason: str
     lines: int
 
+    @property
+    def unknown(self) -> bool:
+        """The newest candidate of a fix that could not be read in full: it may be the one R-SZZ keeps."""
+        return self.reason == UNREAD_FIX
+
 
 def issue_ids(message: str) -> list[str]:
     """Issue numbers a commit message references (`#123`, `PROJ-123`)."""
@@ -86,7 +96,8 @@ def select_inducing(
 ) -> list[Verdict]:
     """Keep or drop every candidate of every fix, with the reason, and one row per failure. `seq` is the
     point-in-time order of the mined commits; `issue_opened` maps a fix sha to the earliest open date of
-    the issues it references; a fix with `failures` keeps none of its candidates."""
+    the issues it references; a fix with `failures` keeps none of its candidates, and the newest that
+    passes the filters is marked unknown (`Verdict.unknown`)."""
     is_merge = is_merge or set()
     issue_opened = issue_opened or {}
     by_fix: dict[str, dict[str, int]] = {}
@@ -99,11 +110,7 @@ def select_inducing(
     verdicts: list[Verdict] = []
     for fix in dict.fromkeys([*by_fix, *failed]):
         counted = by_fix.get(fix, {})
-        if fix in failed:
-            verdicts.extend(Verdict(fix, None, False, f.reason, f.lines) for f in failed[fix])
-            reason = "dropped: the fix could not be read in full"
-            verdicts.extend(Verdict(fix, sha, False, reason, lines) for sha, lines in counted.items())
-            continue
+        verdicts.extend(Verdict(fix, None, False, f.reason, f.lines) for f in failed.get(fix, []))
         alive: list[str] = []
         for sha, lines in counted.items():
             if sha == fix:
@@ -123,9 +130,15 @@ def select_inducing(
         if alive:
             newest = max(alive, key=lambda s: seq[s])
             for sha in alive:
-                kept = sha == newest
-                reason = "kept: most recent candidate (R-SZZ)" if kept else "dropped: older candidate (R-SZZ)"
-                verdicts.append(Verdict(fix, sha, kept, reason, counted[sha]))
+                if sha != newest:
+                    reason = "dropped: older candidate (R-SZZ)"
+                elif fix in failed:
+                    # The unread lines can only add candidates: the newest read one may or may not be
+                    # R-SZZ's pick, so it is neither kept nor known clean; the older ones are dropped anyway.
+                    reason = UNREAD_FIX
+                else:
+                    reason = KEPT
+                verdicts.append(Verdict(fix, sha, reason == KEPT, reason, counted[sha]))
     return verdicts
 
 
@@ -133,11 +146,16 @@ def label_commits(
     commits: pd.DataFrame, verdicts: list[Verdict], maturity_days: float = 180.0
 ) -> pd.DataFrame:
     """`commits` with `bug_inducing` (nullable boolean), `fixed_by` (list of fix shas) and
-    `fix_delay_days` (days from the commit to its first fix) added or replaced."""
+    `fix_delay_days` (days from the commit to its first fix) added or replaced. A commit that is not
+    positive is unknown (null) when it is young, or when it is the newest candidate of a fix git could not
+    read in full."""
     fixes: dict[str, list[str]] = {}
+    unread: set[str] = set()
     for v in verdicts:
         if v.kept and v.candidate_sha is not None:
             fixes.setdefault(v.candidate_sha, []).append(v.fix_sha)
+        elif v.unknown and v.candidate_sha is not None:
+            unread.add(v.candidate_sha)
     at = dict(zip(commits["sha"], commits["committed_at"], strict=True))
     out = commits.drop(columns=["bug_inducing", "fixed_by", "fix_delay_days"], errors="ignore").copy()
     fixed_by = [
@@ -147,7 +165,9 @@ def label_commits(
     newest = out["committed_at"].max()
     immature = out["committed_at"] > newest - pd.Timedelta(days=maturity_days)
     label = positive.astype("boolean")
-    label[immature & ~positive] = pd.NA
+    # A missing signal is unknown, not clean: too young to have been fixed, or blamed by an unread fix.
+    unknown = immature | out["sha"].isin(unread)
+    label[unknown & ~positive] = pd.NA
     out["bug_inducing"] = label
     out["fixed_by"] = fixed_by
     delays = []

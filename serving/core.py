@@ -71,11 +71,25 @@ class CommitInput(Protocol):
 
 @dataclass(frozen=True)
 class CommitRef:
-    """The plain CommitInput, for in-process callers."""
+    """The plain CommitInput, for in-process callers: exactly one of `sha` and `metrics`."""
 
     repo: str
     sha: str | None = None
     metrics: Mapping[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if problem := _sha_or_metrics(self):
+            raise ValueError(f"commit of {self.repo}: {problem}")
+
+
+def _sha_or_metrics(commit: CommitInput) -> str | None:
+    """Why `commit` is not scorable as one item (None when it is): the HTTP schema's rule, kept here so
+    every caller of score_commits gets one result per input."""
+    if commit.sha is None and commit.metrics is None:
+        return "give a sha or metrics, got neither"
+    if commit.sha is not None and commit.metrics is not None:
+        return "give a sha or metrics, not both"
+    return None
 
 
 @dataclass
@@ -202,9 +216,13 @@ def score_commits(
 ) -> list[CommitScore | CommitNotFound]:
     """The risk of each commit, in order: by sha, from the online store through the model's feature
     service (`store` may be None when every commit comes with metrics); by metrics, as given, with
-    missing features scored as unknown and named in a warning."""
+    missing features scored as unknown and named in a warning. Raises ValueError, naming the item, for a
+    commit with neither or both of sha and metrics."""
     from features.store import online_features
 
+    for i, c in enumerate(commits):
+        if problem := _sha_or_metrics(c):
+            raise ValueError(f"commit {i} (of {c.repo}): {problem}")
     names = loaded.model.features
     results: list[CommitScore | CommitNotFound | None] = [None] * len(commits)
     rows: list[list[float]] = []

@@ -132,6 +132,32 @@ def test_an_unknown_sha_is_reported_not_scored(world):
     assert isinstance(result, CommitNotFound) and result.status == 404
 
 
+@pytest.mark.parametrize("sha, metrics", [(None, None), ("f" * 40, {"la": 1.0})])
+def test_a_commit_ref_takes_exactly_one_of_sha_and_metrics(sha, metrics):
+    from serving.core import CommitRef
+
+    with pytest.raises(ValueError, match="commit of demo: give a sha or metrics"):
+        CommitRef("demo", sha, metrics)
+
+
+@pytest.mark.parametrize("sha, metrics", [(None, None), ("f" * 40, {"la": 1.0})])
+def test_scoring_refuses_an_item_without_exactly_one_of_sha_and_metrics(sha, metrics, tmp_path):
+    # Any CommitInput, not only a CommitRef: an item dropped or scored twice shifts every result after it.
+    from dataclasses import dataclass
+
+    from serving.core import CommitRef, score_commits
+
+    @dataclass
+    class Query:
+        repo: str
+        sha: str | None
+        metrics: dict[str, float] | None
+
+    commits = [CommitRef("demo", metrics={"la": 1.0}), Query("other", sha, metrics)]
+    with pytest.raises(ValueError, match=r"commit 1 \(of other\): give a sha or metrics"):
+        score_commits(commits, None, None, load_settings(data_dir=tmp_path))  # type: ignore[arg-type]
+
+
 def test_an_unmined_change_gets_the_metrics_the_miner_would_give_it(world):
     from features.history import commit_tables
     from features.mining.diff import measure_unmined_change

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from features.labels import Candidate, label_commits, label_quality, select_inducing
+from features.labels import Candidate, FixFailure, label_commits, label_quality, select_inducing
 from features.settings import load_settings
 from pipelines.label import audit_fix, label_repository
 from pipelines.mine import mine_repository
@@ -131,6 +131,36 @@ def test_young_commits_without_a_positive_label_are_unknown():
     assert labels["c"] == True  # noqa: E712 - positive even though young
     assert labels["a"] == False and labels["b"] == False  # noqa: E712 - mature, not blamed (R-SZZ drops a)
     assert pd.isna(labels["d"])  # young and not blamed: unknown
+
+
+def _labels_with_an_unread_fix(candidates: list[Candidate]) -> pd.Series:
+    """Labels of mature commits a..e (in that order) when fix `d` could not be read in full."""
+    commits = pd.DataFrame(
+        {
+            "sha": ["a", "b", "c", "d", "e"],
+            "seq": [0, 1, 2, 3, 4],
+            "committed_at": pd.to_datetime([T0 + i * DAY for i in range(5)], unit="s", utc=True),
+        }
+    )
+    verdicts = select_inducing(
+        candidates,
+        dict(zip(commits["sha"], commits["seq"], strict=True)),
+        dict(zip(commits["sha"], commits["committed_at"], strict=True)),
+        failures=[FixFailure("d", "y.py", "blame failed", "fatal: bad object", 3)],
+    )
+    return label_commits(commits, verdicts, maturity_days=0).set_index("sha")["bug_inducing"]
+
+
+def test_the_newest_candidate_of_a_fix_read_in_part_is_unknown_not_clean():
+    labels = _labels_with_an_unread_fix([Candidate("d", "a", "x.py", 1), Candidate("d", "b", "x.py", 2)])
+    assert pd.isna(labels["b"])  # the unread lines may or may not name a newer commit
+    assert labels["a"] == False  # noqa: E712 - older than b: R-SZZ drops it whatever the unread lines hold
+    assert labels["c"] == False  # noqa: E712 - mature, blamed by no fix
+
+
+def test_a_commit_blamed_by_a_fix_read_in_part_and_kept_by_another_fix_is_positive():
+    labels = _labels_with_an_unread_fix([Candidate("d", "b", "x.py", 1), Candidate("e", "b", "x.py", 1)])
+    assert labels["b"] == True  # noqa: E712
 
 
 def test_label_quality_on_the_demo_world(small_world, tmp_path):

@@ -21,6 +21,8 @@ BODY = [f"    total_{i} = price_{i} * quantity_{i} + shipping({i})\n" for i in r
 BUGGY = [*BODY[:5], "    total_5 = price_5 * quantity_5 - shipping(5)\n", *BODY[6:]]
 TAX = [line.replace("total", "tax") for line in BODY]  # another file, other blobs
 TAX_BUGGY = [line.replace("total", "tax") for line in BUGGY]
+FEE = [line.replace("total", "fee") for line in BODY]
+FEE_BUGGY = [line.replace("total", "fee") for line in BUGGY]
 
 
 def _cart(lines: list[str]) -> str:
@@ -141,26 +143,34 @@ def test_fix_of_a_file_whose_name_has_a_space_blames_that_file(tiny_repo, tmp_pa
     assert result.failed_fixes == 0
 
 
-def test_fix_whose_history_cannot_be_blamed_is_recorded_and_the_others_labelled(tiny_repo, tmp_path):
+def test_fix_whose_history_cannot_be_blamed_is_recorded_and_what_it_blamed_is_unknown(tiny_repo, tmp_path):
     tiny_repo.write("shop/tax.py", _cart(TAX))
+    tiny_repo.write("shop/fee.py", _cart(FEE))
     _, culprit = _with_culprit(tiny_repo)
     tiny_repo.write("shop/tax.py", _cart(TAX_BUGGY))
-    tax_culprit = tiny_repo.commit("Tweak tax", BOB, T0 + 2 * DAY)
+    tiny_repo.write("shop/fee.py", _cart(FEE_BUGGY))
+    tax_culprit = tiny_repo.commit("Tweak tax and fee", BOB, T0 + 2 * DAY)
     tiny_repo.write("shop/cart.py", _cart(BODY))
     good_fix = tiny_repo.commit("Fix shipping sign", ALICE, T0 + 3 * DAY)
     tiny_repo.write("shop/tax.py", _cart([*TAX, "    log_tax()\n"]))  # no blob of the first version
-    bad_fix = tiny_repo.commit("Fix tax sign", ALICE, T0 + 4 * DAY)
+    tiny_repo.write("shop/fee.py", _cart(FEE))  # read in full: blames tax_culprit
+    bad_fix = tiny_repo.commit("Fix tax and fee sign", ALICE, T0 + 4 * DAY)
     data_root, out = _mine(tiny_repo, tmp_path)
     # The fix's own diff still reads (its parent's blobs are there); blaming needs the oldest version.
     first_tax = git(tiny_repo.path, "rev-list", "--reverse", "HEAD").split()[0]
     _remove_object(tiny_repo, f"{first_tax}:shop/tax.py")
     result, labels, table = _label_mined(tiny_repo, data_root, out)
     assert labels.loc[culprit, "bug_inducing"] and list(labels.loc[culprit, "fixed_by"]) == [good_fix]
-    assert not labels.loc[tax_culprit, "bug_inducing"]
+    # Mature, but blamed by a fix read in part: unknown, not clean.
+    assert pd.isna(labels.loc[tax_culprit, "bug_inducing"])
+    assert list(labels.loc[tax_culprit, "fixed_by"]) == []
     assert result.failed_fixes == 1 and result.failures_by_reason == {"blame failed": 1}
-    failed = table[table["fix_sha"] == bad_fix]
-    assert len(failed) == 1 and pd.isna(failed["candidate_sha"].iloc[0]) and not failed["kept"].iloc[0]
+    assert result.unknown == 1
+    failed = table[(table["fix_sha"] == bad_fix) & table["candidate_sha"].isna()]
+    assert len(failed) == 1 and not failed["kept"].iloc[0]
     assert failed["reason"].iloc[0].startswith("failed (blame failed): shop/tax.py: ")
+    blamed = table[(table["fix_sha"] == bad_fix) & table["candidate_sha"].notna()]
+    assert list(blamed["candidate_sha"]) == [tax_culprit] and not blamed["kept"].any()
 
 
 def test_fix_whose_diff_cannot_be_read_is_recorded_and_the_others_labelled(tiny_repo, tmp_path):

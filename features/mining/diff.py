@@ -51,14 +51,6 @@ class UnminedChange:
         return {name: values[name] for name in CHANGE_RISK_V1}
 
 
-def revision_range(spec: str) -> tuple[str, str]:
-    """(base, head) of `base..head` or `base...head` (both mean: what head adds over their merge base)."""
-    base, dots, head = spec.partition("...") if "..." in spec else spec.partition("..")
-    if not dots or not base or not head:
-        raise AwoError(f"not a revision range: {spec!r}; use BASE..HEAD")
-    return base, head
-
-
 def measure_unmined_change(
     repo_path: Path,
     base: str,
