@@ -116,7 +116,9 @@ CANDIDATES_SCHEMA = pa.schema(
         ("fix_sha", pa.string()),
         ("candidate_sha", pa.string()),  # null on the row of a part of a fix git could not read
         ("kept", pa.bool_()),
-        ("reason", pa.string()),  # "kept: ...", "dropped: ..." or "failed (KIND): PATH: git's message"
+        # reason: "kept: ...", "dropped: ...", "unknown: the fix could not be read in full" (the newest
+        # candidate of a fix read in part) or "failed (KIND): PATH: git's message" (a failure row)
+        ("reason", pa.string()),
         ("lines", pa.int32()),  # removed lines of the fix last written by the candidate
     ]
 )
