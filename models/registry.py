@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
@@ -50,16 +51,39 @@ def registry_failures() -> tuple[type[BaseException], ...]:
 
 # MLflow (3.x SQL and file stores, and a tracking server relaying them) signals a missing alias as
 # INVALID_PARAMETER_VALUE "Registered model alias X not found." and a missing model as
-# RESOURCE_DOES_NOT_EXIST "Registered Model with name=X not found"; both mean "no such alias".
+# RESOURCE_DOES_NOT_EXIST "Registered Model with name=X not found".
 _ALIAS_NOT_FOUND = re.compile(r"alias .+ not found", re.IGNORECASE)
 
 
-def _alias_missing(exc: BaseException) -> bool:
+def _alias_not_found(exc: BaseException) -> bool:
     code = getattr(exc, "error_code", None)
     message = str(getattr(exc, "message", exc))
-    if code == "RESOURCE_DOES_NOT_EXIST":
-        return True
     return code == "INVALID_PARAMETER_VALUE" and _ALIAS_NOT_FOUND.search(message) is not None
+
+
+def _model_not_found(exc: BaseException) -> bool:
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def redacted_uri(uri: str) -> str:
+    """`uri` fit for a message that anyone may read (`/readyz` is anonymous): the user, password and
+    query (where tokens travel) are replaced by `***`; scheme, host, port and path stay."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: nothing of it can be shown safely
+        return "<unparseable URI>"
+    _, at, hostport = parts.netloc.rpartition("@")
+    netloc = f"***@{hostport}" if at else hostport
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+
+
+_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redacted(text: str) -> str:
+    """`text` with every URI in it passed through `redacted_uri`: MLflow's and requests' messages quote
+    the URL they failed on, credentials included."""
+    return _URI_IN_TEXT.sub(lambda found: redacted_uri(found.group()), text)
 
 
 # mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into this process's environment; a value we
@@ -163,9 +187,10 @@ def log_model(
     client.set_model_version_tag(registered_name, version, "model_kind", str(meta.get("model_kind", "")))
     client.set_registered_model_alias(registered_name, CHALLENGER, version)
     # Only a registry that says "no champion" makes the first version champion; one that fails to answer
-    # raises RegistryUnavailable, else any transient error would skip the champion/challenger gate.
+    # raises RegistryUnavailable, else any transient error would skip the champion/challenger gate. The
+    # model was registered a moment ago, so "no such model" can only come from a lagging replica.
     try:
-        no_champion = alias_version(registered_name, CHAMPION) is None
+        no_champion = alias_version(registered_name, CHAMPION, registered=True) is None
     except RegistryUnavailable as exc:
         raise RegistryUnavailable(
             f"version {version} of {registered_name!r} is registered as challenger, but {exc}; run "
@@ -176,20 +201,21 @@ def log_model(
     return version
 
 
-def alias_version(name: str, alias: str) -> str | None:
-    """The version behind `alias`; None only when the registry says the alias (or the model) does not
-    exist. A registry that fails to answer raises RegistryUnavailable."""
+def alias_version(name: str, alias: str, *, registered: bool = False) -> str | None:
+    """The version behind `alias`; None only when the registry says the alias (or, unless the model is
+    known to be `registered`, the model) does not exist. A registry that fails to answer raises
+    RegistryUnavailable."""
     import mlflow
     from mlflow import MlflowClient
 
     try:
         return str(MlflowClient().get_model_version_by_alias(name, alias).version)
     except registry_failures() as exc:
-        if _alias_missing(exc):
+        if _alias_not_found(exc) or (_model_not_found(exc) and not registered):
             return None
         raise RegistryUnavailable(
             f"could not read alias {alias!r} of model {name!r} from the registry at "
-            f"{mlflow.get_registry_uri()}: {_describe(exc)}"
+            f"{redacted_uri(mlflow.get_registry_uri())}: {_describe(exc)}"
         ) from exc
 
 
@@ -197,7 +223,7 @@ def _describe(exc: BaseException) -> str:
     """One line: the error code (or type) and the first line of the message (SQL errors add the query)."""
     code = getattr(exc, "error_code", None)
     lines = str(getattr(exc, "message", exc)).strip().splitlines() or [""]
-    return f"{code or type(exc).__name__}: {lines[0]}"
+    return f"{code or type(exc).__name__}: {redacted(lines[0])}"
 
 
 @dataclass
@@ -215,20 +241,28 @@ class LoadedModel:
 
 def load(name: str, alias: str = CHAMPION) -> LoadedModel:
     """The registered model version behind `alias`, with everything serving needs."""
-    import mlflow.pyfunc
+    import mlflow
 
     version = alias_version(name, alias)
     if version is None:
-        where = mlflow.get_tracking_uri()
+        where = redacted_uri(mlflow.get_tracking_uri())
         raise RegistryError(
             f"no {alias} of model {name!r} in the registry at {where}: run `awo train {name}`"
         )
+    return load_version(name, version, alias)
+
+
+def load_version(name: str, version: str, alias: str) -> LoadedModel:
+    """Version `version` of model `name`, reported as `alias`. Loaded by number, not by alias: an alias
+    moved by a promotion in between would serve one version under another's number."""
+    import mlflow.pyfunc
+
     try:
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     except registry_failures() as exc:
         raise RegistryUnavailable(
             f"could not load {alias} (version {version}) of model {name!r} from "
-            f"{mlflow.get_tracking_uri()}: {_describe(exc)}"
+            f"{redacted_uri(mlflow.get_tracking_uri())}: {_describe(exc)}"
         ) from exc
     inner = pyfunc.unwrap_python_model()
     return LoadedModel(name, version, alias, inner.model, inner.meta)

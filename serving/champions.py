@@ -18,6 +18,9 @@ from models.registry import (
     alias_version,
     connect,
     load,
+    load_version,
+    redacted,
+    redacted_uri,
     registry_failures,
 )
 
@@ -44,7 +47,7 @@ def unreachable(uri: str, timeout: float = 2.0) -> str | None:
     try:
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
     except ValueError as exc:  # a port out of range or not a number
-        return f"{uri}: {exc}"
+        return f"{redacted_uri(uri)}: {exc}"
     try:
         socket.create_connection((parsed.hostname, port), timeout=timeout).close()
     except OSError as exc:
@@ -71,7 +74,7 @@ class Champions:
                 uri = connect(self.settings)
                 problem = unreachable(uri)
             except registry_failures() as exc:  # a broken tracking configuration: keep serving what we have
-                problem = f"{type(exc).__name__}: {exc}"
+                problem = f"{type(exc).__name__}: {redacted(str(exc))}"
             if problem:
                 errors = {name: f"tracking server unavailable: {problem}" for name in MODEL_NAMES}
             for name in MODEL_NAMES if not errors else ():
@@ -90,15 +93,22 @@ class Champions:
             self.last_reload = time.time()
         return ReloadReport({n: m.version for n, m in self.models.items()}, changed, errors)
 
+    def reload_failed(self, exc: BaseException) -> None:
+        """Record a reload that failed unexpectedly (a bug), so that `/readyz` shows it until a reload
+        succeeds."""
+        problem = f"reload failed: {type(exc).__name__}: {redacted(str(exc))}"
+        with self._lock:
+            self.errors = {name: problem for name in MODEL_NAMES}
+            self.last_reload = time.time()
+
     def _meta(self, name: str, alias: str, version: str) -> dict[str, Any]:
         """A version's metadata: from the served model, else loaded once (versions never change)."""
         served = self.models.get(name)
         if served is not None and served.version == version:
             return served.meta
         if (name, version) not in self._metas:
-            loaded = load(name, alias)  # keyed by the version loaded, should the alias have just moved
-            self._metas[(name, loaded.version)] = loaded.meta
-            return loaded.meta
+            # By number: the alias may have moved since `version` was read.
+            self._metas[(name, version)] = load_version(name, version, alias).meta
         return self._metas[(name, version)]
 
     def describe(self) -> dict[str, Any]:

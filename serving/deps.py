@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Annotated
 
@@ -13,6 +14,8 @@ from serving.champions import Champions
 from serving.predictions import PredictionLog
 from serving.scoring import Staleness
 from serving.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
 
 
 class State:
@@ -32,7 +35,15 @@ class State:
     def start_reload_timer(self) -> None:
         def loop() -> None:
             while not self._stop.wait(self.settings.model_reload_seconds):
-                self.reload()
+                # The thread's top level: an uncaught error would end it for good while the API kept
+                # serving stale models in silence. Say it loudly, show it on /readyz, try again next tick.
+                try:
+                    self.reload()
+                except Exception as exc:
+                    log.exception(
+                        "champion reload failed; retrying in %ss", self.settings.model_reload_seconds
+                    )
+                    self.champions.reload_failed(exc)
 
         threading.Thread(target=loop, name="champion-reload", daemon=True).start()
 

@@ -203,8 +203,8 @@ def test_the_test_period_holds_no_immature_positives_and_is_not_enriched(pipelin
     data = LOADERS["change-risk"](settings, tables, open_store(settings))
     fit_rows, test = held_out(data, 30)
     assert test["at"].max() <= window_start
-    print(f"positive rate: fitted on {fit_rows['label'].mean():.3f}, test {test['label'].mean():.3f}")
-    assert test["label"].mean() <= 1.25 * fit_rows["label"].mean()
+    rates = f"positive rate: fitted on {fit_rows['label'].mean():.3f}, test {test['label'].mean():.3f}"
+    assert test["label"].mean() <= 1.25 * fit_rows["label"].mean(), rates
 
 
 def test_cold_start_uses_a_cross_project_model_and_says_so(pipeline, monkeypatch):
