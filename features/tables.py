@@ -34,6 +34,9 @@ COMMITS_FILE = "commits.parquet"
 FILES_FILE = "files.parquet"
 GRAPH_FILE = "graph.parquet"
 CANDIDATES_FILE = "szz_candidates.parquet"
+DEPLOYMENTS_FILE = "deployments.parquet"
+INCIDENTS_FILE = "incidents.parquet"
+TESTS_FILE = "tests.parquet"
 
 # Arrow's parquet reader can leave scanner threads in a reference cycle; torn down after Arrow's memory
 # pools at interpreter exit, they abort the process ("terminate called without an active exception",

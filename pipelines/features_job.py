@@ -15,7 +15,15 @@ from features.errors import AwoError
 from features.history import commit_tables, deployment_tables
 from features.settings import Settings
 from features.store import mark_rebuilt, sources_dir
-from features.tables import COMMITS_FILE, FILES_FILE, exclusive, read_table, write_tables
+from features.tables import (
+    COMMITS_FILE,
+    DEPLOYMENTS_FILE,
+    FILES_FILE,
+    INCIDENTS_FILE,
+    exclusive,
+    read_table,
+    write_tables,
+)
 
 # Every source row carries the repository it was built from, so rebuilding one repository replaces
 # exactly its rows.
@@ -49,9 +57,9 @@ def build_features(settings: Settings, data: Path) -> BuildResult:
     repo = str(commits["repo"].iloc[0])
     result = BuildResult(repo=repo, labelled="bug_inducing" in commits.columns)
     tables = commit_tables(commits, files)
-    deployments = read_table(data / "deployments.parquet")
+    deployments = read_table(data / DEPLOYMENTS_FILE)
     if deployments is not None:
-        incidents = read_table(data / "incidents.parquet")
+        incidents = read_table(data / INCIDENTS_FILE)
         tables.update(deployment_tables(deployments, incidents, commits, files))
     out = sources_dir(settings)
     with exclusive(out):

@@ -33,7 +33,17 @@ from features.delivery import (
 )
 from features.errors import AwoError, BadTable
 from features.settings import Settings
-from features.tables import FILES_FILE, GRAPH_FILE, atomic_write_text, exclusive, read_table, write_tables
+from features.tables import (
+    DEPLOYMENTS_FILE,
+    FILES_FILE,
+    GRAPH_FILE,
+    INCIDENTS_FILE,
+    TESTS_FILE,
+    atomic_write_text,
+    exclusive,
+    read_table,
+    write_tables,
+)
 
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 
@@ -62,6 +72,11 @@ class IngestResult:
     tests: int = 0
     flaky_tests: int = 0
     warnings: list[str] = field(default_factory=list)
+
+
+def raw_file(kind: str) -> str:
+    """The table of one kind's validated rows as ingested, before linking: raw_deployments.parquet ..."""
+    return f"raw_{kind.replace('-', '_')}.parquet"
 
 
 def _read_records(path: Path, model: type[BaseModel]) -> list[tuple[int, dict | None, str]]:
@@ -156,7 +171,7 @@ def ingest_file(
             f"field {first.field}: {first.reason}"
         )
     _, key = KINDS[kind]
-    raw_name = f"raw_{kind.replace('-', '_')}.parquet"
+    raw_name = raw_file(kind)
     with exclusive(out_dir):
         stored = read_table(out_dir / raw_name)
         if stored is not None and len(frame):
@@ -186,7 +201,7 @@ def _derive(out_dir: Path, settings: Settings, fresh: dict[str, pd.DataFrame], r
     def raw(kind: str) -> pd.DataFrame | None:
         if kind in fresh:
             return fresh[kind]
-        return read_table(out_dir / f"raw_{kind.replace('-', '_')}.parquet")
+        return read_table(out_dir / raw_file(kind))
 
     window = pd.Timedelta(hours=settings.incident_window_hours)
     deployments, incidents, runs = raw("deployments"), raw("incidents"), raw("test-runs")
@@ -196,13 +211,13 @@ def _derive(out_dir: Path, settings: Settings, fresh: dict[str, pd.DataFrame], r
             incidents, deployments if deployments is not None else _empty_deployments(), window
         )
         linked["severity_level"] = linked["severity"].map(SEVERITY_LEVEL)
-        tables["incidents.parquet"] = linked
+        tables[INCIDENTS_FILE] = linked
         result.incidents = len(linked)
         result.linked_incidents = int(linked["linked_deploy_id"].notna().sum())
     if deployments is not None:
         labelled = label_deployments(
             deployments,
-            tables.get("incidents.parquet", _empty_incidents()),
+            tables.get(INCIDENTS_FILE, _empty_incidents()),
             settings.incident_min_severity,
             window,
         )
@@ -221,12 +236,12 @@ def _derive(out_dir: Path, settings: Settings, fresh: dict[str, pd.DataFrame], r
         unknown = int((~shipped["sha_known"]).sum())
         if unknown and parents:
             result.warnings.append(f"{unknown} deployments name a sha that is not in the mined history")
-        tables["deployments.parquet"] = shipped
+        tables[DEPLOYMENTS_FILE] = shipped
         result.deployments = len(shipped)
         result.failed_deployments = int(shipped["failed"].sum())
     if runs is not None:
         tests = flakiness(runs)
-        tables["tests.parquet"] = tests
+        tables[TESTS_FILE] = tests
         result.tests = len(tests)
         result.flaky_tests = int((tests["flake_rate"] > 0).sum())
     return tables

@@ -20,7 +20,7 @@ import pandas as pd
 
 from features.errors import AwoError
 from features.settings import Settings
-from features.tables import read_table
+from features.tables import DEPLOYMENTS_FILE, read_table
 from models.evaluation import classification_metrics, reference
 from models.risk_model import ModelConfig, RiskModel, TooFewLabels
 from models.training import (
@@ -79,7 +79,7 @@ def change_risk_data(
 def deploy_failure_data(settings: Settings, data_dir: Path, store) -> TrainingData:
     from features.store import feature_names, training_set
 
-    deployments = read_table(data_dir / "deployments.parquet")
+    deployments = read_table(data_dir / DEPLOYMENTS_FILE)
     if deployments is None:
         raise AwoError(
             f"no deployments in {data_dir}: run `awo ingest deployments FILE --data {data_dir}` first"

@@ -29,7 +29,7 @@ from features.history import (
     known_failure_times,
 )
 from features.settings import Settings
-from features.tables import COMMITS_FILE, read_table
+from features.tables import COMMITS_FILE, DEPLOYMENTS_FILE, INCIDENTS_FILE, read_table
 from models.registry import LoadedModel
 
 if TYPE_CHECKING:
@@ -365,10 +365,10 @@ def _authors(commits_key: tuple[str, int, int]) -> dict[str, str]:
 
 def _timeline(settings: Settings, repo: str, service: str) -> ServiceTimeline | None:
     tables = settings.repo_data_dir(repo)
-    deployments_key = _file_key(tables / "deployments.parquet")
+    deployments_key = _file_key(tables / DEPLOYMENTS_FILE)
     if deployments_key is None:
         return None
-    deployments, incidents = _delivery_tables(deployments_key, _file_key(tables / "incidents.parquet"))
+    deployments, incidents = _delivery_tables(deployments_key, _file_key(tables / INCIDENTS_FILE))
     return ServiceTimeline.of(deployments, incidents, service)
 
 
