@@ -127,6 +127,12 @@ CANDIDATES_SCHEMA = pa.schema(
 )
 
 
+def as_utc(at: object = None) -> pd.Timestamp:
+    """`at` (a datetime, Timestamp or ISO string; None: now) as a UTC Timestamp; a naive time is UTC."""
+    stamp = pd.Timestamp.now(tz="UTC") if at is None else pd.Timestamp(at)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
 def unix_seconds(timestamps: pd.Series) -> np.ndarray:
     """Unix seconds (float, NaN where missing) of a timestamp column, whatever its resolution or zone
     (naive times are UTC)."""

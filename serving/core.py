@@ -29,7 +29,7 @@ from features.history import (
     known_failure_times,
 )
 from features.settings import Settings
-from features.tables import COMMITS_FILE, DEPLOYMENTS_FILE, INCIDENTS_FILE, read_table
+from features.tables import COMMITS_FILE, DEPLOYMENTS_FILE, INCIDENTS_FILE, as_utc, read_table
 from models.registry import LoadedModel
 
 if TYPE_CHECKING:
@@ -372,11 +372,6 @@ def _timeline(settings: Settings, repo: str, service: str) -> ServiceTimeline | 
     return ServiceTimeline.of(deployments, incidents, service)
 
 
-def _utc(at: datetime | pd.Timestamp | None) -> pd.Timestamp:
-    stamp = pd.Timestamp.now(tz="UTC") if at is None else pd.Timestamp(at)
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-
-
 def deployment_vectors(
     plans: Sequence[DeploymentPlan], store: FeatureStore, settings: Settings
 ) -> list[DeploymentVector]:
@@ -398,7 +393,7 @@ def deployment_vectors(
     vectors = []
     for plan in plans:
         notes: list[str] = []
-        at = _utc(plan.started_at)
+        at = as_utc(plan.started_at)
         commits_key = _file_key(settings.repo_data_dir(plan.repo) / COMMITS_FILE)
         authors = _authors(commits_key) if commits_key else {}
         known = [sha for sha in plan.commits if (plan.repo, sha) in found]

@@ -6,7 +6,6 @@ written: the tables stay as `awo mine` and `awo label` left them."""
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from features.mining.commits import (
 )
 from features.mining.gitlog import Repository
 from features.settings import Settings
-from features.tables import COMMITS_FILE, COMMITS_SCHEMA, FILES_FILE, FILES_SCHEMA, read_table
+from features.tables import COMMITS_FILE, COMMITS_SCHEMA, FILES_FILE, FILES_SCHEMA, as_utc, read_table
 
 
 @dataclass(frozen=True)
@@ -75,8 +74,7 @@ def measure_unmined_change(
     if commits is None or files is None:
         raise AwoError(f"no mined tables in {tables}: run `awo mine {repo_path} --data {tables}` first")
     raw, shas = repository.read_unmined_change(base, head)
-    when = pd.Timestamp(time.time(), unit="s", tz="UTC") if at is None else pd.Timestamp(at)
-    when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+    when = as_utc(at)
     # The change comes next in point-in-time order: after every commit mined as of `when`, before any later.
     commits = commits[~commits["sha"].isin(set(shas)) & (commits["history_at"] <= when)]
     files = files[files["sha"].isin(set(commits["sha"]))]
