@@ -28,6 +28,15 @@ log = logging.getLogger(__name__)
 MODEL_NAMES = ("change-risk", "deploy-failure")
 
 
+@dataclass(frozen=True)
+class Served:
+    """What is served, swapped in one assignment: a reader never sees new models beside old errors."""
+
+    models: dict[str, LoadedModel]
+    errors: dict[str, str]
+    last_reload: float | None
+
+
 @dataclass
 class ReloadReport:
     loaded: dict[str, str]  # model → version now served
@@ -58,18 +67,25 @@ def unreachable(uri: str, timeout: float = 2.0) -> str | None:
 class Champions:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.models: dict[str, LoadedModel] = {}
-        self.errors: dict[str, str] = {}
-        self.last_reload: float | None = None
-        self._lock = threading.Lock()
+        self.served = Served({}, {}, None)
+        self._lock = threading.Lock()  # one reload at a time; readers take `served` without waiting
         self._metas: dict[tuple[str, str], dict[str, Any]] = {}
 
+    @property
+    def models(self) -> dict[str, LoadedModel]:
+        return self.served.models
+
+    @property
+    def errors(self) -> dict[str, str]:
+        return self.served.errors
+
     def get(self, name: str) -> LoadedModel | None:
-        return self.models.get(name)
+        return self.served.models.get(name)
 
     def reload(self) -> ReloadReport:
         changed, errors = [], {}
         with self._lock:
+            models = dict(self.served.models)
             try:
                 uri = connect(self.settings)
                 problem = unreachable(uri)
@@ -80,26 +96,24 @@ class Champions:
             for name in MODEL_NAMES if not errors else ():
                 try:
                     version = alias_version(name, CHAMPION)
-                    current = self.models.get(name)
+                    current = models.get(name)
                     if version is None:
                         errors[name] = f"no champion of {name!r} in the registry"
                     elif current is None or current.version != version:
-                        self.models[name] = load(name, CHAMPION)
+                        models[name] = load(name, CHAMPION)
                         changed.append(name)
                 except AwoError as exc:  # the registry's failures arrive as RegistryUnavailable
                     errors[name] = str(exc)
                     log.warning("model reload failed for %s: %s", name, exc)
-            self.errors = errors
-            self.last_reload = time.time()
-        return ReloadReport({n: m.version for n, m in self.models.items()}, changed, errors)
+            self.served = Served(models, errors, time.time())
+        return ReloadReport({n: m.version for n, m in models.items()}, changed, errors)
 
     def reload_failed(self, exc: BaseException) -> None:
         """Record a reload that failed unexpectedly (a bug), so that `/readyz` shows it until a reload
         succeeds."""
         problem = f"reload failed: {type(exc).__name__}: {redacted(str(exc))}"
         with self._lock:
-            self.errors = {name: problem for name in MODEL_NAMES}
-            self.last_reload = time.time()
+            self.served = Served(self.served.models, {name: problem for name in MODEL_NAMES}, time.time())
 
     def _meta(self, name: str, alias: str, version: str) -> dict[str, Any]:
         """A version's metadata: from the served model, else loaded once (versions never change)."""

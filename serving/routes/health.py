@@ -18,13 +18,13 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", summary="A champion is loaded and can be served")
 def readyz(state: StateDep) -> JSONResponse:
-    champions = state.champions
-    ready = champions.get("change-risk") is not None
+    served = state.champions.served  # one snapshot: models and errors of the same reload
+    ready = served.models.get("change-risk") is not None
     body = {
         "ready": ready,
-        "models": {name: m.version for name, m in champions.models.items()},
-        "registry_errors": champions.errors,
-        "last_reload": champions.last_reload,
+        "models": {name: m.version for name, m in served.models.items()},
+        "registry_errors": served.errors,
+        "last_reload": served.last_reload,
     }
     return JSONResponse(body, status_code=200 if ready else 503)
 
