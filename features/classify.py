@@ -95,11 +95,11 @@ def directory_of(path: str) -> str:
 class ServiceMap:
     """Path globs → service name, first match wins; unmatched paths belong to their top-level directory.
 
-    YAML form (`fnmatch` globs, `*` also crosses `/`)::
+    YAML form (`fnmatch` globs, `*` also crosses `/`; the full form of an entry is in features/topology.py)::
 
         services:
           payments: ["services/payments/*", "libs/billing/*"]
-          web: ["frontend/*"]
+          web: {paths: ["frontend/*"], depends_on: [payments], criticality: high}
     """
 
     def __init__(self, rules: list[tuple[str, str]] | None = None) -> None:
@@ -108,27 +108,10 @@ class ServiceMap:
 
     @classmethod
     def from_yaml(cls, path: Path | None) -> ServiceMap:
-        if path is None:
-            return cls()
-        import yaml
+        """The path rules of the service-map file (features/topology.py reads and validates it)."""
+        from features.topology import load_topology
 
-        try:
-            doc = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError as exc:
-            raise BadConfig(f"service map {path} does not exist") from exc
-        except yaml.YAMLError as exc:
-            raise BadConfig(f"service map {path} is not valid YAML: {exc}") from exc
-        services = doc.get("services") if isinstance(doc, dict) else None
-        if not isinstance(services, dict):
-            raise BadConfig(f"service map {path}: expected a top-level 'services:' mapping")
-        rules: list[tuple[str, str]] = []
-        for service, globs in services.items():
-            if isinstance(globs, str):
-                globs = [globs]
-            if not isinstance(globs, list) or not all(isinstance(g, str) for g in globs):
-                raise BadConfig(f"service map {path}: service {service!r} needs a list of path globs")
-            rules.extend((glob, str(service)) for glob in globs)
-        return cls(rules)
+        return cls(load_topology(path).path_rules())
 
     def service_of(self, path: str) -> str:
         cached = self._cache.get(path)

@@ -1,7 +1,7 @@
 """One typed settings object for the whole system, read from `AWO_*` environment variables and an
 optional YAML file (`AWO_CONFIG`); passed down explicitly, never read at import time.
 
-Settings are grouped in sections, one per stage (data, models, serving; agents to come). `Settings` is all
+Settings are grouped in sections, one per stage (data, models, serving, agents). `Settings` is all
 of them in one object, and the environment names stay flat (`AWO_DATA_DIR`, `AWO_MAX_BATCH`), so a
 function that needs only one stage can say so in its signature (`settings: ServingSettings`). The YAML file
 may be flat or sectioned (`serving: {max_batch: 500}`)."""
@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -61,7 +61,9 @@ class ApiToken(BaseModel):
 
     name: str = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    scopes: list[Literal["risk:read", "models:reload"]] = Field(min_length=1)
+    scopes: list[Literal["risk:read", "models:reload", "decisions:read", "decisions:write"]] = Field(
+        min_length=1
+    )
 
 
 class DataSettings(BaseModel):
@@ -154,7 +156,40 @@ class ServingSettings(BaseModel):
     )
 
 
-class Settings(DataSettings, ModelSettings, ServingSettings, BaseSettings):
+class AgentSettings(BaseModel):
+    """The agents: policy, where risk and production state come from, the LLM, the audit log."""
+
+    policy: Path | None = Field(default=None, description="decision policy YAML (default: the packaged one)")
+    risk_api_url: str | None = Field(
+        default=None, description="score through this risk API (http://HOST:PORT) instead of in process"
+    )
+    risk_api_token: SecretStr | None = Field(default=None, description="bearer token for the risk API")
+    metrics_file: Path | None = Field(
+        default=None,
+        description="hourly service metrics, CSV or Parquet: service, timestamp, requests, errors",
+    )
+    prometheus_url: str | None = Field(default=None, description="Prometheus to read service metrics from")
+    prometheus_requests_query: str = Field(
+        default='sum(increase(http_requests_total{{service="{service}"}}[1h]))',
+        description="PromQL of requests per hour of a service (`{service}` is replaced)",
+    )
+    prometheus_errors_query: str = Field(
+        default='sum(increase(http_requests_total{{service="{service}",code=~"5.."}}[1h]))',
+        description="PromQL of failed requests per hour of a service",
+    )
+    audit_secret: SecretStr = Field(
+        default=SecretStr("awo-insecure-default-audit-secret"),
+        description="HMAC key of the decision audit log (set your own: the default is public)",
+    )
+    llm_base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint (none: no LLM)")
+    llm_model: str | None = Field(default=None, description="model name at that endpoint")
+    llm_timeout_seconds: float = Field(default=30.0, gt=0, le=600, description="one LLM call's time limit")
+    llm_samples: int = Field(
+        default=1, ge=1, le=9, description="self-consistency: LLM samples that must agree"
+    )
+
+
+class Settings(DataSettings, ModelSettings, ServingSettings, AgentSettings, BaseSettings):
     """Everything configurable. Environment: `AWO_<NAME>`; file: the YAML named by `AWO_CONFIG`."""
 
     model_config = SettingsConfigDict(env_prefix="AWO_", extra="forbid")

@@ -38,6 +38,12 @@ DEPLOYMENTS_FILE = "deployments.parquet"
 INCIDENTS_FILE = "incidents.parquet"
 TESTS_FILE = "tests.parquet"
 
+
+def raw_file(kind: str) -> str:
+    """The table of one kind's validated rows as ingested, before linking: raw_deployments.parquet ..."""
+    return f"raw_{kind.replace('-', '_')}.parquet"
+
+
 # Arrow's parquet reader can leave scanner threads in a reference cycle; torn down after Arrow's memory
 # pools at interpreter exit, they abort the process ("terminate called without an active exception",
 # exit 134; apache/arrow#34314, seen here in 1 of 6 runs of `pd.read_parquet`). Collecting before

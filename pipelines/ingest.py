@@ -41,6 +41,7 @@ from features.tables import (
     TESTS_FILE,
     atomic_write_text,
     exclusive,
+    raw_file,
     read_table,
     write_tables,
 )
@@ -72,11 +73,6 @@ class IngestResult:
     tests: int = 0
     flaky_tests: int = 0
     warnings: list[str] = field(default_factory=list)
-
-
-def raw_file(kind: str) -> str:
-    """The table of one kind's validated rows as ingested, before linking: raw_deployments.parquet ..."""
-    return f"raw_{kind.replace('-', '_')}.parquet"
 
 
 def _read_records(path: Path, model: type[BaseModel]) -> list[tuple[int, dict | None, str]]:

@@ -65,7 +65,7 @@ def test_service_map_first_matching_glob_wins_and_defaults_to_top_directory(tmp_
 def test_service_map_errors_name_the_file_and_service(tmp_path):
     path = tmp_path / "services.yaml"
     path.write_text("services:\n  billing: 3\n")
-    with pytest.raises(BadConfig, match=r"services.yaml.*'billing'"):
+    with pytest.raises(BadConfig, match=r"services.yaml: services\.billing: "):
         ServiceMap.from_yaml(path)
     with pytest.raises(BadConfig, match="does not exist"):
         ServiceMap.from_yaml(tmp_path / "nope.yaml")
