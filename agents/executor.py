@@ -159,10 +159,9 @@ class DryRunExecutor:
             if not before:
                 if current is None:
                     return actions, "nothing ran before: nothing to roll back"
-                return [
-                    *actions,
-                    f"roll back {task.service} in {task.environment} to its previous version",
-                ], "rolled back"
+                del self.running[key]  # the dry run never saw what ran before; real executors read it back
+                action = f"roll back {task.service} in {task.environment} to its previous version"
+                return [*actions, action], "rolled back"
             target = before.pop()
             self.running[key] = target
         elif current == target:
