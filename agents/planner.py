@@ -62,6 +62,14 @@ def is_production(environment: str | None) -> bool:
     return environment is not None and environment not in PRE_PRODUCTION
 
 
+def needs_approval(plan: Plan) -> bool:
+    """A `senior_review` gate with deploys still to run: a person approves before they run (a rollback,
+    a block and the steps after a failure never wait for one)."""
+    return plan.gate == "senior_review" and any(
+        t.kind in DEPLOY_KINDS and t.status in ("pending", "running") for t in plan.tasks
+    )
+
+
 class Task(BaseModel):
     """One step of a plan. `params` are data for the executor (suites, steps, analysis ...), never code."""
 
@@ -279,7 +287,7 @@ def plan_goal(
             )
         if decision.environment != goal.environment and goal.action != "rollback":
             notes.append(f"the decision was made for {decision.environment}, the goal is {goal.environment}")
-    else:
+    elif goal.action != "rollback":
         notes.append(
             f"no decision: the change counts as unscored; the policy's on_error gate {policy.on_error} holds"
         )

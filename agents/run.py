@@ -21,6 +21,7 @@ from agents.planner import (
     Task,
     execution_order,
     load_plan,
+    needs_approval,
     replan_on_failure,
     save_plan,
 )
@@ -203,13 +204,16 @@ def run_plan(
     incidents_path: Path | None = None,
     clock: Callable[[], datetime] | None = None,
     max_replans: int = 10,
+    approved_by: str | None = None,
 ) -> RunReport:
     """Run `plan`'s due tasks one at a time, in dependency order. With `state_path` (the plan file itself
     is a good one) every status change is saved there at once, and a state file of the same plan found
     there is resumed: finished tasks are not run again, a task cut off while running is run again (executors
     reconcile, so that is harmless). A failed task re-plans (`replan_on_failure`) and the run goes on with
     the new tasks. `record_incident` tasks also append a row to `incidents_path` (CSV, the ingestion
-    schema). A finished run is written once to `audit` (kind `plan_run`)."""
+    schema). A finished run is written once to `audit` (kind `plan_run`). A plan whose gate is
+    `senior_review` runs only with `approved_by` (the caller checks that person against the policy's
+    `overrides.allowed`); it is recorded in the audit."""
     now = clock or (lambda: datetime.now(UTC))
     emit = on_event or (lambda event: None)
     plan = plan.model_copy(deep=True)
@@ -221,6 +225,10 @@ def run_plan(
                 "move it away to start over"
             )
         plan = saved
+    if needs_approval(plan) and not approved_by:
+        raise PlanError(
+            f"plan {plan.plan_id} has the gate senior_review: a person approves it before it deploys"
+        )
     resumed_after = sum(1 for t in plan.tasks if t.status not in ("pending", "running"))
     if resumed_after and not plan.finished():
         emit(
@@ -283,7 +291,9 @@ def run_plan(
     outcome = outcome_of(plan)
     if audit is not None and plan.recorded_at is None and ran:
         finished = now()
-        audit.append(_audit_record(plan, outcome, executor, incidents, finished))
+        audit.append(
+            _audit_record(plan, outcome, executor, incidents, finished) | {"approved_by": approved_by}
+        )
         plan.recorded_at = finished
     save()
     return RunReport(

@@ -583,3 +583,14 @@ def test_a_state_file_of_another_plan_is_not_resumed(tmp_path):
 
 def test_plans_are_deterministic():
     assert ship("db, api") == ship("db, api")
+
+
+def test_a_senior_review_plan_deploys_only_once_a_person_approves_but_a_rollback_never_waits():
+    plan = ship(gate="senior_review", band="high")
+    with pytest.raises(PlanError, match="senior_review: a person approves it"):
+        run_plan(plan, DryRunExecutor())
+    audit = Audit()
+    assert run_plan(plan, DryRunExecutor(), approved_by="oncall", audit=audit).outcome == "succeeded"
+    assert audit.records[0]["approved_by"] == "oncall"
+    back = plan_goal("roll back payments in production", None, POLICY, now=MONDAY_10)
+    assert back.gate == "senior_review" and run_plan(back, DryRunExecutor()).outcome == "succeeded"
