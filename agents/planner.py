@@ -318,7 +318,8 @@ def plan_goal(
                 )
             elif start + timedelta(seconds=estimated) > deadline:
                 notes.append(
-                    f"the deadline {deadline.isoformat()} is tight: the plan takes {estimated / 3600:.1f} h"
+                    f"the plan takes about {estimated / 3600:.1f} h: it may miss the deadline "
+                    f"{deadline.isoformat()}"
                 )
     plan = Plan(
         plan_id="",

@@ -489,6 +489,11 @@ def test_a_failed_canary_rolls_back_blocks_and_writes_an_incident_that_ingestion
         and {k: v for k, v in executor.running.items() if k[0] == "production"} == before
     )
     assert any(e.kind == "replanned" for e in events)
+    summary = report.summary_lines()
+    assert summary[0] == f"plan {report.plan.plan_id}: ship 3f2a9c1 of db, api to production: blocked"
+    assert summary[2].startswith(
+        "  canary:api failed: error rate 4% > 1%; re-planned: +rollback:api, rollback:db"
+    )
     rows = list(csv.DictReader(incidents.open()))
     assert len(rows) == 1 and rows[0]["service"] == "api" and rows[0]["sha"] == "3f2a9c1"
     assert (
