@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 # Parameters, chosen on the first half of Paint Control's cycles only (the second half is reported apart).
 HALF_LIFE_RUNS = 1.0  # a verdict weighs half as much as the next more recent one
-PRIOR_WEIGHT = 0.5  # runs' worth of the overall failure rate mixed into every test's own rate
+PRIOR_WEIGHT = 0.1  # runs' worth of the overall failure rate mixed into every test's own rate
 DURATION_EXPONENT = 0.25  # rank by p_fail / duration**0.25: p/duration (failures per second) was worse
 HISTORY_DEPTH = 64  # older verdicts weigh under 0.5**64: ignored
 LINK_PRIOR_WEIGHT = 2.0  # runs' worth of the test's own rate mixed into a file → test failure rate

@@ -88,6 +88,50 @@ def load_ci_history(path: Path | str) -> pd.DataFrame:
     return out.sort_values(["Cycle", "Id"], kind="stable").reset_index(drop=True)
 
 
+def load_commons_history(path: Path | str) -> pd.DataFrame:
+    """An Apache Commons test-class history (tp_rl's enriched format, comma-separated, one row per cycle and
+    test class) in the frame `load_ci_history` returns: a cycle per `cycle_id` in file order, Verdict 1
+    when the class had failing methods, Duration its time in the cycle, LastResults rebuilt from the
+    earlier cycles' verdicts (the file's own history columns are not used)."""
+    path = Path(path)
+    try:
+        raw = pd.read_csv(path, usecols=["test_class_name", "cycle_id", "current_failures", "time"])
+    except ValueError as exc:
+        raise CIHistoryError(f"{path}: not a Commons test-class history: {exc}") from None
+    cycle = pd.Series(pd.factorize(raw["cycle_id"])[0] + 1, index=raw.index)
+    history: dict[str, list[int]] = {}
+    last_results: list[tuple[int, ...]] = []
+    verdicts = (pd.to_numeric(raw["current_failures"], errors="coerce").fillna(0) > 0).astype("int8")
+    for name, verdict in zip(raw["test_class_name"], verdicts, strict=True):
+        last_results.append(tuple(history.get(name, ())))
+        history.setdefault(name, []).insert(0, int(verdict))
+    return pd.DataFrame(
+        {
+            "Id": np.arange(1, len(raw) + 1, dtype="int64"),
+            "Name": raw["test_class_name"].astype(str),
+            "Duration": pd.to_numeric(raw["time"], errors="coerce").fillna(0.0).clip(lower=0.0),
+            "LastRun": pd.Timestamp("2020-01-01") + pd.to_timedelta(cycle, unit="D"),
+            "LastResults": last_results,
+            "Verdict": verdicts,
+            "Cycle": cycle.astype("int64"),
+        }
+    )
+
+
+def load_history(path: Path | str) -> pd.DataFrame:
+    """A RETECS-format history, or a Commons test-class history recognised by its header."""
+    import gzip
+
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt") as fh:
+            header = fh.readline()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CIHistoryError(f"{path}: cannot be read: {exc}") from None
+    return load_commons_history(path) if header.startswith("test_class_name,") else load_ci_history(path)
+
+
 # --- metrics -----------------------------------------------------------------------------------------
 
 
@@ -276,26 +320,34 @@ def summarise(per_seed: list[list[CycleResult]], first: int = 0, last: int | Non
     def keep(r: CycleResult) -> bool:
         return r.cycle >= first and (last is None or r.cycle <= last)
 
-    apfd, napfd_fail, napfd_all, ttff = [], [], [], []
+    apfd: list[float] = []
+    napfd_fail: list[float] = []
+    napfd_all: list[float] = []
+    ttff: list[float] = []
     within: dict[str, list[float]] = {f"{int(s * 100)}%": [] for s in FIRST_FAILURE_SHARES}
     for results in per_seed:
         rows = [r for r in results if keep(r)]
         failing = [r for r in rows if r.failures > 0]
-        apfd.append(np.mean([r.apfd for r in failing if r.tests >= MIN_TESTS_APFD]))
-        napfd_fail.append(np.mean([r.napfd_50 for r in failing]))
-        napfd_all.append(np.mean([r.napfd_50 for r in rows]))
+        apfd.append(float(np.mean([r.apfd for r in failing if r.tests >= MIN_TESTS_APFD] or [np.nan])))
+        napfd_fail.append(float(np.mean([r.napfd_50 for r in failing] or [np.nan])))
+        napfd_all.append(float(np.mean([r.napfd_50 for r in rows] or [np.nan])))
         t = np.array([r.time_to_first_failure for r in failing])
-        ttff.append(t.mean())
+        ttff.append(float(t.mean()) if len(t) else np.nan)
         for share in FIRST_FAILURE_SHARES:
-            within[f"{int(share * 100)}%"].append(float((t <= share + 1e-12).mean()))
+            within[f"{int(share * 100)}%"].append(float((t <= share + 1e-12).mean()) if len(t) else np.nan)
+
+    def mean(values: list[float]) -> float | None:
+        finite = [v for v in values if v == v]
+        return round(float(np.mean(finite)), 4) if finite else None
+
     results0 = [r for r in per_seed[0] if keep(r)]
     failing0 = [r for r in results0 if r.failures > 0]
     return {
-        "mean_apfd_failing_cycles": round(float(np.mean(apfd)), 4),
-        "mean_napfd_failing_cycles_50": round(float(np.mean(napfd_fail)), 4),
-        "mean_napfd_all_cycles_50": round(float(np.mean(napfd_all)), 4),
-        "first_failure_within": {k: round(float(np.mean(v)), 4) for k, v in within.items()},
-        "mean_time_to_first_failure": round(float(np.mean(ttff)), 4),
+        "mean_apfd_failing_cycles": mean(apfd),
+        "mean_napfd_failing_cycles_50": mean(napfd_fail),
+        "mean_napfd_all_cycles_50": mean(napfd_all),
+        "first_failure_within": {k: mean(v) for k, v in within.items()},
+        "mean_time_to_first_failure": mean(ttff),
         "cycles": {
             "all": len(results0),
             "failing": len(failing0),
@@ -321,7 +373,7 @@ def benchmark(
 ) -> dict[str, Any]:
     """Every method replayed on the history at `path`; per method the whole replay and, separately, its
     first and second half of cycles (parameters were chosen on Paint Control's first half only)."""
-    history = load_ci_history(path)
+    history = load_history(path)
     cycles = cycles_of(history)
     numbers = [c.view.cycle for c in cycles]
     middle = numbers[len(numbers) // 2 - 1]
@@ -349,26 +401,32 @@ def print_benchmark(result: dict[str, Any]) -> None:
 
     title = f"test prioritisation on {result['dataset']} (online replay, budget {BUDGET_RATIO:.0%})"
     table = Table(title=title)
-    for column in ("method", "APFD", "APFD 1st half", "APFD 2nd half", "NAPFD@50%", "NAPFD 2nd half",
+    for column in ("method", "APFD", "APFD 1st half", "APFD 2nd half", "NAPFD@50%", "NAPFD 1st half",
+                   "NAPFD 2nd half",
                    "1st fail ≤10%", "≤20%", "≤50%", "time to 1st fail"):  # fmt: skip
         table.add_column(column, justify="left" if column == "method" else "right")
+
+    def cell(value: float | None, digits: int = 3) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
     for name, r in result.items():
         if not isinstance(r, dict) or "mean_napfd_failing_cycles_50" not in r:
             continue
         table.add_row(
             name,
-            f"{r['mean_apfd_failing_cycles']:.3f}",
-            f"{r['first_half']['mean_apfd_failing_cycles']:.3f}",
-            f"{r['second_half']['mean_apfd_failing_cycles']:.3f}",
-            f"{r['mean_napfd_failing_cycles_50']:.3f}",
-            f"{r['second_half']['mean_napfd_failing_cycles_50']:.3f}",
-            f"{r['first_failure_within']['10%']:.2f}",
-            f"{r['first_failure_within']['20%']:.2f}",
-            f"{r['first_failure_within']['50%']:.2f}",
-            f"{r['mean_time_to_first_failure']:.3f}",
+            cell(r["mean_apfd_failing_cycles"]),
+            cell(r["first_half"]["mean_apfd_failing_cycles"]),
+            cell(r["second_half"]["mean_apfd_failing_cycles"]),
+            cell(r["mean_napfd_failing_cycles_50"]),
+            cell(r["first_half"]["mean_napfd_failing_cycles_50"]),
+            cell(r["second_half"]["mean_napfd_failing_cycles_50"]),
+            cell(r["first_failure_within"]["10%"], 2),
+            cell(r["first_failure_within"]["20%"], 2),
+            cell(r["first_failure_within"]["50%"], 2),
+            cell(r["mean_time_to_first_failure"]),
         )
     for name, r in result.get("published", {}).items():
-        table.add_row(f"{name} (published)", f"{r['mean_apfd_failing_cycles']:.3f}", *[""] * 8)
+        table.add_row(f"{name} (published)", f"{r['mean_apfd_failing_cycles']:.3f}", *[""] * 9)
     Console().print(table)
 
 

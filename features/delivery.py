@@ -9,8 +9,9 @@ Input schemas (CSV with a header, or JSON lines; times ISO 8601, naive times are
 - incidents: `incident_id, service, severity, started_at, resolved_at, deploy_id, sha, summary`
   severity ∈ low | medium | high | critical (or SEV1–SEV4, SEV1 = critical); `resolved_at`, `deploy_id`,
   `sha` may be empty.
-- test runs: `run_id, sha, suite, test_id, duration_s, outcome, attempt`
-  outcome ∈ passed | failed | skipped | flaky; attempt ≥ 1 (retries of the same run count up).
+- test runs: `run_id, sha, suite, test_id, duration_s, outcome, attempt[, started_at]`
+  outcome ∈ passed | failed | skipped | flaky; attempt ≥ 1 (retries of the same run count up); `started_at`
+  (optional, may be empty) puts runs in time order for test prioritisation.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ class TestRunRow(_Row):
     duration_s: Annotated[float, Field(ge=0, le=7 * 86_400)]
     outcome: Annotated[Literal["passed", "failed", "skipped", "flaky"], BeforeValidator(_lower)]
     attempt: Annotated[int, Field(ge=1, le=100)] = 1
+    started_at: OptionalTime = None
 
 
 KINDS: dict[str, tuple[type[_Row], tuple[str, ...]]] = {

@@ -578,12 +578,12 @@ def write_delivery(world: _World, shas: list[str], out: Path, seed: int) -> dict
                     flaky = (suite, test) in FLAKY_TESTS
                     fails = (broken and rng.random() < 0.15) or (flaky and rng.random() < 0.2)
                     duration = round(rng.lognormvariate(0.5 if suite.endswith("unit") else 2.5, 0.4), 3)
-                    runs.append(
-                        [f"ci-{i:05d}", shas[i], suite, test, duration, "failed" if fails else "passed", 1]
-                    )
+                    started = _iso(times[i] + 300)  # CI starts a few minutes after the commit
+                    verdict = "failed" if fails else "passed"
+                    runs.append([f"ci-{i:05d}", shas[i], suite, test, duration, verdict, 1, started])
                     if fails:  # CI retries failures once: flaky tests usually pass, real failures do not
                         again = "passed" if flaky and rng.random() < 0.9 else "failed"
-                        runs.append([f"ci-{i:05d}", shas[i], suite, test, duration, again, 2])
+                        runs.append([f"ci-{i:05d}", shas[i], suite, test, duration, again, 2, started])
     for name, header, rows in (
         (
             "deployments.csv",
@@ -595,7 +595,7 @@ def write_delivery(world: _World, shas: list[str], out: Path, seed: int) -> dict
             "incident_id,service,severity,started_at,resolved_at,deploy_id,sha,summary",
             incidents,
         ),
-        ("test-runs.csv", "run_id,sha,suite,test_id,duration_s,outcome,attempt", runs),
+        ("test-runs.csv", "run_id,sha,suite,test_id,duration_s,outcome,attempt,started_at", runs),
     ):
         with open(out / name, "w", newline="") as fh:
             fh.write(header + "\n")
