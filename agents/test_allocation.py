@@ -83,6 +83,12 @@ class TestHistory:
         self._catches = catches  # test -> runs with a real failure in which this test failed
         verdicts = [v for r in records.values() for v in r.verdicts]
         self.failure_rate = (sum(verdicts) + 1) / (len(verdicts) + 2)
+        # What does not depend on the change is computed once: rank_tests runs on every decision.
+        self._p_history = {k: recency_failure_rate(r.verdicts, self.failure_rate) for k, r in records.items()}
+        self._duration = {k: float(np.median(r.durations or [0.0])) for k, r in records.items()}
+        self._base = {
+            k: (sum(r.verdicts) + self.failure_rate) / (len(r.verdicts) + 1) for k, r in records.items()
+        }
 
     @classmethod
     def from_runs(
@@ -115,35 +121,50 @@ class TestHistory:
             frame["_start"] = started.groupby(frame["run_id"]).transform("min")
         else:
             frame["_start"] = pd.NaT
-        frame = frame[frame["outcome"].astype(str).str.lower() != "skipped"]
-        frame = frame.sort_values(["_start", "_first_row", "suite", "test_id", "attempt"], kind="stable")
+        outcome = frame["outcome"].astype(str).str.lower()
+        frame = frame.assign(_failed=outcome == "failed", _flaky=outcome == "flaky")[outcome != "skipped"]
+        keys = ["_start", "_first_row", "run_id", "suite", "test_id"]
+        per_run = (
+            frame.sort_values([*keys, "attempt"], kind="stable")
+            .groupby(keys, sort=True, dropna=False)
+            .agg(
+                sha=("sha", "first"),
+                final_failed=("_failed", "last"),
+                any_failed=("_failed", "any"),
+                any_flaky=("_flaky", "any"),
+                duration_s=("duration_s", "first"),
+            )
+            .reset_index()
+        )
         records: dict[tuple[str, str], _TestRecord] = {}
         links: dict[str, dict[tuple[str, str], tuple[int, int]]] = {}
         catches: dict[tuple[str, str], int] = {}
         failing_runs = 0
-        for _, rows in frame.groupby(["_start", "_first_row", "run_id"], sort=True, dropna=False):
-            sha = rows["sha"].iloc[0]
-            touched = list(files_by_sha.get(sha, ())) if files_by_sha and isinstance(sha, str) else []
-            failed_here: list[tuple[str, str]] = []
-            for (suite, test_id), attempts in rows.groupby(["suite", "test_id"], sort=True):
-                key = (str(suite), str(test_id))
-                record = records.setdefault(key, _TestRecord(*key))
-                outcomes = attempts["outcome"].astype(str).str.lower().tolist()
-                final_failed = outcomes[-1] == "failed"
-                flake = "flaky" in outcomes or ("failed" in outcomes and not final_failed)
-                record.runs += 1
-                record.flakes += int(flake)
-                record.verdicts.insert(0, int(final_failed))
-                record.durations.append(float(attempts["duration_s"].iloc[0]))
-                if final_failed:
-                    failed_here.append(key)
-                for path in touched:
-                    runs_failed = links.setdefault(path, {}).get(key, (0, 0))
-                    links[path][key] = (runs_failed[0] + 1, runs_failed[1] + int(final_failed))
-            if failed_here:
-                failing_runs += 1
-                for key in failed_here:
-                    catches[key] = catches.get(key, 0) + 1
+        run_failed, current = False, None
+        for row in per_run.itertuples(index=False):
+            if row.run_id != current:
+                failing_runs += int(run_failed)
+                run_failed, current = False, row.run_id
+                sha = row.sha
+                touched = (
+                    sorted(set(files_by_sha.get(sha, ()))) if files_by_sha and isinstance(sha, str) else []
+                )
+            key = (str(row.suite), str(row.test_id))
+            record = records.setdefault(key, _TestRecord(*key))
+            failed = bool(row.final_failed)
+            record.runs += 1
+            record.flakes += int(bool(row.any_flaky) or (bool(row.any_failed) and not failed))
+            record.verdicts.append(int(failed))
+            record.durations.append(float(row.duration_s))
+            if failed:
+                run_failed = True
+                catches[key] = catches.get(key, 0) + 1
+            for path in touched:
+                runs_failed = links.setdefault(path, {}).get(key, (0, 0))
+                links[path][key] = (runs_failed[0] + 1, runs_failed[1] + int(failed))
+        failing_runs += int(run_failed)
+        for record in records.values():
+            record.verdicts.reverse()  # most recent first
         return cls(records, links, failing_runs, catches)
 
     @property
@@ -153,7 +174,8 @@ class TestHistory:
 
     def duration_s(self, test_id: str, suite: str | None = None) -> float:
         """Median run time of the test."""
-        return float(np.median(self._record(test_id, suite).durations))
+        record = self._record(test_id, suite)
+        return self._duration[(record.suite, record.test_id)]
 
     def flake_rate(self, test_id: str, suite: str | None = None) -> float:
         """Share of the test's runs that were flakes (failed, then passed on retry, or reported 'flaky')."""
@@ -161,19 +183,20 @@ class TestHistory:
         return record.flakes / record.runs if record.runs else 0.0
 
     def _record(self, test_id: str, suite: str | None) -> _TestRecord:
+        if suite is not None and (suite, test_id) in self._records:
+            return self._records[(suite, test_id)]
         matches = [r for (s, t), r in sorted(self._records.items()) if t == test_id and suite in (None, s)]
         if not matches:
             raise KeyError(f"unknown test {test_id!r}" + (f" in suite {suite!r}" if suite else ""))
         return matches[0]
 
     def history_p_fail(self, key: tuple[str, str]) -> float:
-        return recency_failure_rate(self._records[key].verdicts, self.failure_rate)
+        return self._p_history[key]
 
     def link_p_fail(self, key: tuple[str, str], changed_files: Sequence[str]) -> tuple[float, str | None]:
         """How often the test failed in runs of commits that touched one of the files (the most telling
         file), smoothed toward the test's overall rate, minus that rate: what the files add."""
-        record = self._records[key]
-        base = (sum(record.verdicts) + self.failure_rate) / (len(record.verdicts) + 1)
+        base = self._base[key]
         best, best_path = 0.0, None
         for path in sorted(set(changed_files)):
             runs, failed = self._file_links.get(path, {}).get(key, (0, 0))
@@ -214,7 +237,7 @@ def rank_tests(
         p_files, path = history.link_p_fail(key, changed_files) if changed_files else (0.0, None)
         p_risk = 0.0 if change_risk is None else min(max(change_risk, 0.0), 1.0) * history.catch_rate(key)
         p_fail[i] = 1 - (1 - p_history) * (1 - p_files) * (1 - p_risk)
-        durations[i] = history.duration_s(key[1], key[0])
+        durations[i] = history.duration_s(key[1], key[0])  # median of its runs
         reasons = []
         if p_history >= REASON_THRESHOLD:
             reasons.append(f"failed recently (recency-weighted failure rate {p_history:.2f})")
