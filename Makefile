@@ -27,10 +27,15 @@ lint: install
 
 # Real services the tests start: installed from Debian when missing and we may (root with apt);
 # otherwise the tests that need them skip with the reason.
+DEBIAN_SERVICES := redis-server:redis-server prometheus:prometheus
 services:
-	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server) >/dev/null 2>&1; } || \
-	  echo "note: redis-server not available; the Redis tests will skip"
+	@for pair in $(DEBIAN_SERVICES); do \
+	  bin=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$bin >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { apt-get install -y -qq --no-install-recommends $$pkg >/dev/null 2>&1 || \
+	      (apt-get update -qq && apt-get install -y -qq --no-install-recommends $$pkg) >/dev/null 2>&1; }; } || \
+	  echo "note: $$bin not available; the tests that need it will skip"; \
+	done
 
 test: lint services
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15

@@ -160,6 +160,9 @@ class AgentSettings(BaseModel):
     """The agents: policy, where risk and production state come from, the LLM, the audit log."""
 
     policy: Path | None = Field(default=None, description="decision policy YAML (default: the packaged one)")
+    repositories: dict[str, Path] = Field(
+        default_factory=dict, description="git checkouts the agents service decides on, by repository name"
+    )
     risk_api_url: str | None = Field(
         default=None, description="score through this risk API (http://HOST:PORT) instead of in process"
     )
@@ -184,6 +187,10 @@ class AgentSettings(BaseModel):
     llm_base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint (none: no LLM)")
     llm_model: str | None = Field(default=None, description="model name at that endpoint")
     llm_timeout_seconds: float = Field(default=30.0, gt=0, le=600, description="one LLM call's time limit")
+    llm_response_format: Literal["json_object", "json_schema"] = Field(
+        default="json_object",
+        description="json_object: llama.cpp's schema-constrained JSON; json_schema: OpenAI's structured outputs",
+    )
     llm_samples: int = Field(
         default=1, ge=1, le=9, description="self-consistency: LLM samples that must agree"
     )

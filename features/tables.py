@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import functools
 import gc
 import json
 import os
@@ -207,6 +208,27 @@ def read_table(path: Path, schema: pa.Schema | None = None) -> pd.DataFrame | No
         if missing:
             raise BadTable(f"{path} lacks columns {missing}; re-create it with a full run")
     return table.to_pandas()
+
+
+def file_key(path: Path) -> tuple[str, int, int] | None:
+    """(path, mtime, size) of a file, or None when it does not exist: a cache key that changes when a job
+    rewrites the file (tables are replaced whole, never edited in place)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return str(path), stat.st_mtime_ns, stat.st_size
+
+
+def read_table_cached(path: Path) -> pd.DataFrame | None:
+    """`read_table`, read again only when the file changes. Callers must not modify the frame."""
+    key = file_key(path)
+    return None if key is None else _read_cached(key)
+
+
+@functools.lru_cache(maxsize=32)
+def _read_cached(key: tuple[str, int, int]) -> pd.DataFrame | None:
+    return read_table(Path(key[0]))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

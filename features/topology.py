@@ -54,7 +54,9 @@ class Service(BaseModel):
     slos: Slo = Field(default_factory=Slo, description="the service's objectives")
 
 
-ServiceEntry = Annotated[Service, BeforeValidator(_paths_only)]
+ServiceEntry = Annotated[
+    Service, BeforeValidator(_paths_only, json_schema_input_type=Service | str | list[str])
+]
 
 
 class Topology(BaseModel):

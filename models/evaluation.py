@@ -146,6 +146,32 @@ def best_f1_threshold(y, probability) -> float:
     return float(candidates[int(np.argmax(scores))]) if len(candidates) else 0.5
 
 
+QUANTILE_LEVELS: tuple[float, ...] = tuple(i / 100 for i in range(101))
+
+
+def quantile_key(level: float) -> str:
+    return f"q{round(level * 100):02d}"
+
+
+def risk_reference(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The training-period reference stored with a model, which the agents' gate reads its bands against:
+    `base_rate`, `rows` and the calibrated score at every percentile `q00` … `q100`. Pass probabilities of
+    rows the booster did not fit (validation and calibration slices): scores of its own rows are
+    optimistic."""
+    scores = np.asarray(scores, dtype=float)
+    labels = np.asarray(labels, dtype=float)
+    if scores.size == 0 or scores.shape != labels.shape:
+        raise ValueError(f"need as many labels as scores: {scores.size} scores, {labels.size} labels")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("reference scores must be finite")
+    values = np.quantile(scores, QUANTILE_LEVELS)
+    return {
+        "base_rate": float(labels.mean()),
+        "rows": float(scores.size),
+        **{quantile_key(level): float(v) for level, v in zip(QUANTILE_LEVELS, values, strict=True)},
+    }
+
+
 def reference(values: np.ndarray, bins: int = 10) -> dict:
     """Quantile bin edges of a training-time distribution (each bin then holds ~1/bins of it)."""
     finite = values[np.isfinite(values)]

@@ -163,6 +163,7 @@ def log_model(
         "feature_service": feature_service,
         "features": model.features,
         "threshold": model.threshold_,
+        "risk_reference": getattr(model, "reference_", None),  # the gate's training-period quantiles
     }
     example = input_example[model.features].head(5)
     output = pd.DataFrame({"probability": model.predict_proba(example)})

@@ -94,7 +94,7 @@ class RiskModel:
     def fit(self, frame: pd.DataFrame, y: pd.Series | np.ndarray, times: pd.Series) -> RiskModel:
         import lightgbm as lgb
 
-        from models.evaluation import time_split
+        from models.evaluation import risk_reference, time_split
 
         y = np.asarray(y, dtype=int)
         if len(y) < 100 or y.sum() < 20 or (len(y) - y.sum()) < 20:
@@ -137,6 +137,9 @@ class RiskModel:
         raw = np.asarray(self.booster_.predict(X.iloc[calibration], raw_score=True), dtype=float)
         self.calibrator_ = _fit_calibrator(cfg.calibration, raw, y[calibration])
         self.threshold_ = best_f1_threshold(y[calibration], self.calibrator_.predict(raw))
+        held = np.concatenate([validation, calibration])  # rows the booster did not fit
+        held_raw = np.asarray(self.booster_.predict(X.iloc[held], raw_score=True), dtype=float)
+        self.reference_ = risk_reference(self.calibrator_.predict(held_raw), y[held])
         self.trained_rows_ = {
             "train": len(train),
             "validation": len(validation),

@@ -39,6 +39,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.awo = State(settings)
     app.middleware("http")(request_middleware(app.state.awo.telemetry))
+    install_error_handlers(app)
+
+    from serving.routes import health, models, risk
+
+    app.include_router(health.router)
+    app.include_router(risk.router, prefix="/v1")
+    app.include_router(models.router, prefix="/v1")
+    check_admitted(app)
+    return app
+
+
+def check_admitted(app: FastAPI) -> None:
+    """A route of another class would read its body before the token is checked (serving.admission)."""
+    plain = [r.path for r in app.routes if isinstance(r, APIRoute) and not isinstance(r, AdmittedRoute)]
+    if plain:
+        raise TypeError(f"routes not admitted before their body is read: {plain}")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Errors as JSON `{code, message}`; a validation error names the field path (422)."""
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -57,17 +77,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"code": "invalid_request", "message": f"{first['path']}: {first['message']}", "errors": errors},
             status_code=422,
         )
-
-    from serving.routes import health, models, risk
-
-    app.include_router(health.router)
-    app.include_router(risk.router, prefix="/v1")
-    app.include_router(models.router, prefix="/v1")
-    # A route of another class would read its body before the token is checked (serving.admission).
-    plain = [r.path for r in app.routes if isinstance(r, APIRoute) and not isinstance(r, AdmittedRoute)]
-    if plain:
-        raise TypeError(f"routes not admitted before their body is read: {plain}")
-    return app
 
 
 def _code(status: int) -> str:

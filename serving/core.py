@@ -29,7 +29,7 @@ from features.history import (
     known_failure_times,
 )
 from features.settings import Settings
-from features.tables import COMMITS_FILE, DEPLOYMENTS_FILE, INCIDENTS_FILE, as_utc, read_table
+from features.tables import COMMITS_FILE, DEPLOYMENTS_FILE, INCIDENTS_FILE, as_utc, file_key, read_table
 from models.registry import LoadedModel
 
 if TYPE_CHECKING:
@@ -331,14 +331,6 @@ def score_unmined_change(
 # --- deployments ---
 
 
-def _file_key(path: Path) -> tuple[str, int, int] | None:
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    return str(path), stat.st_mtime_ns, stat.st_size
-
-
 @functools.lru_cache(maxsize=16)
 def _delivery_tables(
     deployments_key: tuple[str, int, int], incidents_key: tuple[str, int, int] | None
@@ -365,10 +357,10 @@ def _authors(commits_key: tuple[str, int, int]) -> dict[str, str]:
 
 def _timeline(settings: Settings, repo: str, service: str) -> ServiceTimeline | None:
     tables = settings.repo_data_dir(repo)
-    deployments_key = _file_key(tables / DEPLOYMENTS_FILE)
+    deployments_key = file_key(tables / DEPLOYMENTS_FILE)
     if deployments_key is None:
         return None
-    deployments, incidents = _delivery_tables(deployments_key, _file_key(tables / INCIDENTS_FILE))
+    deployments, incidents = _delivery_tables(deployments_key, file_key(tables / INCIDENTS_FILE))
     return ServiceTimeline.of(deployments, incidents, service)
 
 
@@ -394,7 +386,7 @@ def deployment_vectors(
     for plan in plans:
         notes: list[str] = []
         at = as_utc(plan.started_at)
-        commits_key = _file_key(settings.repo_data_dir(plan.repo) / COMMITS_FILE)
+        commits_key = file_key(settings.repo_data_dir(plan.repo) / COMMITS_FILE)
         authors = _authors(commits_key) if commits_key else {}
         known = [sha for sha in plan.commits if (plan.repo, sha) in found]
         if len(known) < len(plan.commits):

@@ -11,7 +11,7 @@ import typer
 from features.errors import AwoError
 from pipelines.cli.root import app, console, err_console, load_settings, styled
 
-SCOPES = ("risk:read", "models:reload")
+SCOPES = ("risk:read", "models:reload", "decisions:read", "decisions:write")
 
 
 @app.command()
@@ -53,7 +53,7 @@ def serve(
 @app.command()
 def token(
     name: Annotated[str, typer.Option(help="who the token is for")],
-    scopes: Annotated[str, typer.Option(help="comma-separated: risk:read, models:reload")] = "risk:read",
+    scopes: Annotated[str, typer.Option(help="comma-separated: " + ", ".join(SCOPES))] = "risk:read",
 ) -> None:
     """Create an API token: prints the token (give it to the client) and the line to add to the config."""
     from serving.auth import new_token
@@ -61,7 +61,7 @@ def token(
     wanted = [s.strip() for s in scopes.split(",") if s.strip()]
     bad = [s for s in wanted if s not in SCOPES]
     if bad:
-        raise AwoError(f"unknown scopes {bad}; use risk:read and/or models:reload")
+        raise AwoError(f"unknown scopes {bad}; use {', '.join(SCOPES)}")
     secret, sha = new_token()
     console.print(f"token (shown once): {secret}", highlight=False)
     console.print("add to the config file (AWO_CONFIG) under api_tokens:", highlight=False)

@@ -1,0 +1,339 @@
+"""The edge where a change's context is gathered: its commits and files (mined tables, or git for a range
+not mined yet), its risk (the scoring core in process, or the risk API over HTTP), the test history, the
+service map and production's state. Failures to reach a scorer are recorded, not raised: `decide` then
+applies the policy's `on_error` gate (fail closed)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pandas as pd
+
+from agents.context import ChangeContext, ChangedFile, Risk, RiskDriver
+from agents.policy import Policy
+from features.classify import ServiceMap
+from features.errors import AwoError
+from features.settings import Settings
+from features.tables import (
+    COMMITS_FILE,
+    FILES_FILE,
+    INCIDENTS_FILE,
+    as_utc,
+    file_key,
+    raw_file,
+    read_table_cached,
+)
+from features.topology import Topology, load_topology
+
+if TYPE_CHECKING:
+    from models.registry import LoadedModel
+    from serving.core import CommitScore
+
+CHANGE_RISK = "change-risk"
+
+
+class ScoringUnavailable(AwoError):
+    """The model, the feature store or the risk API could not be reached or has no answer."""
+
+
+@dataclass(frozen=True)
+class ChangeRef:
+    """What to decide on: one commit (`sha`) or a range (`base`..`head`, as a pull request lands it)."""
+
+    repo_path: Path
+    repo: str
+    sha: str | None = None
+    base: str | None = None
+    head: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.sha is None) == (self.head is None):
+            raise AwoError("give either --sha or --base with --head")
+        if self.head is not None and self.base is None:
+            raise AwoError("--head needs --base")
+
+
+@dataclass
+class MeasuredChange:
+    shas: list[str]
+    base: str | None
+    files: list[tuple[str, int, int]]  # path, lines added, lines deleted
+    messages: list[str]
+    metrics: dict[str, float] | None  # the full feature vector when measured from git (unmined)
+    mined: bool
+
+
+class RiskScorer(Protocol):
+    def score_mined(self, repo: str, sha: str) -> Risk | None: ...  # None: not in the feature store
+    def score_metrics(self, repo: str, metrics: dict[str, float]) -> Risk: ...
+
+
+def _risk(score: CommitScore, reference: dict[str, float]) -> Risk:
+    return Risk(
+        probability=score.probability,
+        drivers=[
+            RiskDriver(feature=d.feature, value=d.value, contribution=d.contribution) for d in score.drivers
+        ],
+        features=score.features,
+        model_name=score.model.name,
+        model_version=score.model.version,
+        model_kind=score.model.kind,
+        reference=reference,
+        warnings=list(score.warnings),
+    )
+
+
+class InProcessScorer:
+    """The champion change-risk model through the scoring core, loaded on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._loaded: LoadedModel | None = None
+        self._store: Any = None
+
+    def _model(self) -> LoadedModel:
+        from models.registry import RegistryError, connect, load
+
+        if self._loaded is None:
+            try:
+                connect(self.settings)
+                self._loaded = load(CHANGE_RISK)
+            except RegistryError as exc:  # unreachable registry or no champion yet
+                raise ScoringUnavailable(str(exc)) from None
+        return self._loaded
+
+    def _reference(self) -> dict[str, float]:
+        meta = self._model().meta
+        return {k: float(v) for k, v in (meta.get("risk_reference") or {}).items()}
+
+    def score_mined(self, repo: str, sha: str) -> Risk | None:
+        from features.store import open_store
+        from serving.core import CommitRef, CommitScore, score_commits
+
+        loaded = self._model()
+        if self._store is None:
+            self._store = open_store(self.settings)
+        try:
+            [result] = score_commits(
+                [CommitRef(repo=repo, sha=sha)], loaded, self._store, self.settings, top=50
+            )
+        except AwoError as exc:
+            raise ScoringUnavailable(f"feature store: {exc}") from None
+        return _risk(result, self._reference()) if isinstance(result, CommitScore) else None
+
+    def score_metrics(self, repo: str, metrics: dict[str, float]) -> Risk:
+        from serving.core import CommitRef, CommitScore, score_commits
+
+        loaded = self._model()
+        names = loaded.model.features
+        query = {n: metrics.get(n, math.nan) for n in names}
+        [result] = score_commits([CommitRef(repo=repo, metrics=query)], loaded, None, self.settings, top=50)
+        assert isinstance(result, CommitScore)  # a metrics query is always scored
+        return _risk(result, self._reference())
+
+
+class HttpScorer:
+    """The risk API (`POST /v1/risk/commits`), with the bearer token from settings."""
+
+    def __init__(self, base_url: str, token: str | None, timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def _post(self, query: dict[str, Any]) -> dict[str, Any]:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            response = httpx.post(
+                f"{self.base_url}/v1/risk/commits",
+                json={"commits": [query], "drivers": 50},
+                headers=headers,
+                timeout=self.timeout,
+            )
+        except httpx.HTTPError as exc:
+            raise ScoringUnavailable(f"risk API {self.base_url}: {type(exc).__name__}: {exc}") from None
+        if response.status_code in (401, 403):
+            raise AwoError(
+                f"risk API {self.base_url} refused the token ({response.status_code}): "
+                "check AWO_RISK_API_TOKEN"
+            )
+        if response.status_code != 200:
+            raise ScoringUnavailable(
+                f"risk API {self.base_url} answered {response.status_code}: {response.text[:200]}"
+            )
+        result: dict[str, Any] = response.json()["results"][0]
+        return result
+
+    def _as_risk(self, item: dict[str, Any]) -> Risk:
+        model = item["model"]
+        return Risk(
+            probability=item["probability"],
+            drivers=[RiskDriver(**d) for d in item.get("drivers", [])],
+            features={d["feature"]: d["value"] for d in item.get("drivers", [])},
+            model_name=model["name"],
+            model_version=str(model["version"]),
+            model_kind=model.get("kind"),
+            warnings=item.get("warnings", []),
+        )
+
+    def score_mined(self, repo: str, sha: str) -> Risk | None:
+        item = self._post({"repo": repo, "sha": sha})
+        if item.get("status") == 404 or item.get("code") == "unknown_commit":
+            return None
+        return self._as_risk(item)
+
+    def score_metrics(self, repo: str, metrics: dict[str, float]) -> Risk:
+        finite = {k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}
+        return self._as_risk(self._post({"repo": repo, "metrics": finite}))
+
+
+def scorer_for(settings: Settings) -> RiskScorer:
+    if settings.risk_api_url:
+        token = settings.risk_api_token.get_secret_value() if settings.risk_api_token else None
+        return HttpScorer(settings.risk_api_url, token)
+    return InProcessScorer(settings)
+
+
+def measure(ref: ChangeRef, settings: Settings, at: datetime) -> MeasuredChange:
+    """The change's commits and files: from the mined tables for a mined commit, else from git."""
+    tables = settings.repo_data_dir(ref.repo)
+    if ref.sha is not None:
+        commits = read_table_cached(tables / COMMITS_FILE)
+        if commits is not None:
+            hit = commits[commits["sha"].str.startswith(ref.sha.lower())]
+            if len(hit) == 1:
+                row = hit.iloc[0]
+                files = read_table_cached(tables / FILES_FILE)
+                rows = files[files["sha"] == row["sha"]] if files is not None else files
+                return MeasuredChange(
+                    shas=[row["sha"]],
+                    base=None,
+                    files=[] if rows is None else [(r.path, int(r.la), int(r.ld)) for r in rows.itertuples()],
+                    messages=[str(row["message_subject"])],
+                    metrics=None,
+                    mined=True,
+                )
+    from features.mining.diff import measure_unmined_change
+    from features.mining.gitlog import Repository
+
+    base, head = ref.base, ref.head
+    if ref.sha is not None:
+        parents = Repository(ref.repo_path).parents_of(ref.sha)
+        if not parents:
+            raise AwoError(f"commit {ref.sha} has no parent: a root commit is not a change to decide on")
+        base, head = parents[0], ref.sha
+    assert base is not None and head is not None
+    change = measure_unmined_change(ref.repo_path, base, head, settings, tables, ref.repo, as_utc(at))
+    messages = list(Repository(ref.repo_path).messages(list(change.commits)).values())
+    return MeasuredChange(
+        shas=list(change.commits),
+        base=change.merge_base,
+        files=[(f.path, f.la, f.ld) for f in change.files],
+        messages=messages,
+        metrics=change.vector,
+        mined=False,
+    )
+
+
+def assess(change: MeasuredChange, ref: ChangeRef, scorer: RiskScorer) -> tuple[Risk | None, str | None]:
+    """The change's risk, or why it could not be had."""
+    try:
+        if change.mined:
+            risk = scorer.score_mined(ref.repo, change.shas[0])
+            if risk is not None:
+                return risk, None
+            return (
+                None,
+                f"commit {change.shas[0]} is mined but not in the feature store: run `awo features build`",
+            )
+        assert change.metrics is not None
+        return scorer.score_metrics(ref.repo, change.metrics), None
+    except ScoringUnavailable as exc:
+        return None, str(exc)
+
+
+def test_history(settings: Settings, repo: str) -> Any:
+    """The repository's ingested test runs as a TestHistory, with the files of each tested commit."""
+    tables = settings.repo_data_dir(repo)
+    runs_key = file_key(tables / raw_file("test-runs"))
+    return None if runs_key is None else _test_history(runs_key, file_key(tables / FILES_FILE))
+
+
+@functools.lru_cache(maxsize=8)
+def _test_history(runs_key: tuple[str, int, int], files_key: tuple[str, int, int] | None) -> Any:
+    from agents.test_allocation import TestHistory
+
+    runs = read_table_cached(Path(runs_key[0]))
+    if runs is None or runs.empty:
+        return None
+    files = read_table_cached(Path(files_key[0])) if files_key else None
+    files_by_sha = None if files is None else files.groupby("sha")["path"].agg(list).to_dict()
+    return TestHistory.from_runs(runs, files_by_sha)
+
+
+def assemble(
+    ref: ChangeRef,
+    settings: Settings,
+    policy: Policy,
+    *,
+    now: datetime | None = None,
+    services: list[str] | None = None,
+    environment: str = "production",
+    scorer: RiskScorer | None = None,
+    topology: Topology | None = None,
+) -> ChangeContext:
+    from agents.environment import MetricsUnavailable, read_metrics_file, read_prometheus, service_states
+
+    at = as_utc(now).to_pydatetime()
+    topology = topology if topology is not None else load_topology(settings.service_map)
+    change = measure(ref, settings, at)
+    risk, risk_error = assess(change, ref, scorer or scorer_for(settings))
+    service_map = ServiceMap(topology.path_rules())
+    files = [ChangedFile.of(p, service_map.service_of(p), la, ld) for p, la, ld in change.files]
+    touched = services or sorted({f.service for f in files})
+    metrics: pd.DataFrame | None = None
+    warnings: list[str] = []
+    if settings.metrics_file is not None:
+        metrics = read_metrics_file(settings.metrics_file)
+    elif settings.prometheus_url:
+        try:
+            metrics = read_prometheus(
+                settings.prometheus_url,
+                touched,
+                settings.prometheus_requests_query,
+                settings.prometheus_errors_query,
+                at,
+            )
+        except MetricsUnavailable as exc:  # decide without traffic and budget, and say so
+            warnings.append(f"production metrics unknown: {exc}")
+    incidents = read_table_cached(settings.repo_data_dir(ref.repo) / INCIDENTS_FILE)
+    states = service_states(
+        touched,
+        metrics,
+        incidents,
+        {s: topology.service(s).slos for s in touched},
+        at,
+        policy.schedule.lookahead_hours,
+    )
+    return ChangeContext(
+        repo=ref.repo,
+        shas=change.shas,
+        base=change.base,
+        environment=environment,
+        files=files,
+        services=touched,
+        messages=change.messages,
+        risk=risk,
+        risk_error=risk_error,
+        test_history=test_history(settings, ref.repo),
+        topology=topology,
+        service_states=states,
+        warnings=warnings,
+        now=at,
+    )

@@ -1,0 +1,223 @@
+"""`decide(context, policy) -> Decision`: the gate, the test plan and the rollout plan of a change, with the
+reasons. A pure function: the same context and policy give the same decision, with no I/O."""
+
+from __future__ import annotations
+
+import fnmatch
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, computed_field
+
+from agents.context import ChangeContext
+from agents.gating import RiskSignal, band_of
+from agents.policy import Policy, Rule
+from agents.rollout import RolloutPlan, plan_rollout
+from agents.test_plan import TestPlan, plan_tests
+from agents.vocabulary import BANDS, Band, Gate, gate_level, tighter
+from features.topology import CRITICALITY_LEVEL
+
+EXIT_CODES: dict[Gate, int] = {"fast_track": 0, "standard": 0, "senior_review": 3, "block": 4}
+
+
+class Reason(BaseModel):
+    kind: Literal["band", "driver", "rule", "environment", "schedule", "error", "llm", "override"]
+    code: str = Field(description="stable identifier: the rule name, the feature, the guardrail")
+    message: str
+
+
+class LlmReview(BaseModel):
+    """What the LLM said and what of it counted (agents/reasoning.py fills it)."""
+
+    model: str
+    rationale: str = ""
+    accepted: list[dict[str, Any]] = Field(default_factory=list)
+    rejected: list[dict[str, Any]] = Field(default_factory=list, description="proposals refused, with why")
+    guardrails: list[str] = Field(default_factory=list, description="guardrails that fired")
+    fallback: str | None = Field(default=None, description="why the deterministic decision stands alone")
+    prompt: str = ""
+    response: str = ""
+
+
+class Decision(BaseModel):
+    decision_id: str | None = Field(default=None, description="ULID, assigned when recorded in the audit log")
+    repo: str
+    shas: list[str]
+    services: list[str]
+    environment: str
+    gate: Gate
+    band: Band | None = Field(description="the risk band; None when the change could not be scored")
+    probability: float | None
+    reasons: list[Reason]
+    rules_fired: list[str]
+    test_plan: TestPlan
+    rollout_plan: RolloutPlan
+    policy_version: str
+    model: dict[str, str | None] | None = None
+    fallback: str | None = Field(default=None, description="why the policy's on_error gate applied")
+    llm: LlmReview | None = None
+    decided_at: datetime
+    inputs_digest: str
+
+    @computed_field(description="what `awo decide` exits with: 0 proceed, 3 senior review, 4 block")  # type: ignore[prop-decorator]
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.gate]
+
+
+def _matches(rule: Rule, context: ChangeContext) -> bool:
+    when = rule.when
+    kinds = context.kinds()
+    if when.file_kinds and not kinds & set(when.file_kinds):
+        return False
+    if when.only_file_kinds and not (context.files and kinds <= set(when.only_file_kinds)):
+        return False
+    if when.paths and not any(fnmatch.fnmatchcase(f.path, p) for f in context.files for p in when.paths):
+        return False
+    if when.services and not set(context.services) & set(when.services):
+        return False
+    if when.min_criticality is not None:
+        needed = CRITICALITY_LEVEL[when.min_criticality]
+        levels = [CRITICALITY_LEVEL[context.topology.service(s).criticality] for s in context.services]
+        if not levels or max(levels) < needed:
+            return False
+    return True
+
+
+def _band_for_gate(gate: Gate, policy: Policy) -> Band:
+    """The riskiest band whose gate is no tighter than `gate` (for an unscored change's plans)."""
+    fitting = [b for b in BANDS if gate_level(getattr(policy.gates, b)) <= gate_level(gate)]
+    return fitting[-1] if fitting else "critical"
+
+
+def decide(context: ChangeContext, policy: Policy) -> Decision:
+    reasons: list[Reason] = []
+    fallback = None
+    risk = context.risk
+    if risk is None:
+        gate: Gate = policy.on_error
+        band: Band | None = None
+        plan_band = _band_for_gate(gate, policy)
+        fallback = (
+            f"not scored ({context.risk_error or 'no risk score'}): the policy's on_error gate {gate} applies"
+        )
+        reasons.append(Reason(kind="error", code="on_error", message=fallback))
+    else:
+        band = band_of(RiskSignal.from_reference(risk.probability, risk.reference), policy.risk_bands)
+        plan_band = band
+        gate = getattr(policy.gates, band)
+        reasons.append(
+            Reason(
+                kind="band",
+                code=band,
+                message=f"{band} risk: calibrated probability {risk.probability:.3f} "
+                f"({risk.model_name} v{risk.model_version})",
+            )
+        )
+        riskier = [d for d in risk.drivers if d.contribution > 0]
+        for d in sorted(riskier, key=lambda d: -d.contribution)[: policy.top_drivers]:
+            value = "unknown" if d.value is None else f"{d.value:g}"
+            reasons.append(
+                Reason(
+                    kind="driver",
+                    code=d.feature,
+                    message=f"{d.feature} = {value} raises the risk ({d.contribution:+.2f} log-odds)",
+                )
+            )
+
+    fired: list[str] = []
+    rule_suites: dict[str, list[str]] = {}
+    matched = [r for r in policy.rules if _matches(r, context)]
+    for (
+        rule
+    ) in matched:  # relaxations first: they may only loosen the band's gate, never a rule or production
+        if rule.max_gate is not None and risk is not None and gate_level(gate) > gate_level(rule.max_gate):
+            gate = rule.max_gate
+            fired.append(rule.name)
+            reasons.append(
+                Reason(kind="rule", code=rule.name, message=f"{rule.reason} (at most {rule.max_gate})")
+            )
+    for rule in matched:
+        if rule.max_gate is not None:
+            continue
+        fired.append(rule.name)
+        for suite in rule.require_suites:
+            rule_suites.setdefault(suite, []).append(rule.name)
+        if rule.min_gate is not None:
+            gate = tighter(gate, rule.min_gate)
+        reasons.append(Reason(kind="rule", code=rule.name, message=rule.reason))
+
+    env = policy.environment
+    for service in context.services:
+        state = context.service_states.get(service)
+        if state is None:
+            continue
+        if state.open_incidents:
+            ids = ", ".join(i.incident_id for i in state.open_incidents)
+            gate = tighter(gate, env.open_incident_gate)
+            reasons.append(
+                Reason(
+                    kind="environment",
+                    code="open_incident",
+                    message=f"{service} has open incident(s) {ids}: at least {env.open_incident_gate}",
+                )
+            )
+        if state.error_budget_left is not None and state.error_budget_left <= 0:
+            gate = tighter(gate, env.budget_exhausted_gate)
+            reasons.append(
+                Reason(
+                    kind="environment",
+                    code="error_budget_spent",
+                    message=f"{service} has spent its error budget ({state.error_budget_left:.0%} left): "
+                    f"at least {env.budget_exhausted_gate}",
+                )
+            )
+
+    for warning in context.warnings:
+        reasons.append(Reason(kind="environment", code="input_unknown", message=warning))
+    test_plan = plan_tests(context, plan_band, policy, rule_suites)
+    rollout = plan_rollout(context, plan_band, policy)
+    for text in rollout.schedule_reasons:
+        reasons.append(Reason(kind="schedule", code="deploy_at", message=text))
+    if rollout.deploy_at is None:
+        gate = tighter(gate, "senior_review")
+        reasons.append(
+            Reason(kind="schedule", code="no_slot", message="no deploy slot found: a person picks the time")
+        )
+
+    return Decision(
+        repo=context.repo,
+        shas=context.shas,
+        services=context.services,
+        environment=context.environment,
+        gate=gate,
+        band=band,
+        probability=None if risk is None else risk.probability,
+        reasons=reasons,
+        rules_fired=fired,
+        test_plan=test_plan,
+        rollout_plan=rollout,
+        policy_version=policy.version,
+        model=None
+        if risk is None
+        else {"name": risk.model_name, "version": risk.model_version, "kind": risk.model_kind},
+        fallback=fallback,
+        decided_at=context.now,
+        inputs_digest=context.digest(),
+    )
+
+
+DECISION_SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "schemas" / "decision.schema.json"
+
+
+def output_schema() -> dict[str, Any]:
+    """The JSON Schema of `awo decide --json` (a Decision plus the audit head), which CI scripts against."""
+    schema = Decision.model_json_schema(mode="serialization")
+    schema["title"] = "awo decision"
+    schema["properties"]["audit_head"] = {
+        "type": "string",
+        "description": "the audit log's newest HMAC after this decision was recorded",
+    }
+    schema["required"] = [*schema.get("required", []), "audit_head"]
+    return schema

@@ -1,0 +1,292 @@
+"""The decision policy: a versioned YAML file validated here (the default is `agents/default_policy.yaml`).
+It bounds every decision: bands and their gates, mandatory gates, test budgets, rollout templates, deploy
+windows and traffic-peak rules, who may override, and the gate to apply when scoring fails."""
+
+from __future__ import annotations
+
+import re
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agents.gating import RiskBands
+from agents.vocabulary import BANDS, Band, FileKindName, Gate, Strategy, gate_level
+from features.errors import BadConfig
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DEFAULT_POLICY = Path(__file__).resolve().parent / "default_policy.yaml"
+_DURATION = re.compile(r"^(\d+)(s|m|h)$")
+
+
+def duration_seconds(text: str) -> int:
+    """Argo Rollouts' duration words: `30s`, `5m`, `1h`."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration like 30s, 5m or 1h: {text!r}")
+    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+Duration = Annotated[str, Field(pattern=_DURATION.pattern, examples=["30s", "5m", "1h"])]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BandGates(_Strict):
+    """The gate each risk band gets before any rule tightens it."""
+
+    low: Gate = "fast_track"
+    medium: Gate = "standard"
+    high: Gate = "senior_review"
+    critical: Gate = "block"
+
+    @model_validator(mode="after")
+    def _monotone(self) -> BandGates:
+        levels = [gate_level(getattr(self, band)) for band in BANDS]
+        if levels != sorted(levels):
+            raise ValueError("a riskier band cannot get a looser gate than a safer one")
+        return self
+
+
+class Condition(_Strict):
+    """When a rule applies: all given parts must hold (an empty condition never applies)."""
+
+    file_kinds: list[FileKindName] = Field(
+        default_factory=list, description="any changed file is one of these kinds"
+    )
+    paths: list[str] = Field(default_factory=list, description="any changed file matches one of these globs")
+    services: list[str] = Field(default_factory=list, description="the change touches one of these services")
+    min_criticality: Literal["low", "medium", "high", "critical"] | None = Field(
+        default=None, description="a touched service is at least this critical"
+    )
+    only_file_kinds: list[FileKindName] = Field(
+        default_factory=list, description="every changed file is one of these kinds"
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Condition:
+        if not (
+            self.file_kinds or self.paths or self.services or self.min_criticality or self.only_file_kinds
+        ):
+            raise ValueError("a condition needs at least one of file_kinds, paths, services, min_criticality")
+        return self
+
+
+class Rule(_Strict):
+    """A mandatory gate: when the condition holds, require suites, a gate at least this tight, or both."""
+
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+    when: Condition
+    min_gate: Gate | None = None
+    max_gate: Gate | None = Field(
+        default=None, description="loosen to at most this gate (only for `only_file_kinds` rules)"
+    )
+    require_suites: list[str] = Field(default_factory=list)
+    reason: str = Field(min_length=1, max_length=300)
+
+    @model_validator(mode="after")
+    def _does_something(self) -> Rule:
+        if not (self.min_gate or self.max_gate or self.require_suites):
+            raise ValueError("a rule needs min_gate, max_gate or require_suites")
+        if self.max_gate and not self.when.only_file_kinds:
+            raise ValueError("max_gate may only relax changes limited by `only_file_kinds`")
+        return self
+
+
+class Suite(_Strict):
+    """A test suite the plan can schedule, and where it runs."""
+
+    resource: str = Field(
+        min_length=1, description="where it runs: unit-runner, integration-env, perf-env ..."
+    )
+    tests: list[str] = Field(
+        default_factory=list,
+        description="globs of test ids or suite names in the test history that belong to it",
+    )
+    runs_for: list[FileKindName] = Field(
+        default_factory=list,
+        description="file kinds that schedule this suite (empty: only when a rule or band requires it)",
+    )
+    cost_s: float = Field(default=60, ge=0, description="expected duration when the history has no timing")
+
+
+def _default_budgets() -> dict[Band, float]:
+    return {"low": 600.0, "medium": 1800.0, "high": 3600.0, "critical": 7200.0}
+
+
+def _window_bands() -> list[Band]:
+    return ["medium", "high", "critical"]
+
+
+class TestPolicy(_Strict):
+    budget_s: dict[Band, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=_default_budgets,
+        description="test time per band, seconds",
+    )
+    suites_by_band: dict[Band, list[str]] = Field(
+        default_factory=dict, description="suites every change of the band runs"
+    )
+    flaky_retries: int = Field(default=2, ge=0, le=10, description="retries of a failing known-flaky test")
+    flaky_blocking_below: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="a failing test with a flake rate below this blocks even after a passing retry",
+    )
+
+
+class Analysis(_Strict):
+    """An analysis metric in the vocabulary of Argo Rollouts' AnalysisTemplate."""
+
+    name: str = Field(min_length=1)
+    metric: Literal["error_rate", "latency_p99_ms", "saturation"] = "error_rate"
+    interval: Duration = "1m"
+    count: int = Field(default=5, ge=1, le=1000)
+    failure_limit: int = Field(default=1, ge=0)
+    inconclusive_limit: int = Field(default=1, ge=0)
+    success_condition: str = Field(
+        default="result <= 0.01", pattern=r"^result\s*(<|<=|>|>=)\s*[0-9.]+(e-?\d+)?$"
+    )
+
+
+class Step(_Strict):
+    """`set_weight` (percent of traffic to the new version) or `pause` (a duration), as Argo's steps."""
+
+    set_weight: int | None = Field(default=None, ge=0, le=100)
+    pause: Duration | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Step:
+        if (self.set_weight is None) == (self.pause is None):
+            raise ValueError("a step is either set_weight or pause")
+        return self
+
+
+class RolloutTemplate(_Strict):
+    strategy: Strategy
+    steps: list[Step] = Field(default_factory=list)
+    analysis: list[Analysis] = Field(default_factory=list)
+    bake_time: Duration = "0s"
+
+    @model_validator(mode="after")
+    def _weights_rise(self) -> RolloutTemplate:
+        weights = [s.set_weight for s in self.steps if s.set_weight is not None]
+        if weights != sorted(weights):
+            raise ValueError("set_weight steps must not decrease")
+        if self.strategy == "canary" and not weights:
+            raise ValueError("a canary needs set_weight steps")
+        return self
+
+
+class Window(_Strict):
+    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS[:5]))
+    start: time = time(9, 0)
+    end: time = time(17, 0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Window:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class Schedule(_Strict):
+    """When to deploy. Times are UTC. A window list that is empty means any time."""
+
+    windows: list[Window] = Field(default_factory=lambda: [Window()])
+    windows_for: list[Band] = Field(
+        default_factory=_window_bands,
+        description="bands that must wait for a window (low-risk changes may ship any time)",
+    )
+    avoid_peak_share: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="no deploy starts in an hour forecast above this share of the week's peak traffic",
+    )
+    lookahead_hours: int = Field(default=168, ge=1, le=24 * 31, description="how far to search for a slot")
+
+
+class Environment(_Strict):
+    """Production's state tightens gates."""
+
+    open_incident_gate: Gate = Field(
+        default="senior_review",
+        description="at least this gate while the service has an open high/critical incident",
+    )
+    budget_exhausted_gate: Gate = Field(
+        default="senior_review", description="at least this gate when the service's error budget is spent"
+    )
+    budget_low_share: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="below this share of error budget left, use the next band's rollout",
+    )
+
+
+class Overrides(_Strict):
+    """Who may override a gate: identities (token names or user names); `*` means anyone."""
+
+    allowed: list[str] = Field(default_factory=list)
+    may_unblock: list[str] = Field(
+        default_factory=list, description="who may lift a `block` (a subset of `allowed`)"
+    )
+
+
+class Policy(_Strict):
+    version: Annotated[str, Field(min_length=1, max_length=64, description="recorded with every decision")]
+    risk_bands: RiskBands = Field(default_factory=RiskBands)
+    gates: BandGates = Field(default_factory=BandGates)
+    rules: list[Rule] = Field(default_factory=list)
+    suites: dict[str, Suite] = Field(default_factory=dict)
+    tests: TestPolicy = Field(default_factory=TestPolicy)
+    rollout: dict[Band, RolloutTemplate]
+    schedule: Schedule = Field(default_factory=Schedule)
+    environment: Environment = Field(default_factory=Environment)
+    overrides: Overrides = Field(default_factory=Overrides)
+    on_error: Gate = Field(default="senior_review", description="the gate when the change cannot be scored")
+    top_drivers: int = Field(default=3, ge=0, le=20, description="risk drivers quoted in the reasons")
+
+    @field_validator("rollout")
+    @classmethod
+    def _every_band(cls, rollout: dict[Band, RolloutTemplate]) -> dict[Band, RolloutTemplate]:
+        missing = [band for band in BANDS if band not in rollout]
+        if missing:
+            raise ValueError(f"a rollout template for every band is needed; missing {missing}")
+        return rollout
+
+    @model_validator(mode="after")
+    def _suites_exist(self) -> Policy:
+        named = [s for rule in self.rules for s in rule.require_suites]
+        named += [s for suites in self.tests.suites_by_band.values() for s in suites]
+        unknown = sorted(set(named) - set(self.suites))
+        if unknown:
+            raise ValueError(f"suites {unknown} are used but not declared under `suites:`")
+        return self
+
+
+def load_policy(path: Path | None = None) -> Policy:
+    """The policy file (default: the packaged one). A bad file is an error naming the file and the field."""
+    import yaml
+
+    path = Path(path) if path is not None else DEFAULT_POLICY
+    try:
+        doc: Any = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise BadConfig(f"policy {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise BadConfig(f"policy {path} is not valid YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadConfig(f"policy {path}: expected a mapping at the top level")
+    try:
+        return Policy.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(file)"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise BadConfig(f"policy {path}: {where}: {first['msg']}{more}") from None

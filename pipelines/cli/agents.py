@@ -1,0 +1,237 @@
+"""`awo decide`, `awo explain`, `awo override`, `awo audit verify`, `awo policy`: the decision engine's
+commands. `awo decide` exits 0 (proceed), 3 (senior review) or 4 (block) so a CI step can act on it."""
+
+from __future__ import annotations
+
+import getpass
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from features.errors import AwoError
+from pipelines.cli.root import app, console, err_console, load_settings, styled
+
+if TYPE_CHECKING:
+    from agents.engine import Recorded
+
+audit_app = typer.Typer(help="The tamper-evident decision audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+policy_app = typer.Typer(help="The decision policy.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+PolicyOption = Annotated[
+    Path | None, typer.Option("--policy", help="policy YAML (default: AWO_POLICY, else the packaged default)")
+]
+GATE_STYLE = {
+    "fast_track": "bold green",
+    "standard": "green",
+    "senior_review": "bold yellow",
+    "block": "bold red",
+}
+
+
+def _reviewer(settings):
+    if not settings.llm_base_url:
+        return None
+    from agents.reasoning import LlmReviewer
+
+    return LlmReviewer.from_settings(settings)
+
+
+def _ensure_mined(repo: Path, name: str | None, settings) -> str:
+    """The repository's name; mines it first (incrementally) when it has never been mined, so an unmined
+    change is measured against its history."""
+    from features.mining.gitlog import Repository
+    from features.tables import COMMITS_FILE
+
+    repo_name = name or Repository(repo).name
+    if not (settings.repo_data_dir(repo_name) / COMMITS_FILE).exists():
+        from pipelines.cli.mining import MiningProgress, print_mine_summary
+        from pipelines.mine import mine_repository
+
+        with MiningProgress() as progress:
+            result = mine_repository(repo, settings, None, None, 1, repo_name, progress)
+        print_mine_summary(result)
+    return repo_name
+
+
+@app.command()
+def decide(
+    repo: Annotated[Path, typer.Option("--repo", help="the git repository", exists=True, file_okay=False)],
+    sha: Annotated[str | None, typer.Option(help="one commit")] = None,
+    base: Annotated[str | None, typer.Option(help="the target branch or commit of a range")] = None,
+    head: Annotated[str | None, typer.Option(help="the head of the range (a pull request's branch)")] = None,
+    service: Annotated[
+        list[str] | None, typer.Option(help="services shipped (default: from the files)")
+    ] = None,
+    environment: Annotated[str, typer.Option(help="target environment")] = "production",
+    name: Annotated[str | None, typer.Option(help="repository name (default: the folder name)")] = None,
+    policy: PolicyOption = None,
+    now: Annotated[datetime | None, typer.Option(help="decide as of this time (default: now)")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the decision as JSON (docs/schemas)")
+    ] = False,
+) -> None:
+    """Decide how a change is gated, tested and shipped. Exit 0: proceed; 3: senior review; 4: block."""
+    from agents.assemble import ChangeRef
+    from agents.engine import decide_change, policy_of
+
+    settings = load_settings()
+    rules = policy_of(settings, policy)
+    ref = ChangeRef(repo_path=repo, repo="", sha=sha, base=base, head=head)  # checks the options first
+    repo_name = _ensure_mined(repo, name, settings)
+    ref = ChangeRef(repo_path=repo, repo=repo_name, sha=sha, base=base, head=head)
+    recorded = decide_change(
+        ref, settings, rules, services=service, environment=environment, now=now, reviewer=_reviewer(settings)
+    )
+    if as_json:
+        body = recorded.decision.model_dump(mode="json")
+        body["audit_head"] = recorded.audit_head
+        console.print_json(json.dumps(body))
+    else:
+        print_decision(recorded)
+    raise typer.Exit(recorded.decision.exit_code)
+
+
+def print_decision(recorded: Recorded) -> None:
+    d = recorded.decision
+    score = "unscored" if d.probability is None else f"{d.band} risk {d.probability:.3f}"
+    console.print(
+        styled(
+            d.gate.upper().replace("_", " "),
+            GATE_STYLE[d.gate],
+            f"  {d.repo} {', '.join(s[:12] for s in d.shas[:3])}"
+            f"{' …' if len(d.shas) > 3 else ''} → {', '.join(d.services) or '(no service)'} "
+            f"in {d.environment}; {score}",
+        ),
+        highlight=False,
+    )
+    for reason in d.reasons:
+        console.print(f"  - [{reason.kind}] {reason.message}", highlight=False)
+    plan = d.test_plan
+    suites = ", ".join(f"{s.name}@{s.resource}{'*' if s.mandatory else ''}" for s in plan.suites) or "none"
+    console.print(
+        f"tests: {suites}; {len(plan.tests)} tests planned, "
+        f"{plan.planned_s:.0f}s of a {plan.budget_s:.0f}s budget, "
+        f"{plan.skipped_over_budget} left out",
+        highlight=False,
+    )
+    for t in plan.tests[:5]:
+        flaky = f", flaky {t.flake_rate:.0%} → {t.retries} retries, not blocking" if not t.blocking else ""
+        console.print(
+            f"  {t.order}. {t.test_id} (p_fail {t.p_fail:.2f}, {t.duration_s:.0f}s{flaky})", highlight=False
+        )
+    r = d.rollout_plan
+    steps = " → ".join(
+        f"{s.set_weight}%" if s.set_weight is not None else f"pause {s.pause}" for s in r.steps
+    )
+    when = r.deploy_at.strftime("%Y-%m-%d %H:%M UTC") if r.deploy_at else "no slot"
+    console.print(
+        f"rollout: {r.strategy}{' ' + steps if steps else ''}; "
+        f"analysis {', '.join(a.name for a in r.analysis) or 'none'}; "
+        f"bake {r.bake_time_s // 60} min; order {' → '.join(r.deploy_order) or '-'}; at {when}",
+        highlight=False,
+    )
+    if d.llm is not None:
+        llm = d.llm
+        state = (
+            f"fallback: {llm.fallback}"
+            if llm.fallback
+            else f"{len(llm.accepted)} accepted, {len(llm.rejected)} rejected"
+        )
+        console.print(f"llm ({llm.model}): {state}", highlight=False)
+    console.print(
+        f"decision {d.decision_id} (policy {d.policy_version}); audit head {recorded.audit_head}",
+        highlight=False,
+    )
+
+
+@app.command()
+def explain(decision_id: Annotated[str, typer.Argument(help="the decision's id (a ULID)")]) -> None:
+    """A readable account of a recorded decision and its overrides."""
+    from agents.engine import audit_log, explain_text
+
+    settings = load_settings()
+    console.print(explain_text(audit_log(settings).find(decision_id)), highlight=False)
+
+
+@app.command()
+def override(
+    decision_id: Annotated[str, typer.Argument(help="the decision's id")],
+    gate: Annotated[str, typer.Option(help="fast_track, standard, senior_review or block")],
+    reason: Annotated[str, typer.Option(help="why (recorded)")],
+    by: Annotated[str | None, typer.Option("--by", help="who overrides (default: the OS user)")] = None,
+    policy: PolicyOption = None,
+) -> None:
+    """Record a human override of a decision's gate; only identities the policy names may."""
+    from agents.engine import audit_log, policy_of
+    from agents.engine import override as record_override
+    from agents.vocabulary import GATES
+
+    if gate not in GATES:
+        raise AwoError(f"--gate {gate!r}: one of {', '.join(GATES)}")
+    settings = load_settings()
+    who = by or getpass.getuser()
+    done = record_override(audit_log(settings), policy_of(settings, policy), decision_id, gate, reason, who)
+    console.print(
+        f"decision {decision_id}: {done['from_gate']} → {done['to_gate']} by {who}; "
+        f"audit head {done['audit_head']}",
+        highlight=False,
+    )
+
+
+@audit_app.command("verify")
+def audit_verify(
+    head: Annotated[
+        str | None, typer.Option(help="the audit head you kept (printed with each decision)")
+    ] = None,
+) -> None:
+    """Check every record's HMAC chain and the head; exit 1 when the log was changed."""
+    from agents.engine import audit_log
+
+    settings = load_settings()
+    report = audit_log(settings).verify(head)
+    if report.ok:
+        console.print(f"audit log ok: {report.records} records; head {report.head}", highlight=False)
+        return
+    err_console.print(styled("audit log FAILED:", "bold red", f" {report.problem}"), highlight=False)
+    raise typer.Exit(1)
+
+
+@policy_app.command("check")
+def policy_check(path: Annotated[Path, typer.Argument(help="a policy YAML file")]) -> None:
+    """Validate a policy file; errors name the field."""
+    from agents.policy import load_policy
+
+    rules = load_policy(path)
+    console.print(
+        f"policy {path}: version {rules.version}; {len(rules.rules)} rules, {len(rules.suites)} suites, "
+        f"on_error {rules.on_error}",
+        highlight=False,
+    )
+
+
+agent_app = typer.Typer(help="The agents service.", no_args_is_help=True)
+app.add_typer(agent_app, name="agent")
+
+
+@agent_app.command("serve")
+def agent_serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8100,
+) -> None:
+    """Start the agents service (decisions, explanations, overrides, audit check) with uvicorn."""
+    import uvicorn
+
+    from agents.service import create_agent_app
+
+    settings = load_settings()
+    if not settings.api_tokens:
+        err_console.print(
+            styled("warning:", "yellow", " no API tokens configured: every call will get 401 (`awo token`)")
+        )
+    console.print(f"agents service on http://{host}:{port}", highlight=False)
+    uvicorn.run(create_agent_app(settings), host=host, port=port, log_level="warning")
