@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-BandName = Literal["low", "medium", "high", "critical"]
+from agents.vocabulary import BANDS, Band
+
+BandName = Band
+BANDS_ORDER = BANDS  # lowest risk first
 
 # The reference keeps the held-out score distribution at every percentile (q00 … q100), so a policy may
 # move a band's quantile without retraining the model.
