@@ -155,9 +155,10 @@ def reference_from_training(
     train_scores: Sequence[float] | np.ndarray, train_labels: Sequence[int] | np.ndarray
 ) -> dict[str, float]:
     """The training-period reference stored with a model: `base_rate`, `rows` and the scores at every
-    percentile `q00` … `q100`. Pass calibrated probabilities of rows the booster did not fit — the
-    validation and calibration slices, the newest training rows: fit scores on the booster's own rows are
-    optimistic and fast-track too few changes."""
+    percentile `q00` … `q100`. Pass calibrated probabilities of training-period rows the booster did not
+    fit — the validation and calibration slices, the newest training rows (agents.gate_replay.
+    held_out_reference): scored as new changes are, and the closest in time to them. Labels are those
+    rows' labels, so `base_rate` is the recent training-period rate."""
     scores = np.asarray(train_scores, dtype=float)
     labels = np.asarray(train_labels, dtype=float)
     if scores.size == 0 or scores.shape != labels.shape:
