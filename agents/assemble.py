@@ -144,6 +144,26 @@ class HttpScorer:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self._references: dict[tuple[str, str], dict[str, float]] = {}
+
+    def _reference(self, name: str, version: str) -> dict[str, float]:
+        """The served version's training-period reference, from `GET /v1/models` (once per version)."""
+        import httpx
+
+        if (name, version) not in self._references:
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            try:
+                response = httpx.get(f"{self.base_url}/v1/models", headers=headers, timeout=self.timeout)
+                response.raise_for_status()
+                entry = response.json().get(name) or {}
+            except (httpx.HTTPError, ValueError) as exc:
+                raise ScoringUnavailable(f"risk API {self.base_url}: GET /v1/models: {exc}") from None
+            for alias in ("champion", "challenger"):
+                described = entry.get(alias) or {}
+                if str(described.get("version")) == version:
+                    reference = described.get("risk_reference") or {}
+                    self._references[(name, version)] = {k: float(v) for k, v in reference.items()}
+        return self._references.get((name, version), {})
 
     def _post(self, query: dict[str, Any]) -> dict[str, Any]:
         import httpx
@@ -179,6 +199,7 @@ class HttpScorer:
             model_name=model["name"],
             model_version=str(model["version"]),
             model_kind=model.get("kind"),
+            reference=self._reference(model["name"], str(model["version"])),
             warnings=item.get("warnings", []),
         )
 

@@ -150,6 +150,8 @@ class Champions:
                             "feature_service": meta.get("feature_service"),
                             "test_metrics": meta.get("test_metrics"),
                             "test_from": meta.get("test_from"),
+                            # the score quantiles the agents' gate reads bands against
+                            "risk_reference": meta.get("risk_reference"),
                         }
             except AwoError as exc:  # the registry is away: describe what is served
                 entry["registry_error"] = str(exc)
