@@ -45,6 +45,9 @@ bench: install
 	$(PY) benchmarks/features.py
 	$(PY) benchmarks/api.py
 	$(VENV)/bin/awo benchmark jit --out benchmarks/results/jit.json
+	$(PY) benchmarks/gating.py
+	$(PY) benchmarks/test_allocation.py
+	$(PY) benchmarks/decisions.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -11,10 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from agents.gating import BandName, RiskBands, RiskSignal, band_of, reference_from_training
+from agents.gating import BandName, RiskBands, RiskSignal, band_of
 from features.change_metrics import KAMEI_METRICS
 from features.errors import AwoError
-from models.evaluation import time_split
 from models.jit_benchmark import load_project
 from models.risk_model import ModelConfig, RiskModel
 
@@ -43,21 +42,6 @@ class ScoredReplay:
     bug: np.ndarray
 
 
-def held_out_reference(model: RiskModel, train: pd.DataFrame) -> dict[str, float]:
-    """`reference_from_training` on the training rows the booster did not fit: the validation and
-    calibration slices that `RiskModel.fit` cuts from the end of `train` (same split, recomputed)."""
-    cfg = model.config
-    split = time_split(
-        train["committed_at"].reset_index(drop=True),
-        test_share=cfg.calibration_share,
-        validation_share=cfg.validation_share / (1 - cfg.calibration_share),
-        calibration_share=0.0,
-    )
-    rows = np.concatenate([split.validation, split.test])
-    held_out = train.iloc[rows]
-    return reference_from_training(model.predict_proba(held_out), held_out["bug"].to_numpy())
-
-
 def score_history(
     frame: pd.DataFrame, features: list[str], name: str, config: ModelConfig | None = None
 ) -> ScoredReplay:
@@ -73,7 +57,7 @@ def score_history(
     return ScoredReplay(
         project=name,
         rows=len(frame),
-        reference=held_out_reference(model, train),
+        reference=model.reference_,  # the held-out slices' score quantiles, as stored with a model
         probability=np.asarray(model.predict_proba(replay), dtype=float),
         size=(replay["la"] + replay["ld"]).to_numpy(dtype=float),
         bug=replay["bug"].to_numpy(dtype=int),

@@ -4,24 +4,21 @@ Pure: no I/O; the same signal and bands give the same band."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.vocabulary import BANDS, Band
+from models.evaluation import QUANTILE_LEVELS, quantile_key, risk_reference
 
 BandName = Band
 BANDS_ORDER = BANDS  # lowest risk first
 
-# The reference keeps the held-out score distribution at every percentile (q00 … q100), so a policy may
-# move a band's quantile without retraining the model.
-QUANTILE_LEVELS: tuple[float, ...] = tuple(i / 100 for i in range(101))
-
-
-def quantile_key(level: float) -> str:
-    return f"q{round(level * 100):02d}"
+# The reference (models/evaluation.py, stored with each model) keeps the held-out score distribution at every
+# percentile (q00 … q100), so a policy may move a band's quantile without retraining the model.
+reference_from_training = risk_reference
 
 
 class RiskBands(BaseModel):
@@ -149,27 +146,3 @@ def band_of(signal: RiskSignal, bands: RiskBands) -> BandName:
     if p <= signal.reference_score(bands.fast_track_quantile):
         return "low"
     return "medium"
-
-
-def reference_from_training(
-    train_scores: Sequence[float] | np.ndarray, train_labels: Sequence[int] | np.ndarray
-) -> dict[str, float]:
-    """The training-period reference stored with a model: `base_rate`, `rows` and the scores at every
-    percentile `q00` … `q100`. Pass calibrated probabilities of training-period rows the booster did not
-    fit — the validation and calibration slices, the newest training rows (agents.gate_replay.
-    held_out_reference): scored as new changes are, and the closest in time to them. Labels are those
-    rows' labels, so `base_rate` is the recent training-period rate."""
-    scores = np.asarray(train_scores, dtype=float)
-    labels = np.asarray(train_labels, dtype=float)
-    if scores.size == 0 or scores.shape != labels.shape:
-        raise ValueError(
-            f"need as many labels as scores, and some: {scores.size} scores, {labels.size} labels"
-        )
-    if not np.all(np.isfinite(scores)):
-        raise ValueError("reference scores must be finite")
-    values = np.quantile(scores, QUANTILE_LEVELS)
-    return {
-        "base_rate": float(labels.mean()),
-        "rows": float(scores.size),
-        **{quantile_key(level): float(v) for level, v in zip(QUANTILE_LEVELS, values, strict=True)},
-    }

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from features.errors import AwoError
+from pipelines.cli.models import benchmark_app
 from pipelines.cli.root import app, console, err_console, load_settings, styled
 
 if TYPE_CHECKING:
@@ -235,3 +236,123 @@ def agent_serve(
         )
     console.print(f"agents service on http://{host}:{port}", highlight=False)
     uvicorn.run(create_agent_app(settings), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def plan(
+    goal: Annotated[str, typer.Argument(help='e.g. "ship 3f2a9c1 of payments to production within 4h"')],
+    out: Annotated[Path, typer.Option("--out", help="the plan file to write (YAML)")],
+    repo: Annotated[
+        Path | None, typer.Option(help="decide on the goal's commit in this repository first")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="repository name (default: the folder name)")] = None,
+    policy: PolicyOption = None,
+) -> None:
+    """Turn a goal into a checked task graph (analyse → test → staging → canary → promote → watch)."""
+    from agents.engine import policy_of
+    from agents.goals import parse_goal
+    from agents.planner import plan_goal, save_plan
+
+    settings = load_settings()
+    rules = policy_of(settings, policy)
+    parsed = parse_goal(goal)
+    decision = None
+    if repo is not None and parsed.ref is not None:
+        from agents.assemble import ChangeRef
+        from agents.engine import decide_change
+
+        repo_name = _ensure_mined(repo, name, settings)
+        ref = ChangeRef(repo_path=repo, repo=repo_name, sha=parsed.ref)
+        recorded = decide_change(
+            ref, settings, rules, services=parsed.services, environment=parsed.environment
+        )
+        decision = recorded.decision
+        print_decision(recorded)
+    made = plan_goal(parsed, decision, rules)
+    save_plan(made, out)
+    console.print(
+        f"plan {made.plan_id}: {parsed.describe()}: {len(made.tasks)} tasks, gate {made.gate}, "
+        f"strategy {made.strategy or '-'}, about {made.estimated_s / 3600:.1f} h → {out}",
+        highlight=False,
+    )
+    for task in made.tasks:
+        after = f"  after {', '.join(task.depends_on)}" if task.depends_on else ""
+        console.print(f"  {task.id}  {task.describe()}{after}", highlight=False)
+    for note in made.notes:
+        console.print(f"note: {note}", highlight=False)
+
+
+@app.command()
+def run(
+    plan_file: Annotated[
+        Path, typer.Argument(help="a plan written by `awo plan`", exists=True, dir_okay=False)
+    ],
+    approved_by: Annotated[
+        str | None, typer.Option(help="who approves a senior_review plan (the policy names who may)")
+    ] = None,
+    fail: Annotated[
+        list[str] | None, typer.Option(help="dry run: make TASK_ID fail, as TASK_ID=REASON (repeatable)")
+    ] = None,
+    policy: PolicyOption = None,
+) -> None:
+    """Execute a plan step by step against the dry-run executor; resumes where a previous run stopped.
+    Exit 0: succeeded; 4: blocked; 1: failed."""
+    from agents.engine import OverrideRefused, audit_log, policy_of
+    from agents.executor import DryRunExecutor
+    from agents.planner import load_plan
+    from agents.run import run_plan
+
+    settings = load_settings()
+    rules = policy_of(settings, policy)
+    if (
+        approved_by is not None
+        and "*" not in rules.overrides.allowed
+        and approved_by not in rules.overrides.allowed
+    ):
+        raise OverrideRefused(f"{approved_by!r} may not approve plans (policy overrides.allowed)")
+    failures = {}
+    for item in fail or []:
+        task_id, sep, reason = item.partition("=")
+        if not sep or not task_id or not reason:
+            raise AwoError(f"--fail {item!r}: expected TASK_ID=REASON")
+        failures[task_id] = reason
+    report = run_plan(
+        load_plan(plan_file),
+        DryRunExecutor(fail=failures),
+        on_event=lambda event: console.print(event.message, highlight=False),
+        audit=audit_log(settings),
+        state_path=plan_file,
+        incidents_path=settings.data_dir / "incidents" / "awo-plans.csv",
+        approved_by=approved_by,
+    )
+    for line in report.summary_lines():
+        console.print(line, highlight=False)
+    raise typer.Exit(report.exit_code)
+
+
+@benchmark_app.command("tests")
+def benchmark_tests(
+    dataset: Annotated[
+        Path, typer.Option(help="a CI history in the RETECS format (';'-separated, gzip or not)", exists=True)
+    ],
+    out: Annotated[Path | None, typer.Option(help="write the figures as JSON")] = None,
+) -> None:
+    """Test allocation replayed cycle by cycle (strictly online) beside random, recent-failures-first and
+    an oracle: APFD, NAPFD with a 50% budget, time to the first failure."""
+    from agents.test_replay import run_test_benchmark
+
+    run_test_benchmark(dataset, out)
+
+
+@benchmark_app.command("gate")
+def benchmark_gate(
+    dataset: Annotated[
+        Path, typer.Option(help="a folder of JIT CSVs in the ISSTA'21 schema", exists=True, file_okay=False)
+    ],
+    out: Annotated[Path | None, typer.Option(help="write the figures as JSON")] = None,
+) -> None:
+    """The risk gate replayed on each project's last 20% of commits, beside a lines-changed gate at the
+    same shares: fast-tracked share and its defect rate over the base rate, defects gated."""
+    from agents.gate_replay import print_gate_table, run_gate_benchmark
+
+    print_gate_table(run_gate_benchmark(dataset, out), console)
