@@ -36,6 +36,10 @@ services:
 	      (apt-get update -qq && apt-get install -y -qq --no-install-recommends $$pkg) >/dev/null 2>&1; }; } || \
 	  echo "note: $$bin not available; the tests that need it will skip"; \
 	done
+	@# The local LLM (llama.cpp's server + SmolLM2): compiled once into ~/.cache/awo (10-16 min on 2 cores),
+	@# seconds afterwards; the LLM tests skip with the reason when it cannot be built.
+	@scripts/llm.sh build >/dev/null && scripts/llm.sh install >/dev/null || \
+	  echo "note: the local LLM could not be built (scripts/llm.sh build); the LLM tests will skip"
 
 test: lint services
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15

@@ -52,19 +52,20 @@ class Answer(BaseModel):
 RESPONSE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "rationale": {"type": "string", "maxLength": MAX_RATIONALE},
+        # No maxLength/maxItems: llama.cpp's grammar spells each out as nested options and fails to parse a
+        # grammar that large; lengths are cut in code (MAX_RATIONALE, MAX_PROPOSALS) and by max_tokens.
+        "rationale": {"type": "string"},
         "proposals": {
             "type": "array",
-            "maxItems": MAX_PROPOSALS,
             "items": {
                 "type": "object",
                 "properties": {
                     "kind": {"type": "string", "enum": list(PROPOSAL_KINDS)},
                     "gate": {"type": "string", "enum": list(GATES)},
-                    "tests": {"type": "array", "items": {"type": "string"}, "maxItems": 20},
+                    "tests": {"type": "array", "items": {"type": "string"}},
                     "suite": {"type": "string"},
                     "delay_hours": {"type": "integer", "minimum": 1, "maximum": 168},
-                    "why": {"type": "string", "maxLength": 300},
+                    "why": {"type": "string"},
                 },
                 "required": ["kind", "why"],
             },
@@ -315,34 +316,35 @@ class LlmReviewer:
         prompt = prompt_for(decision, context, policy)
         answers: list[Answer] = []
         raw: list[str] = []
-        failure = None
+        failures: list[str] = []
         for seed in range(self.samples):
             try:
                 text = self._ask(prompt, seed)
             except openai.APITimeoutError:
-                failure = f"the LLM did not answer within {self.timeout:g}s"
-                break
+                failures.append(f"the LLM did not answer within {self.timeout:g}s")
+                break  # a slow endpoint will not be quicker for the next sample
             except openai.APIError as exc:  # connection refused, 5xx, bad request
-                failure = f"the LLM call failed: {type(exc).__name__}: {str(exc)[:200]}"
+                failures.append(f"the LLM call failed: {type(exc).__name__}: {str(exc)[:200]}")
                 break
             raw.append(text)
             try:
                 answers.append(Answer.model_validate_json(text))
-            except ValidationError as exc:
-                failure = f"the LLM's answer is not valid JSON of the schema: {exc.errors()[0]['msg']}"
-                break
+            except ValidationError as exc:  # e.g. cut off at max_tokens: this sample abstains
+                failures.append(f"the LLM's answer is not valid JSON of the schema: {exc.errors()[0]['msg']}")
         review = LlmReview(model=self.model, prompt=prompt, response="\n---\n".join(raw))
-        if failure is not None:
-            review.fallback = failure + "; the deterministic decision stands"
+        if not answers:
+            review.fallback = failures[0] + "; the deterministic decision stands"
             review.guardrails = ["fallback"]
             return decision.model_copy(update={"llm": review})
-        needed = self.samples // 2 + 1
+        needed = self.samples // 2 + 1  # a majority of the samples asked for; invalid ones abstain
         proposals = agreed(answers, needed)
-        dropped = sum(len(a.proposals) for a in answers[:1]) - len(
-            [p for p in answers[0].proposals if p in proposals]
-        )
+        offered = {p.key() for a in answers for p in a.proposals}
         reviewed, accepted, rejected, fired = verify(proposals, decision, context, policy)
         review.rationale = answers[0].rationale[:MAX_RATIONALE]
         review.accepted, review.rejected = accepted, rejected
-        review.guardrails = fired + (["self_consistency"] if dropped > 0 and self.samples > 1 else [])
+        review.guardrails = fired
+        if len(offered) > len(proposals):
+            review.guardrails.append("self_consistency")
+        if failures:
+            review.guardrails.append("invalid_sample")
         return reviewed.model_copy(update={"llm": review})
