@@ -202,6 +202,15 @@ def audit_verify(
     raise typer.Exit(1)
 
 
+@audit_app.command("repair")
+def audit_repair() -> None:
+    """Remove a line torn by a crash mid-write from the end of the log (kept aside in a side file); refuses
+    a log whose complete lines do not verify."""
+    from agents.engine import audit_log
+
+    console.print(audit_log(load_settings()).repair().describe(), highlight=False)
+
+
 @policy_app.command("check")
 def policy_check(path: Annotated[Path, typer.Argument(help="a policy YAML file")]) -> None:
     """Validate a policy file; errors name the field."""
