@@ -62,21 +62,21 @@ def test_allocation(tables) -> dict:
         changed = files_by_sha.get(run["sha"].iloc[0], [])
         keys = list(failed)
 
-        def apfd(sequence: list[tuple[str, str]]) -> float:
+        def apfd(sequence: list[tuple[str, str]], failed=failed, durations=durations) -> float:
             verdicts = np.array([failed[k] for k in sequence], dtype=int)
             return napfd(verdicts, np.array([durations[k] for k in sequence], dtype=float))
 
-        def ranked(with_files: bool) -> list[tuple[str, str]]:
-            known = [(t.suite, t.test_id) for t in rank_tests(history, changed if with_files else ())]
-            seen = [k for k in known if k in failed]
+        def ranked(files: list[str], history=history, keys=keys) -> list[tuple[str, str]]:
+            known = [(t.suite, t.test_id) for t in rank_tests(history, files)]
+            seen = [k for k in known if k in set(keys)]
             return seen + sorted(k for k in keys if k not in set(seen))  # tests new to the history last
 
-        scores["awo"].append(apfd(ranked(True)))
-        scores["awo_without_file_links"].append(apfd(ranked(False)))
-        scores["random"].append(
-            float(np.mean([apfd([keys[i] for i in rng.permutation(len(keys))]) for _ in range(10)]))
-        )
-        scores["oracle"].append(apfd(sorted(keys, key=lambda k: (not failed[k], durations[k]))))
+        shuffled = [[keys[i] for i in rng.permutation(len(keys))] for _ in range(10)]
+        scores["awo"].append(apfd(ranked(changed)))
+        scores["awo_without_file_links"].append(apfd(ranked([])))
+        scores["random"].append(float(np.mean([apfd(order) for order in shuffled])))
+        oracle = [k for _, _, k in sorted((not failed[k], durations[k], k) for k in keys)]
+        scores["oracle"].append(apfd(oracle))
     return {
         name: {"mean_apfd_failing_runs": round(float(np.mean(v)), 4), "runs": len(v)}
         for name, v in scores.items()
@@ -101,12 +101,15 @@ def main() -> None:
     for method in ("awo", "lines_changed"):
         m = gate[method]["mean"]
         print(
-            f"gate {method:14s} fast-tracked {m['fast_track_share']:.3f} at {m['fast_track_defect_ratio']:.3f}x "
-            f"the base rate; gated {m['gated_share']:.3f} holding {m['gated_defect_share']:.3f} of the defects"
+            f"gate {method:14s} fast-tracked {m['fast_track_share']:.3f} "
+            f"at {m['fast_track_defect_ratio']:.3f}x "
+            f"the base rate; gated {m['gated_share']:.3f} "
+            f"holding {m['gated_defect_share']:.3f} of the defects"
         )
     for name, figures in result["test_allocation"].items():
         print(
-            f"tests {name:24s} APFD {figures['mean_apfd_failing_runs']:.3f} over {figures['runs']} failing runs"
+            f"tests {name:24s} APFD {figures['mean_apfd_failing_runs']:.3f} "
+            f"over {figures['runs']} failing runs"
         )
     print(f"written {out}")
 
