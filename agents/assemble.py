@@ -58,7 +58,7 @@ class ChangeRef:
             raise AwoError("--head needs --base")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MeasuredChange:
     shas: list[str]
     base: str | None
@@ -221,25 +221,35 @@ def scorer_for(settings: Settings) -> RiskScorer:
     return InProcessScorer(settings)
 
 
+@functools.lru_cache(maxsize=4)
+def _mined_commits(
+    commits_key: tuple[str, int, int], files_key: tuple[str, int, int] | None
+) -> dict[str, MeasuredChange]:
+    """Every mined commit as a measured change, by sha; built again only when a table changes."""
+    commits = read_table_cached(Path(commits_key[0]))
+    files = read_table_cached(Path(files_key[0])) if files_key else None
+    by_sha: dict[str, list[tuple[str, int, int]]] = {}
+    if files is not None:
+        for sha, path, la, ld in zip(files["sha"], files["path"], files["la"], files["ld"], strict=True):
+            by_sha.setdefault(sha, []).append((path, int(la), int(ld)))
+    if commits is None:
+        return {}
+    return {
+        sha: MeasuredChange([sha], None, by_sha.get(sha, []), [str(subject)], None, True)
+        for sha, subject in zip(commits["sha"], commits["message_subject"], strict=True)
+    }
+
+
 def measure(ref: ChangeRef, settings: Settings, at: datetime) -> MeasuredChange:
     """The change's commits and files: from the mined tables for a mined commit, else from git."""
     tables = settings.repo_data_dir(ref.repo)
-    if ref.sha is not None:
-        commits = read_table_cached(tables / COMMITS_FILE)
-        if commits is not None:
-            hit = commits[commits["sha"].str.startswith(ref.sha.lower())]
-            if len(hit) == 1:
-                row = hit.iloc[0]
-                files = read_table_cached(tables / FILES_FILE)
-                rows = files[files["sha"] == row["sha"]] if files is not None else files
-                return MeasuredChange(
-                    shas=[row["sha"]],
-                    base=None,
-                    files=[] if rows is None else [(r.path, int(r.la), int(r.ld)) for r in rows.itertuples()],
-                    messages=[str(row["message_subject"])],
-                    metrics=None,
-                    mined=True,
-                )
+    commits_key = file_key(tables / COMMITS_FILE)
+    if ref.sha is not None and commits_key is not None:
+        mined = _mined_commits(commits_key, file_key(tables / FILES_FILE))
+        sha = ref.sha.lower()
+        hits = [mined[sha]] if sha in mined else [m for full, m in mined.items() if full.startswith(sha)]
+        if len(hits) == 1:
+            return hits[0]
     from features.mining.diff import measure_unmined_change
     from features.mining.gitlog import Repository
 

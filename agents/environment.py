@@ -151,14 +151,12 @@ def open_incidents(incidents: pd.DataFrame | None, service: str, now: datetime) 
     if incidents is None or incidents.empty:
         return []
     at = pd.Timestamp(now)
-    started = pd.to_datetime(incidents["started_at"], utc=True)
-    resolved = pd.to_datetime(incidents["resolved_at"], utc=True)
-    rows = incidents[
-        (incidents["service"] == service)
-        & incidents["severity"].isin(OPEN_INCIDENT_SEVERITIES)
-        & (started <= at)
-        & (resolved.isna() | (resolved > at))
-    ]
+    mine = incidents[(incidents["service"] == service) & incidents["severity"].isin(OPEN_INCIDENT_SEVERITIES)]
+    if mine.empty:  # the common case, and the cheap one: no time columns converted
+        return []
+    started = pd.to_datetime(mine["started_at"], utc=True)
+    resolved = pd.to_datetime(mine["resolved_at"], utc=True)
+    rows = mine[(started <= at) & (resolved.isna() | (resolved > at))]
     return [
         OpenIncident(incident_id=str(r.incident_id), severity=str(r.severity), started_at=r.started_at)
         for r in rows.itertuples()
@@ -177,11 +175,10 @@ def service_states(
     now = as_utc(now).to_pydatetime()
     states: dict[str, ServiceState] = {}
     for service in services:
-        history = (
-            metrics[(metrics["service"] == service) & (metrics["timestamp"] <= pd.Timestamp(now))]
-            if metrics is not None
-            else pd.DataFrame(columns=list(METRIC_COLUMNS))
-        )
+        if metrics is None:
+            states[service] = ServiceState(open_incidents=open_incidents(incidents, service, now))
+            continue
+        history = metrics[(metrics["service"] == service) & (metrics["timestamp"] <= pd.Timestamp(now))]
         profile = traffic_profile(history)
         states[service] = ServiceState(
             traffic_forecast=[] if profile is None else forecast(profile, now, horizon_hours),

@@ -1,6 +1,7 @@
 """Decision latency without an LLM, in process: one change of the demo world (mined, labelled, trained)
 through the whole engine — context assembled from the tables, scored by the champion through the online
-store, decided, recorded in the audit log — and `decide()` alone, the pure function. In the same run, the
+store, decided, recorded in the audit log (an fsync'ed append) —, the same without the audit write, and
+`decide()` alone, the pure function. In the same run, the
 floor: scoring the same commit through the scoring core only. Target: p99 under 20 ms for one change.
 
 Usage: python benchmarks/decisions.py   (writes benchmarks/results/decisions.json)"""
@@ -75,6 +76,9 @@ def main() -> None:
             context = assemble(ref, settings, policy, scorer=scorer)
             record(decide(context, policy), context, log)
 
+        def assembled_and_decided() -> None:
+            decide(assemble(next_ref(), settings, policy, scorer=scorer), policy)
+
         contexts = [assemble(r, settings, policy, scorer=scorer) for r in refs]
 
         def decide_only() -> None:
@@ -89,6 +93,7 @@ def main() -> None:
 
         results = {
             "whole_engine": timed(whole_engine),
+            "decision_without_audit_write": timed(assembled_and_decided),
             "decide_only": timed(decide_only),
             "scoring_core_floor": timed(scoring_floor),
         }
@@ -99,7 +104,7 @@ def main() -> None:
     results["machine"] = {"python": platform.python_version(), "cpus": __import__("os").cpu_count()}
     out = ROOT / "benchmarks" / "results" / "decisions.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
-    for name in ("whole_engine", "decide_only", "scoring_core_floor"):
+    for name in ("whole_engine", "decision_without_audit_write", "decide_only", "scoring_core_floor"):
         r = results[name]
         print(f"{name:20s} p50 {r['p50_ms']:8.3f} ms   p99 {r['p99_ms']:8.3f} ms")
     print(f"engine / scoring floor (p50): {results['engine_over_floor']}x; written {out}")
