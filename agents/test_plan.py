@@ -131,11 +131,12 @@ def plan_tests(
                 reasons=list(t.reasons),
             )
         )
+    unknown = [n for n in names if n not in {s for _, s in in_suites}]  # scheduled, no history yet
     return TestPlan(
         suites=suites,
         tests=tests,
         budget_s=budget,
-        planned_s=sum(t.duration_s for t in tests),
+        planned_s=sum(t.duration_s for t in tests) + sum(policy.suites[n].cost_s for n in unknown),
         skipped_over_budget=len(in_suites) - len(tests),
         history_tests=len(ranked),
     )

@@ -123,7 +123,8 @@ def print_decision(recorded: Recorded) -> None:
     for t in plan.tests[:5]:
         flaky = f", flaky {t.flake_rate:.0%} → {t.retries} retries, not blocking" if not t.blocking else ""
         console.print(
-            f"  {t.order}. {t.test_id} (p_fail {t.p_fail:.2f}, {t.duration_s:.0f}s{flaky})", highlight=False
+            f"  {t.order}. {t.suite}::{t.test_id} (p_fail {t.p_fail:.2f}, {t.duration_s:.0f}s{flaky})",
+            highlight=False,
         )
     r = d.rollout_plan
     steps = " → ".join(
