@@ -189,7 +189,7 @@ class AgentSettings(BaseModel):
     llm_timeout_seconds: float = Field(default=30.0, gt=0, le=600, description="one LLM call's time limit")
     llm_response_format: Literal["json_object", "json_schema"] = Field(
         default="json_object",
-        description="json_object: llama.cpp's schema-constrained JSON; json_schema: OpenAI's structured outputs",
+        description="json_object: llama.cpp's JSON with a schema; json_schema: OpenAI's structured outputs",
     )
     llm_samples: int = Field(
         default=1, ge=1, le=9, description="self-consistency: LLM samples that must agree"
