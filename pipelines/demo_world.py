@@ -578,12 +578,12 @@ def write_delivery(world: _World, shas: list[str], out: Path, seed: int) -> dict
                     flaky = (suite, test) in FLAKY_TESTS
                     fails = (broken and rng.random() < 0.15) or (flaky and rng.random() < 0.2)
                     duration = round(rng.lognormvariate(0.5 if suite.endswith("unit") else 2.5, 0.4), 3)
-                    started = _iso(times[i] + 300)  # CI starts a few minutes after the commit
+                    run_started = _iso(times[i] + 300)  # CI starts a few minutes after the commit
                     verdict = "failed" if fails else "passed"
-                    runs.append([f"ci-{i:05d}", shas[i], suite, test, duration, verdict, 1, started])
+                    runs.append([f"ci-{i:05d}", shas[i], suite, test, duration, verdict, 1, run_started])
                     if fails:  # CI retries failures once: flaky tests usually pass, real failures do not
                         again = "passed" if flaky and rng.random() < 0.9 else "failed"
-                        runs.append([f"ci-{i:05d}", shas[i], suite, test, duration, again, 2, started])
+                        runs.append([f"ci-{i:05d}", shas[i], suite, test, duration, again, 2, run_started])
     for name, header, rows in (
         (
             "deployments.csv",
