@@ -40,7 +40,7 @@ import filelock
 import ulid
 
 from features.errors import AwoError, BadConfig
-from features.tables import atomic_write_text
+from features.tables import atomic_write_text, fsync_dir
 
 LOG_FILE = "decisions.jsonl"
 HEAD_FILE = "decisions.head"
@@ -194,7 +194,7 @@ class AuditLog:
             finally:
                 os.close(fd)
             if created:
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
             self._write_head(AuditHead(mac, head.count + 1))
         return AuditEntry(body["decision_id"], head.count, mac)
 
@@ -227,7 +227,7 @@ class AuditLog:
                 fh.truncate(data_end)
                 fh.flush()
                 os.fsync(fh.fileno())
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         return RepairReport(len(torn), lines + 1, saved, torn[:80].decode("utf-8", "replace"))
 
     # -- reading ---------------------------------------------------------------------------------------
@@ -522,11 +522,3 @@ def _checked_body(record: dict[str, Any]) -> dict[str, Any]:
             f"audit record of decision {record['decision_id']} is not plain JSON: {exc}"
         ) from None
     return body
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

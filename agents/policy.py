@@ -7,13 +7,13 @@ from __future__ import annotations
 import re
 from datetime import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agents.gating import RiskBands
 from agents.vocabulary import BANDS, Band, FileKindName, Gate, Strategy, gate_level
-from features.errors import BadConfig
+from features.yamlfile import load_yaml_model
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -272,21 +272,4 @@ class Policy(_Strict):
 
 def load_policy(path: Path | None = None) -> Policy:
     """The policy file (default: the packaged one). A bad file is an error naming the file and the field."""
-    import yaml
-
-    path = Path(path) if path is not None else DEFAULT_POLICY
-    try:
-        doc: Any = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise BadConfig(f"policy {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise BadConfig(f"policy {path} is not valid YAML: {exc}") from None
-    if not isinstance(doc, dict):
-        raise BadConfig(f"policy {path}: expected a mapping at the top level")
-    try:
-        return Policy.model_validate(doc)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(file)"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise BadConfig(f"policy {path}: {where}: {first['msg']}{more}") from None
+    return load_yaml_model(Path(path) if path is not None else DEFAULT_POLICY, Policy, "policy")

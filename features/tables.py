@@ -171,9 +171,9 @@ def recover(directory: Path) -> None:
     for tmp, final in moves:
         if (directory / tmp).exists():
             os.replace(directory / tmp, directory / final)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     journal.unlink()
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def write_tables(directory: Path, tables: dict[str, pa.Table]) -> None:
@@ -238,10 +238,11 @@ def atomic_write_text(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in `directory` durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

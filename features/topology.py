@@ -9,9 +9,10 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from features.errors import BadConfig
+from features.yamlfile import load_yaml_model
 
 Criticality = Literal["low", "medium", "high", "critical"]
 CRITICALITY_LEVEL: dict[str, int] = {"low": 1, "medium": 2, "high": 3, "critical": 4}
@@ -106,23 +107,7 @@ def load_topology(path: Path | None) -> Topology:
     """The service map, or an empty one. A bad file is an error naming the file and the field."""
     if path is None:
         return Topology()
-    import yaml
-
-    path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise BadConfig(f"service map {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise BadConfig(f"service map {path} is not valid YAML: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("services", {}), dict):
-        raise BadConfig(f"service map {path}: expected a top-level 'services:' mapping")
-    try:
-        return Topology.model_validate(doc)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(file)"
-        raise BadConfig(f"service map {path}: {where}: {first['msg']}") from None
+    return load_yaml_model(Path(path), Topology, "service map", empty={})
 
 
 def write_schema(path: Path = SCHEMA_FILE) -> None:
