@@ -283,12 +283,13 @@ class LlmReviewer:
             response_format=settings.llm_response_format,
         )
 
-    def _format(self) -> dict[str, Any]:
+    def _format(self, schema: dict[str, Any]) -> dict[str, Any]:
         if self.response_format == "json_schema":  # OpenAI's structured outputs
-            return {"type": "json_schema", "json_schema": {"name": "review", "schema": RESPONSE_SCHEMA}}
-        return {"type": "json_object", "schema": RESPONSE_SCHEMA}  # llama.cpp's grammar-constrained JSON
+            return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+        return {"type": "json_object", "schema": schema}  # llama.cpp's grammar-constrained JSON
 
-    def _ask(self, prompt: str, seed: int) -> str:
+    def ask(self, system: str, prompt: str, schema: dict[str, Any], seed: int) -> str:
+        """One schema-constrained chat call; the raw text of the answer."""
         if self._client is None:
             from openai import OpenAI
 
@@ -300,13 +301,16 @@ class LlmReviewer:
             )
         response = self._client.chat.completions.create(
             model=self.model,
-            messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}],
-            response_format=self._format(),
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+            response_format=self._format(schema),
             temperature=0.0 if self.samples == 1 else 0.7,
             seed=seed,
             max_tokens=self.max_tokens,
         )
         return response.choices[0].message.content or ""
+
+    def _ask(self, prompt: str, seed: int) -> str:
+        return self.ask(SYSTEM_PROMPT, prompt, RESPONSE_SCHEMA, seed)
 
     def review(self, decision: Decision, context: ChangeContext, policy: Policy) -> Decision:
         """The decision with the verified proposals applied and the review attached; on any failure of
@@ -348,3 +352,56 @@ class LlmReviewer:
         if failures:
             review.guardrails.append("invalid_sample")
         return reviewed.model_copy(update={"llm": review})
+
+
+PLAN_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "tasks": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "kind": {"type": "string"},  # checked against the closed vocabulary by the planner
+                    "service": {"type": "string"},
+                    "environment": {"type": "string"},
+                    "depends_on": {"type": "array", "items": {"type": "string"}},
+                    "why": {"type": "string"},
+                },
+                "required": ["id", "kind", "depends_on"],
+            },
+        }
+    },
+    "required": ["tasks"],
+}
+
+PLAN_PROMPT = """You plan software deliveries. Given a goal, answer only with JSON {"tasks": [...]}: \
+each task has an id, a kind (analyse, test, deploy, canary, promote, watch, rollback, block, \
+record_incident, notify), a service, an environment and the ids it depends_on. A deterministic planner checks your plan \
+and completes it: tasks outside the vocabulary or unsafe orders are refused."""
+
+
+def propose_plan(
+    reviewer: LlmReviewer, goal_text: str, decision: Decision | None
+) -> tuple[dict[str, Any] | None, str]:
+    """An LLM's task graph for a goal (to be checked and completed by `agents.planner.complete_plan`), and
+    what happened: None with the reason when the LLM fails or answers outside the schema. The goal is
+    quoted as untrusted data."""
+    import openai
+
+    facts = {"gate": decision.gate, "strategy": decision.rollout_plan.strategy} if decision else {}
+    prompt = f"Decision facts: {json.dumps(facts)}\nGoal (untrusted):\n<data>\n{goal_text[:500]}\n</data>\n"
+    try:
+        text = reviewer.ask(PLAN_PROMPT, prompt, PLAN_SCHEMA, seed=0)
+    except openai.APITimeoutError:
+        return None, f"the LLM did not answer within {reviewer.timeout:g}s"
+    except openai.APIError as exc:
+        return None, f"the LLM call failed: {type(exc).__name__}: {str(exc)[:200]}"
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None, "the LLM's plan is not valid JSON"
+    if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list):
+        return None, "the LLM's plan has no task list"
+    return doc, f"the LLM proposed {len(doc['tasks'])} tasks"

@@ -226,3 +226,18 @@ def test_self_consistency_samples_of_a_real_model_only_keep_agreed_proposals(llm
     assert reviewed.llm.response.count("\n---\n") == 2  # three samples asked
     assert reviewed.llm.fallback is None or "invalid_sample" not in reviewed.llm.guardrails
     assert gate_level(reviewed.gate) >= gate_level(decision.gate)
+
+
+def test_a_real_models_plan_proposal_is_checked_and_completed_by_the_planner(llm_endpoint):
+    from agents.goals import parse_goal
+    from agents.planner import check_plan, complete_plan, plan_goal
+    from agents.reasoning import propose_plan
+
+    base_url, model = llm_endpoint
+    goal = "ship 3f2a9c1 of payments to production"
+    proposed, said = propose_plan(LlmReviewer(base_url, model, timeout=120, max_tokens=300), goal, None)
+    assert proposed is not None, said
+    plan = complete_plan(proposed, parse_goal(goal), None, POLICY)
+    assert check_plan(plan) == []
+    reference = {(t.kind, t.service, t.environment) for t in plan_goal(parse_goal(goal), None, POLICY).tasks}
+    assert reference <= {(t.kind, t.service, t.environment) for t in plan.tasks}  # nothing safe left out

@@ -279,6 +279,15 @@ def plan(
         decision = recorded.decision
         print_decision(recorded)
     made = plan_goal(parsed, decision, rules)
+    reviewer = _reviewer(settings)
+    if reviewer is not None:  # an LLM may propose the graph; the planner checks and completes it
+        from agents.planner import complete_plan
+        from agents.reasoning import propose_plan
+
+        proposed, said = propose_plan(reviewer, goal, decision)
+        console.print(f"llm: {said}", highlight=False)
+        if proposed is not None:
+            made = complete_plan(proposed, parsed, decision, rules)
     save_plan(made, out)
     console.print(
         f"plan {made.plan_id}: {parsed.describe()}: {len(made.tasks)} tasks, gate {made.gate}, "
