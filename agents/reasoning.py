@@ -378,8 +378,8 @@ PLAN_SCHEMA: dict[str, Any] = {
 
 PLAN_PROMPT = """You plan software deliveries. Given a goal, answer only with JSON {"tasks": [...]}: \
 each task has an id, a kind (analyse, test, deploy, canary, promote, watch, rollback, block, \
-record_incident, notify), a service, an environment and the ids it depends_on. A deterministic planner checks your plan \
-and completes it: tasks outside the vocabulary or unsafe orders are refused."""
+record_incident, notify), a service, an environment and the ids it depends_on. A deterministic \
+planner checks your plan and completes it: tasks outside the vocabulary or unsafe orders are refused."""
 
 
 def propose_plan(
