@@ -97,7 +97,7 @@ class InProcessScorer:
         self._store: Any = None
 
     def _model(self) -> LoadedModel:
-        from models.registry import RegistryError, connect, load
+        from models.registry import RegistryError, connect, load, redacted, registry_failures
 
         if self._loaded is None:
             try:
@@ -105,6 +105,9 @@ class InProcessScorer:
                 self._loaded = load(CHANGE_RISK)
             except RegistryError as exc:  # unreachable registry or no champion yet
                 raise ScoringUnavailable(str(exc)) from None
+            except registry_failures() as exc:  # MLflow's own failures reaching its store
+                problem = f"{type(exc).__name__}: {redacted(str(exc))}"
+                raise ScoringUnavailable(f"model registry: {problem}") from None
         return self._loaded
 
     def _reference(self) -> dict[str, float]:
@@ -133,7 +136,8 @@ class InProcessScorer:
         names = loaded.model.features
         query = {n: metrics.get(n, math.nan) for n in names}
         [result] = score_commits([CommitRef(repo=repo, metrics=query)], loaded, None, self.settings, top=50)
-        assert isinstance(result, CommitScore)  # a metrics query is always scored
+        if not isinstance(result, CommitScore):  # a metrics query is always scored
+            raise TypeError(f"unexpected result {result!r}")
         return _risk(result, self._reference())
 
 
@@ -327,7 +331,9 @@ def assemble(
     risk, risk_error = assess(change, ref, scorer or scorer_for(settings))
     service_map = ServiceMap(topology.path_rules())
     files = [ChangedFile.of(p, service_map.service_of(p), la, ld) for p, la, ld in change.files]
-    touched = services or sorted({f.service for f in files})
+    # Services named by the caller are added to those of the files, never put in their place: the rules,
+    # incidents and error budgets of a touched service always count.
+    touched = sorted({f.service for f in files} | set(services or []))
     metrics: pd.DataFrame | None = None
     warnings: list[str] = []
     if settings.metrics_file is not None:

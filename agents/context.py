@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agents.vocabulary import FileKindName
 from features.classify import file_kind
@@ -34,9 +35,55 @@ class ChangedFile(BaseModel):
         )
 
 
+SOURCE_EXTENSIONS = frozenset(
+    [
+        ".py",
+        ".pyx",
+        ".go",
+        ".java",
+        ".kt",
+        ".kts",
+        ".scala",
+        ".js",
+        ".jsx",
+        ".mjs",
+        ".ts",
+        ".tsx",
+        ".rb",
+        ".php",
+        ".cs",
+        ".c",
+        ".cc",
+        ".cpp",
+        ".cxx",
+        ".h",
+        ".hpp",
+        ".rs",
+        ".swift",
+        ".m",
+        ".mm",
+        ".sh",
+        ".bash",
+        ".sql",
+        ".lua",
+        ".pl",
+        ".ex",
+        ".exs",
+        ".erl",
+        ".clj",
+        ".dart",
+        ".vue",
+        ".svelte",
+    ]
+)
+
+
 def kinds_of(path: str) -> tuple[FileKindName, ...]:
-    """The policy's file kinds of a path: the mining flags, and `code` for a file that is none of them."""
+    """The policy's file kinds of a path: the mining flags, and `code` for a file that is none of them or
+    has a source extension wherever it lies (`docs/conf.py`, `lang/charge.py` and `history.py` are code:
+    a folder or a name must never make code look like text to a rule that relaxes the gate)."""
     kind = file_kind(path)
+    source = PurePosixPath(path).suffix.lower() in SOURCE_EXTENSIONS
     kinds: list[FileKindName] = []
     for flag, name in (
         (kind.is_test, "test"),
@@ -47,7 +94,9 @@ def kinds_of(path: str) -> tuple[FileKindName, ...]:
     ):
         if flag:
             kinds.append(name)  # type: ignore[arg-type]  # the literal names above
-    return tuple(kinds) or ("code",)
+    if source or not kinds:
+        kinds.append("code")
+    return tuple(kinds)
 
 
 class RiskDriver(BaseModel):
@@ -114,6 +163,12 @@ class ChangeContext(BaseModel):
     service_states: dict[str, ServiceState] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list, description="inputs that could not be read")
     now: datetime
+
+    @field_validator("now")
+    @classmethod
+    def _utc(cls, now: datetime) -> datetime:
+        """Deploy windows are in UTC: a naive time is UTC, an aware one is converted."""
+        return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
 
     def kinds(self) -> set[str]:
         return {k for f in self.files for k in f.kinds}

@@ -132,7 +132,8 @@ def decide(context: ChangeContext, policy: Policy) -> Decision:
     for (
         rule
     ) in matched:  # relaxations first: they may only loosen the band's gate, never a rule or production
-        if rule.max_gate is not None and risk is not None and gate_level(gate) > gate_level(rule.max_gate):
+        relaxable = risk is not None and gate != "block"  # a relaxation never lifts a block
+        if rule.max_gate is not None and relaxable and gate_level(gate) > gate_level(rule.max_gate):
             gate = rule.max_gate
             fired.append(rule.name)
             reasons.append(

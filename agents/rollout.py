@@ -97,7 +97,7 @@ def plan_rollout(context: ChangeContext, band: Band, policy: Policy) -> RolloutP
         )
     template = policy.rollout[template_band]
     order = context.topology.deploy_order(context.services)
-    deploy_at, slot_reasons = deploy_slot(context, context.services, band, policy.schedule)
+    deploy_at, slot_reasons = deploy_slot(context, context.services, template_band, policy.schedule)
     steps: list[Step] = list(template.steps)
     return RolloutPlan(
         strategy=template.strategy,

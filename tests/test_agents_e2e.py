@@ -260,3 +260,15 @@ def test_the_agents_service_decides_and_overrides_with_scoped_tokens(env):
         == 403
     )
     assert client.get("/v1/audit/verify", headers=auth).json()["ok"] is True
+
+
+def test_services_named_by_the_caller_add_to_those_of_the_files_never_replace_them(env):
+    settings, repo, tables = env
+    from agents.assemble import ChangeRef, assemble
+    from agents.policy import load_policy
+
+    sha = newest_mined(tables)
+    ref = ChangeRef(repo_path=repo, repo="demo", sha=sha)
+    derived = assemble(ref, settings, load_policy()).services
+    claimed = assemble(ref, settings, load_policy(), services=["elsewhere"]).services
+    assert set(derived) | {"elsewhere"} == set(claimed)

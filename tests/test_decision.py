@@ -3,7 +3,7 @@ contexts (as Argo Rollouts pins its analysis rules), and the invariants as prope
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
@@ -198,3 +198,19 @@ def test_a_riskier_score_never_gets_a_looser_gate(probability):
     lower = decide(context([("api/x.py", "api")], probability / 2), POLICY)
     higher = decide(context([("api/x.py", "api")], probability), POLICY)
     assert gate_level(higher.gate) >= gate_level(lower.gate)
+
+
+@pytest.mark.parametrize("path", ["api/history.py", "api/lang/charge.py", "api/docs/conf.py"])
+def test_code_under_a_docs_like_name_or_folder_is_code_and_a_relaxation_never_lifts_a_block(path):
+    decision = decide(context([(path, "api")], 0.97), POLICY)
+    assert decision.gate == "block"
+    assert "text-only-changes" not in decision.rules_fired
+
+
+def test_a_naive_or_foreign_decision_time_is_read_as_utc():
+    eight_am_pacific = datetime(2026, 11, 23, 10, 0, tzinfo=UTC).astimezone(timezone(timedelta(hours=-8)))
+    ctx = context([("api/x.py", "api")], 0.3).model_copy(update={"now": eight_am_pacific})
+    ctx = ChangeContext.model_validate(ctx.model_dump() | {"test_history": None})
+    assert ctx.now.utcoffset().total_seconds() == 0 and ctx.now.hour == 10
+    naive = ChangeContext.model_validate(ctx.model_dump() | {"now": datetime(2026, 11, 23, 10, 0)})
+    assert naive.now.tzinfo is not None and naive.now.hour == 10
