@@ -91,6 +91,32 @@ def decide_change(
     return record(decision, context, audit_log(settings))
 
 
+def check_may_override(policy: Policy, who: str, *, unblock: bool = False) -> None:
+    """Whether `who` may override a decision or approve a plan (`overrides.allowed`), or lift a block
+    (`overrides.may_unblock`); `*` means anyone."""
+    allowed = policy.overrides
+    if "*" not in allowed.allowed and who not in allowed.allowed:
+        raise OverrideRefused(
+            f"{who!r} may not override or approve (policy overrides.allowed: {allowed.allowed})"
+        )
+    if unblock and "*" not in allowed.may_unblock and who not in allowed.may_unblock:
+        raise OverrideRefused(
+            f"{who!r} may not lift a block (policy overrides.may_unblock: {allowed.may_unblock})"
+        )
+
+
+def plan_gate_problem(plan_gate: Gate, decision_id: str | None, log: AuditLog) -> str | None:
+    """Why a plan may not run with the gate it carries: a plan file is editable, so its gate is checked
+    against the decision's gate in the audit log, overrides included."""
+    if decision_id is None:
+        return None
+    history = log.find(decision_id)
+    recorded = current_gate(history.decision, history.overrides)
+    if gate_level(plan_gate) < gate_level(recorded):
+        return f"the plan says gate {plan_gate}, but decision {decision_id} is {recorded} in the audit log"
+    return None
+
+
 def override(
     log: AuditLog, policy: Policy, decision_id: str, gate: Gate, reason: str, who: str
 ) -> dict[str, Any]:
@@ -100,18 +126,11 @@ def override(
         raise OverrideRefused(f"unknown gate {gate!r}; one of {', '.join(GATES)}")
     if not reason.strip():
         raise OverrideRefused("an override needs a reason")
-    allowed = policy.overrides
-    if "*" not in allowed.allowed and who not in allowed.allowed:
-        raise OverrideRefused(
-            f"{who!r} may not override decisions (policy overrides.allowed: {allowed.allowed})"
-        )
+    check_may_override(policy, who)
     history = log.find(decision_id)
     current = current_gate(history.decision, history.overrides)
     lifts_block = current == "block" and gate_level(gate) < gate_level("block")
-    if lifts_block and "*" not in allowed.may_unblock and who not in allowed.may_unblock:
-        raise OverrideRefused(
-            f"{who!r} may not lift a block (policy overrides.may_unblock: {allowed.may_unblock})"
-        )
+    check_may_override(policy, who, unblock=lifts_block)
     entry = log.append(
         {
             "kind": "override",

@@ -16,13 +16,13 @@ from agents.decision import Decision
 from agents.engine import OverrideRefused, audit_log, decide_change, explain_text, override, policy_of
 from agents.policy import Policy
 from agents.vocabulary import Gate
-from features.errors import AwoError
+from features.errors import AwoError, BadConfig
 from features.settings import ApiToken, Settings, load_settings
 from serving.admission import AdmittedRoute, caller
 from serving.app import check_admitted, install_error_handlers
 from serving.schemas import Name, Problem, RepoName
 
-DECIDE, READ_DECISIONS = "decisions:write", "decisions:read"
+DECIDE, READ_DECISIONS, OVERRIDE = "decisions:write", "decisions:read", "decisions:override"
 Ref = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._/@^~+-]+$")]
 
 
@@ -100,6 +100,8 @@ def create_decision(query: DecisionQuery, state: AgentStateDep) -> DecisionRespo
             scorer=state.scorer,
             reviewer=state.reviewer,
         )
+    except BadConfig as exc:  # the server's own policy, service map or settings: not the caller's fault
+        raise HTTPException(500, detail={"code": "misconfigured", "message": str(exc)}) from None
     except AwoError as exc:  # the change cannot be read (unknown commit, unmined repository)
         raise HTTPException(422, detail={"code": "bad_change", "message": str(exc)}) from None
     decision = recorded.decision
@@ -131,7 +133,7 @@ def override_decision(
     decision_id: Annotated[str, Field(pattern=r"^[0-9A-HJKMNP-TV-Z]{26}$")],
     query: OverrideQuery,
     state: AgentStateDep,
-    who: Annotated[ApiToken, Security(caller, scopes=[DECIDE])],
+    who: Annotated[ApiToken, Security(caller, scopes=[OVERRIDE])],
 ) -> dict[str, Any]:
     """Override a decision's gate, as the calling token's name; the policy says who may."""
     from agents.audit import NotFound

@@ -61,9 +61,9 @@ class ApiToken(BaseModel):
 
     name: str = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    scopes: list[Literal["risk:read", "models:reload", "decisions:read", "decisions:write"]] = Field(
-        min_length=1
-    )
+    scopes: list[
+        Literal["risk:read", "models:reload", "decisions:read", "decisions:write", "decisions:override"]
+    ] = Field(min_length=1)
 
 
 class DataSettings(BaseModel):

@@ -4,6 +4,8 @@ row, and the run is audited."""
 
 from __future__ import annotations
 
+import getpass
+
 import pandas as pd
 import yaml
 from typer.testing import CliRunner
@@ -22,18 +24,21 @@ def test_a_goal_becomes_a_plan_file_and_an_approved_run_succeeds(tmp_path, monke
     assert "canary:payments" in made.output and plan.exists()
     tasks = [t["id"] for t in yaml.safe_load(plan.read_text())["tasks"]]
     assert tasks.index("analyse") < tasks.index("canary:payments") < tasks.index("promote:payments")
-    refused = runner.invoke(app, ["run", str(plan), "--approved-by", "mallory"])
+    monkeypatch.setattr(getpass, "getuser", lambda: "mallory")  # the approver is who runs the command
+    refused = runner.invoke(app, ["run", str(plan), "--approve"])
     assert refused.exit_code == 2 and "mallory" in refused.output
-    done = runner.invoke(app, ["run", str(plan), "--approved-by", "release-managers"])
+    monkeypatch.setattr(getpass, "getuser", lambda: "release-managers")
+    done = runner.invoke(app, ["run", str(plan), "--approve"])
     assert done.exit_code == 0, done.output
     assert "succeeded" in done.output
     assert runner.invoke(app, ["audit", "verify"]).exit_code == 0
-    again = runner.invoke(app, ["run", str(plan), "--approved-by", "release-managers"])
+    again = runner.invoke(app, ["run", str(plan), "--approve"])
     assert again.exit_code == 0 and "started" not in again.output  # resumed: nothing left to do
 
 
 def test_a_failed_canary_rolls_back_blocks_and_records_an_incident(tmp_path, monkeypatch):
     monkeypatch.setenv("AWO_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(getpass, "getuser", lambda: "release-managers")
     plan = tmp_path / "ship.yaml"
     assert runner.invoke(app, ["plan", GOAL, "--out", str(plan)]).exit_code == 0
     result = runner.invoke(
@@ -41,8 +46,7 @@ def test_a_failed_canary_rolls_back_blocks_and_records_an_incident(tmp_path, mon
         [
             "run",
             str(plan),
-            "--approved-by",
-            "release-managers",
+            "--approve",
             "--fail",
             "canary:payments=error rate 4% > 1%",
         ],

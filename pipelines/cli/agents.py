@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import json
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -22,6 +23,14 @@ audit_app = typer.Typer(help="The tamper-evident decision audit log.", no_args_i
 app.add_typer(audit_app, name="audit")
 policy_app = typer.Typer(help="The decision policy.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+
+
+class GateChoice(StrEnum):
+    fast_track = "fast_track"
+    standard = "standard"
+    senior_review = "senior_review"
+    block = "block"
+
 
 PolicyOption = Annotated[
     Path | None, typer.Option("--policy", help="policy YAML (default: AWO_POLICY, else the packaged default)")
@@ -163,21 +172,19 @@ def explain(decision_id: Annotated[str, typer.Argument(help="the decision's id (
 @app.command()
 def override(
     decision_id: Annotated[str, typer.Argument(help="the decision's id")],
-    gate: Annotated[str, typer.Option(help="fast_track, standard, senior_review or block")],
+    gate: Annotated[GateChoice, typer.Option(help="the gate to set")],
     reason: Annotated[str, typer.Option(help="why (recorded)")],
-    by: Annotated[str | None, typer.Option("--by", help="who overrides (default: the OS user)")] = None,
     policy: PolicyOption = None,
 ) -> None:
     """Record a human override of a decision's gate; only identities the policy names may."""
     from agents.engine import audit_log, policy_of
     from agents.engine import override as record_override
-    from agents.vocabulary import GATES
 
-    if gate not in GATES:
-        raise AwoError(f"--gate {gate!r}: one of {', '.join(GATES)}")
     settings = load_settings()
-    who = by or getpass.getuser()
-    done = record_override(audit_log(settings), policy_of(settings, policy), decision_id, gate, reason, who)
+    who = getpass.getuser()  # who runs the command: not a name typed on it
+    done = record_override(
+        audit_log(settings), policy_of(settings, policy), decision_id, gate.value, reason, who
+    )
     console.print(
         f"decision {decision_id}: {done['from_gate']} → {done['to_gate']} by {who}; "
         f"audit head {done['audit_head']}",
@@ -306,9 +313,10 @@ def run(
     plan_file: Annotated[
         Path, typer.Argument(help="a plan written by `awo plan`", exists=True, dir_okay=False)
     ],
-    approved_by: Annotated[
-        str | None, typer.Option(help="who approves a senior_review plan (the policy names who may)")
-    ] = None,
+    approve: Annotated[
+        bool,
+        typer.Option("--approve", help="approve a senior_review plan as yourself (if the policy allows)"),
+    ] = False,
     fail: Annotated[
         list[str] | None, typer.Option(help="dry run: make TASK_ID fail, as TASK_ID=REASON (repeatable)")
     ] = None,
@@ -316,19 +324,21 @@ def run(
 ) -> None:
     """Execute a plan step by step against the dry-run executor; resumes where a previous run stopped.
     Exit 0: succeeded; 4: blocked; 1: failed."""
-    from agents.engine import OverrideRefused, audit_log, policy_of
+    from agents.engine import OverrideRefused, audit_log, check_may_override, plan_gate_problem, policy_of
     from agents.executor import DryRunExecutor
     from agents.planner import load_plan
     from agents.run import run_plan
 
     settings = load_settings()
     rules = policy_of(settings, policy)
-    if (
-        approved_by is not None
-        and "*" not in rules.overrides.allowed
-        and approved_by not in rules.overrides.allowed
-    ):
-        raise OverrideRefused(f"{approved_by!r} may not approve plans (policy overrides.allowed)")
+    log = audit_log(settings)
+    plan_doc = load_plan(plan_file)
+    if problem := plan_gate_problem(plan_doc.gate, plan_doc.decision_id, log):
+        raise OverrideRefused(problem)
+    approved_by = None
+    if approve:
+        approved_by = getpass.getuser()  # who runs the command: not a name typed on it
+        check_may_override(rules, approved_by)
     failures = {}
     for item in fail or []:
         task_id, sep, reason = item.partition("=")
@@ -336,10 +346,10 @@ def run(
             raise AwoError(f"--fail {item!r}: expected TASK_ID=REASON")
         failures[task_id] = reason
     report = run_plan(
-        load_plan(plan_file),
+        plan_doc,
         DryRunExecutor(fail=failures),
         on_event=lambda event: console.print(event.message, highlight=False),
-        audit=audit_log(settings),
+        audit=log,
         state_path=plan_file,
         incidents_path=settings.data_dir / "incidents" / "awo-plans.csv",
         approved_by=approved_by,

@@ -11,7 +11,7 @@ import typer
 from features.errors import AwoError
 from pipelines.cli.root import app, console, err_console, load_settings, styled
 
-SCOPES = ("risk:read", "models:reload", "decisions:read", "decisions:write")
+SCOPES = ("risk:read", "models:reload", "decisions:read", "decisions:write", "decisions:override")
 
 
 @app.command()
