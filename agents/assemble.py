@@ -50,6 +50,10 @@ class ChangeRef:
     sha: str | None = None
     base: str | None = None
     head: str | None = None
+    tables: Path | None = None  # the repository's tables (default: `<data root>/<repo>/`)
+
+    def tables_dir(self, settings: Settings) -> Path:
+        return self.tables if self.tables is not None else settings.repo_data_dir(self.repo)
 
     def __post_init__(self) -> None:
         if (self.sha is None) == (self.head is None):
@@ -246,7 +250,7 @@ def _mined_commits(
 
 def measure(ref: ChangeRef, settings: Settings, at: datetime) -> MeasuredChange:
     """The change's commits and files: from the mined tables for a mined commit, else from git."""
-    tables = settings.repo_data_dir(ref.repo)
+    tables = ref.tables_dir(settings)
     commits_key = file_key(tables / COMMITS_FILE)
     if ref.sha is not None and commits_key is not None:
         mined = _mined_commits(commits_key, file_key(tables / FILES_FILE))
@@ -293,9 +297,8 @@ def assess(change: MeasuredChange, ref: ChangeRef, scorer: RiskScorer) -> tuple[
         return None, str(exc)
 
 
-def test_history(settings: Settings, repo: str) -> Any:
+def test_history(tables: Path) -> Any:
     """The repository's ingested test runs as a TestHistory, with the files of each tested commit."""
-    tables = settings.repo_data_dir(repo)
     runs_key = file_key(tables / raw_file("test-runs"))
     return None if runs_key is None else _test_history(runs_key, file_key(tables / FILES_FILE))
 
@@ -349,7 +352,7 @@ def assemble(
             )
         except MetricsUnavailable as exc:  # decide without traffic and budget, and say so
             warnings.append(f"production metrics unknown: {exc}")
-    incidents = read_table_cached(settings.repo_data_dir(ref.repo) / INCIDENTS_FILE)
+    incidents = read_table_cached(ref.tables_dir(settings) / INCIDENTS_FILE)
     states = service_states(
         touched,
         metrics,
@@ -368,7 +371,7 @@ def assemble(
         messages=change.messages,
         risk=risk,
         risk_error=risk_error,
-        test_history=test_history(settings, ref.repo),
+        test_history=test_history(ref.tables_dir(settings)),
         topology=topology,
         service_states=states,
         warnings=warnings,

@@ -120,6 +120,7 @@ def demo(
         )  # fmt: skip
     _demo_feature_store(store, steps, tables)
     _demo_models(settings, tables)
+    _demo_decisions(settings, world.repo, tables)
 
 
 def _demo_feature_store(store: FeatureStore, steps: _DemoSteps, tables: Path) -> None:
@@ -165,6 +166,43 @@ def _demo_models(settings: Settings, tables: Path) -> None:
             highlight=False,
         )
     console.print(f"models and runs in MLflow at {tracking_uri(settings)}; browse them with `awo mlflow-ui`")
+
+
+def _demo_decisions(settings: Settings, repo: Path, tables: Path) -> None:
+    """Decide on the newest 100 commits with the default policy (each recorded in the audit log) and show
+    the riskiest decision in full."""
+    from collections import Counter
+
+    from agents.assemble import ChangeRef, InProcessScorer
+    from agents.engine import decide_change, policy_of
+    from pipelines.cli.agents import print_decision
+    from pipelines.label import load_commits
+
+    policy = policy_of(settings)
+    scorer = InProcessScorer(settings)
+    newest = load_commits(tables).sort_values("seq")["sha"].tail(100)
+    recorded = [
+        decide_change(
+            ChangeRef(repo_path=repo, repo="demo", sha=sha, tables=tables), settings, policy, scorer=scorer
+        )
+        for sha in newest
+    ]
+    gates = Counter(r.decision.gate for r in recorded)
+    console.print(
+        styled(
+            "7. decisions",
+            "bold",
+            f" on the newest {len(recorded)} commits (policy {policy.version}): "
+            + ", ".join(
+                f"{gate} {gates.get(gate, 0)}"
+                for gate in ("fast_track", "standard", "senior_review", "block")
+            )
+            + "; every one in the audit log (`awo audit verify`)",
+        ),
+        highlight=False,
+    )
+    riskiest = max(recorded, key=lambda r: r.decision.probability or 0.0)
+    print_decision(riskiest)
 
 
 def _print_table_overview(tables: Path) -> None:
