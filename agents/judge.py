@@ -265,7 +265,8 @@ def _by_interval(samples: list[tuple[str, float]]) -> list[list[float]]:
 
 def judge_files(baseline: Path, canary: Path, template: Path | None = None) -> dict[str, Any]:
     """`awo judge`: each timestamp is an interval; each interval is judged on the samples so far (Kayenta's
-    cumulative window), the run assessed as an AnalysisRun, and the last interval's metrics tabled."""
+    cumulative window), the run assessed as an AnalysisRun, and the last interval's metrics tabled. Files
+    shorter than the template's `count` are inconclusive: an unfinished analysis never promotes."""
     spec = load_template(template)
     base = {k: _by_interval(v) for k, v in read_metric_file(baseline).items()}
     can = {k: _by_interval(v) for k, v in read_metric_file(canary).items()}
@@ -285,7 +286,7 @@ def judge_files(baseline: Path, canary: Path, template: Path | None = None) -> d
     last = verdicts[-1] if verdicts else IntervalVerdict(None, "nodata", [])
     if run.action == "rollback":
         verdict = "fail"
-    elif run.action == "promote" or (run.action == "continue" and last.verdict == "pass"):
+    elif run.action == "promote":
         verdict = "pass"
     elif last.verdict == "marginal":
         verdict = "marginal"

@@ -187,3 +187,30 @@ def test_judge_files_passes_an_a_a_canary_and_fails_a_doubled_error_rate(tmp_pat
     worse = judge_files(base, _write(tmp_path / "d.csv", 2), _template(tmp_path))
     assert (worse["verdict"], worse["exit_code"], worse["action"]) == ("fail", 4, "rollback")
     assert worse["metrics"][0]["classification"] == "High"
+
+
+def test_judge_files_shorter_than_the_count_are_inconclusive(tmp_path: Path) -> None:
+    template = tmp_path / "t.yaml"
+    template.write_text("count: 5\nmetrics:\n  - {name: error_rate, critical: true}\n")
+    base = _write(tmp_path / "b.csv", 1)
+    result = judge_files(base, _write(tmp_path / "c.csv", 1), template)
+    assert (result["verdict"], result["exit_code"], result["action"]) == ("inconclusive", 3, "continue")
+    assert "3 of 5" in result["why"]
+
+
+def test_judge_files_without_a_critical_metric_is_inconclusive(tmp_path: Path) -> None:
+    template = tmp_path / "t.yaml"
+    template.write_text(
+        "count: 3\nmetrics:\n  - {name: latency_p99_ms, critical: true}\n  - {name: error_rate}\n"
+    )
+    base = _write(tmp_path / "b.csv", 1)
+    result = judge_files(base, _write(tmp_path / "c.csv", 1), template)
+    assert (result["verdict"], result["exit_code"], result["action"]) == ("inconclusive", 3, "pause")
+    assert result["metrics"][0]["classification"] == "NoData"
+
+
+def test_a_csv_row_with_missing_columns_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "baseline.csv"
+    path.write_text("timestamp,metric,value\n2026-01-01T00:00,error_rate\n")
+    with pytest.raises(BadTable, match=r"baseline.csv: line 2: expected 3 columns, found 2"):
+        read_metric_file(path)
