@@ -385,3 +385,32 @@ def benchmark_gate(
     from agents.gate_replay import print_gate_table, run_gate_benchmark
 
     print_gate_table(run_gate_benchmark(dataset, out), console)
+
+
+@app.command()
+def judge(
+    baseline: Annotated[Path, typer.Option(help="baseline metrics: CSV timestamp,metric,value", exists=True)],
+    canary: Annotated[Path, typer.Option(help="canary metrics, same format", exists=True)],
+    template: Annotated[Path | None, typer.Option(help="analysis template YAML (default: packaged)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
+) -> None:
+    """Judge a canary against its baseline from metric files (Kayenta's Mann-Whitney classifier, Argo's
+    AnalysisRun limits). Exit 0: pass; 3: marginal or inconclusive; 4: fail."""
+    from agents.judge import judge_files
+
+    result = judge_files(baseline, canary, template)
+    if as_json:
+        console.print_json(json.dumps(result))
+    else:
+        score = "no score" if result["score"] is None else f"score {result['score']:.0f}"
+        console.print(
+            f"{result['verdict'].upper()}: {result['action']} after {result['intervals']} intervals, "
+            f"{score}; {result['why']}",
+            highlight=False,
+        )
+        for m in result["metrics"]:
+            p = "-" if m["p_value"] is None else f"{m['p_value']:.3g}"
+            console.print(
+                f"  {m['metric']}: {m['classification']} (p {p}, n {m['n']}) {m['reason']}", highlight=False
+            )
+    raise typer.Exit(result["exit_code"])
