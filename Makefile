@@ -52,6 +52,8 @@ bench: install
 	$(PY) benchmarks/gating.py
 	$(PY) benchmarks/test_allocation.py
 	$(PY) benchmarks/decisions.py
+	$(PY) benchmarks/canary.py
+	$(PY) benchmarks/demo_agents.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
