@@ -40,6 +40,10 @@ services:
 	@# seconds afterwards; the LLM tests skip with the reason when it cannot be built.
 	@scripts/llm.sh build >/dev/null && scripts/llm.sh install >/dev/null || \
 	  echo "note: the local LLM could not be built (scripts/llm.sh build); the LLM tests will skip"
+	@# Kubernetes API server + controller manager from Debian's source package, built once into ~/.cache/awo
+	@# (about 7 min on 2 cores, instant afterwards); the Kubernetes tests skip with the reason otherwise.
+	@scripts/k8s.sh build >/dev/null || \
+	  echo "note: the Kubernetes API server could not be built (scripts/k8s.sh build); the Kubernetes tests will skip"
 
 test: lint services
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15
