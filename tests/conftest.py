@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -14,6 +15,14 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CLICK_BUNDLE = SHARED / "repos" / "pallets-click.bundle"
 T0 = 1_600_000_000  # 2020-09-13, a fixed point for hand-computed expectations
 DAY = 86_400
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for servers the tests start, or to
+    point a client at a closed port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def git(cwd: Path, *args: str, env: dict | None = None, check: bool = True) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -20,6 +19,7 @@ from features.settings import ApiToken, load_settings
 from models.risk_model import ModelConfig
 from pipelines.cli import app
 from serving.auth import digest
+from tests.conftest import free_port
 
 FAST = ModelConfig(n_estimators=120, learning_rate=0.08)
 runner = CliRunner()
@@ -113,9 +113,7 @@ def test_an_unmined_range_is_measured_from_git_and_scored(env, tmp_path):
 
 def test_an_unreachable_registry_fails_closed_with_the_on_error_gate(env, monkeypatch):
     _settings, repo, tables = env
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     monkeypatch.setenv("AWO_MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     result = runner.invoke(app, ["decide", "--repo", str(repo), "--sha", newest_mined(tables)])
@@ -177,9 +175,7 @@ def test_the_risk_api_can_be_the_scorer_over_http(env, monkeypatch):
     api_settings = settings.model_copy(
         update={"api_tokens": [ApiToken(name="ci", sha256=digest(token), scopes=["risk:read"])]}
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(api_settings), host="127.0.0.1", port=port, log_level="error")
     )

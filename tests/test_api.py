@@ -14,6 +14,7 @@ from hypothesis import settings as hypothesis_settings
 from features.settings import ApiToken, load_settings
 from models.risk_model import ModelConfig
 from serving.auth import new_token
+from tests.conftest import free_port
 
 FAST = ModelConfig(n_estimators=200, learning_rate=0.05)
 READER, READER_DIGEST = new_token()
@@ -226,7 +227,6 @@ def test_fuzzed_requests_never_get_a_server_error(client):
 def test_metrics_count_every_worker_of_a_multi_worker_server(world_store, tmp_path):
     import os
     import re
-    import socket
     import subprocess
     import sys
     import time
@@ -237,9 +237,7 @@ def test_metrics_count_every_worker_of_a_multi_worker_server(world_store, tmp_pa
     settings, _ = world_store
     config = tmp_path / "awo.yaml"
     config.write_text(yaml.safe_dump({"api_tokens": [t.model_dump() for t in settings.api_tokens]}))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "AWO_DATA_DIR": str(settings.data_dir), "AWO_CONFIG": str(config)}
     env.pop("MLFLOW_TRACKING_URI", None)
     server = subprocess.Popen(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from starlette.types import Message
 
 from features.settings import ApiToken, load_settings
 from serving.auth import new_token
+from tests.conftest import free_port
 
 READER, READER_DIGEST = new_token()
 OPERATOR, OPERATOR_DIGEST = new_token()  # may reload models, may not read scores
@@ -208,9 +208,7 @@ def test_openapi_declares_the_bearer_scheme_on_every_protected_operation(client)
 
 def test_a_real_server_answers_401_to_a_huge_anonymous_body_and_413_to_a_long_stream(app):
     """uvicorn itself: the client gets the answer although the server never reads what it sends."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="error")
     )

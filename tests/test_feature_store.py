@@ -28,6 +28,7 @@ from features.store import (
 from pipelines.features_job import build_features
 from pipelines.flow import prepare
 from pipelines.mine import mine_repository
+from tests.conftest import free_port
 
 
 @pytest.fixture(scope="module")
@@ -177,12 +178,6 @@ def test_a_repository_built_later_with_older_history_reaches_the_online_store(bu
     assert found.rows[0]["la"] == 5 and not found.warnings
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def redis_url(tmp_path):
     binary = shutil.which("redis-server")
@@ -190,7 +185,7 @@ def redis_url(tmp_path):
         pytest.skip(
             "redis-server is not installed (Debian package redis-server; `make test` installs it as root)"
         )
-    port = _free_port()
+    port = free_port()
     pidfile = tmp_path / "redis.pid"
     options = [
         "--port",

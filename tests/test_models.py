@@ -4,7 +4,6 @@ benchmark's baseline, and the MLflow registry with its promotion gate."""
 from __future__ import annotations
 
 import itertools
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from features.settings import load_settings
 from models.evaluation import effort_at_recall, popt, recall_at_effort, rolling_windows, time_split
 from models.jit_benchmark import la_predict, load_project
 from models.risk_model import ModelConfig, RiskModel, TooFewLabels
-from tests.conftest import SHARED
+from tests.conftest import SHARED, free_port
 
 JIT = SHARED / "jit" / "issta21"
 
@@ -236,12 +235,6 @@ def test_deploy_failure_model_is_trained_on_delivery_history(pipeline):
     assert "delivery history" in result.model_kind and result.metrics["auc"] > 0.6
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_ui_serves_the_runs_of_the_store(pipeline):
     import os
 
@@ -253,7 +246,7 @@ def test_mlflow_ui_serves_the_runs_of_the_store(pipeline):
     connect(settings)
     with mlflow.start_run(experiment_id=experiment(settings, "change-risk"), run_name="ui-check"):
         mlflow.log_metric("test_auc", 0.7)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "AWO_DATA_DIR": str(settings.data_dir)}
     proc = subprocess.Popen([sys.executable, "-m", "pipelines", "mlflow-ui", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip

@@ -4,7 +4,6 @@ a service by the HTTP API's query_range, and a clear error when Prometheus is aw
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -13,12 +12,7 @@ import httpx
 import pytest
 
 from agents.environment import MetricsUnavailable, read_prometheus
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.conftest import free_port
 
 
 @pytest.fixture

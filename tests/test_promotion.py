@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import sqlite3
 import threading
 import time
@@ -19,6 +18,7 @@ import pytest
 
 from features.settings import Settings, load_settings
 from models.risk_model import ModelConfig, RiskModel
+from tests.conftest import free_port
 
 NAME = "change-risk"
 FEATURES = ["la", "lt", "nf"]
@@ -114,12 +114,6 @@ def lagging_next_lookup(registry: Settings, monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(MlflowClient, "get_model_version_by_alias", lookup)
     return lambda: armed.append(True)
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_a_missing_alias_or_model_is_no_version_and_a_failing_registry_is_an_error(registry):
@@ -236,7 +230,7 @@ def test_registry_credentials_never_reach_the_errors_shown_on_readyz(tmp_path, m
         redacted_uri("postgresql://awo:secret@db:5432/mlflow?sslpassword=x")
         == "postgresql://***@db:5432/mlflow?***"
     )
-    closed = f"http://awo:secret@127.0.0.1:{closed_port()}/"
+    closed = f"http://awo:secret@127.0.0.1:{free_port()}/"
     for uri in (closed, "http://awo:secret@127.0.0.1:99999/"):  # refused, and a port out of range
         settings = load_settings(data_dir=tmp_path, mlflow_tracking_uri=uri)
         champions = Champions(settings)
