@@ -180,6 +180,24 @@ class AgentSettings(BaseModel):
         default='sum(increase(http_requests_total{{service="{service}",code=~"5.."}}[1h]))',
         description="PromQL of failed requests per hour of a service",
     )
+    executor: Literal["dry-run", "kubernetes"] = Field(
+        default="dry-run", description="who carries out rollouts: record only, or a Kubernetes cluster"
+    )
+    kubeconfig: Path | None = Field(
+        default=None,
+        description="kubeconfig file (default: KUBECONFIG or ~/.kube/config, else the in-cluster config)",
+    )
+    kube_context: str | None = Field(default=None, description="kubeconfig context (default: the current one)")
+    kube_namespace: str = Field(default="default", description="namespace of the Deployments awo rolls out")
+    kube_poll_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="how often a rollout's objects are read back while waiting"
+    )
+    kube_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="how long a Deployment may take to become available"
+    )
+    analysis_template: Path | None = Field(
+        default=None, description="canary analysis template YAML (default: the packaged one)"
+    )
     audit_secret: SecretStr = Field(
         default=SecretStr("awo-insecure-default-audit-secret"),
         description="HMAC key of the decision audit log (set your own: the default is public)",
