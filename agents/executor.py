@@ -12,7 +12,8 @@ from pydantic import BaseModel, Field
 
 from agents.planner import Task
 
-ResultStatus = Literal["succeeded", "failed", "skipped"]
+# paused: the task stopped and holds (an inconclusive analysis, or a person asked); `awo rollout resume` goes on
+ResultStatus = Literal["succeeded", "failed", "skipped", "paused"]
 
 
 class TaskResult(BaseModel):

@@ -36,7 +36,7 @@ TaskKind = Literal[
     "notify",
 ]
 TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
-TaskStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "cancelled"]
+TaskStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "cancelled", "paused"]
 DEPLOY_KINDS = frozenset({"deploy", "canary", "promote"})  # kinds that put new code in front of users
 PLACED_KINDS = DEPLOY_KINDS | {"watch", "rollback"}  # kinds that act on one service in one environment
 DONE = frozenset({"succeeded", "skipped"})
