@@ -27,8 +27,9 @@ from agents.planner import (
 )
 from features.delivery import IncidentRow
 
-Outcome = Literal["succeeded", "blocked", "failed"]
-OUTCOME_EXIT: dict[Outcome, int] = {"succeeded": 0, "blocked": 4, "failed": 1}  # 4: as `awo decide`'s block
+Outcome = Literal["succeeded", "blocked", "failed", "paused"]
+# 4: as `awo decide`'s block; 3: waits for a person (`awo rollout resume` or `abort`), as inconclusive
+OUTCOME_EXIT: dict[Outcome, int] = {"succeeded": 0, "blocked": 4, "failed": 1, "paused": 3}
 INCIDENT_COLUMNS = (
     "incident_id",
     "service",
@@ -51,7 +52,7 @@ class AuditSink(Protocol):
 class RunEvent:
     """What the runner tells `on_event` as it goes (the CLI prints `message`)."""
 
-    kind: Literal["resumed", "started", "finished", "replanned"]
+    kind: Literal["resumed", "started", "finished", "replanned", "paused"]
     message: str
     task_id: str | None = None
     status: str | None = None
@@ -105,7 +106,7 @@ def _next_task(plan: Plan) -> Task | None:
     by_id = {t.id: t for t in plan.tasks}
     for task_id in execution_order(plan):
         task = by_id[task_id]
-        if task.status not in ("pending", "running"):
+        if task.status not in ("pending", "running", "paused"):
             continue
         deps = [by_id[d] for d in task.depends_on if d in by_id]
         stopped = [d for d in deps if d.status in ("failed", "cancelled")]
@@ -120,7 +121,10 @@ def _next_task(plan: Plan) -> Task | None:
 
 def outcome_of(plan: Plan) -> Outcome:
     """succeeded: every task done, nothing failed. blocked: the change was stopped (by the gate or after a
-    failure) and every task the re-plans added is done. failed: anything else."""
+    failure) and every task the re-plans added is done. paused: a task holds and waits for a person.
+    failed: anything else."""
+    if any(t.status == "paused" for t in plan.tasks):
+        return "paused"
     if any(t.status in ("pending", "running") for t in plan.tasks):
         return "failed"
     added = {task_id for replan in plan.replans for task_id in replan.added}
@@ -171,17 +175,21 @@ def write_incident(plan: Plan, task: Task, path: Path, now: datetime) -> tuple[s
     return incident_id, True
 
 
+def _decision_id(plan: Plan) -> str:
+    """The decision the plan carries out; a plan made without one gets its own id in the audit log."""
+    if plan.decision_id is not None:
+        return plan.decision_id
+    from agents.audit import new_decision_id
+
+    return new_decision_id()
+
+
 def _audit_record(
     plan: Plan, outcome: Outcome, executor: Executor, incidents: list[str], now: datetime
 ) -> dict[str, Any]:
-    decision_id = plan.decision_id
-    if decision_id is None:
-        from agents.audit import new_decision_id
-
-        decision_id = new_decision_id()
     return {
         "kind": "plan_run",
-        "decision_id": decision_id,
+        "decision_id": _decision_id(plan),
         "plan_id": plan.plan_id,
         "goal": plan.goal.describe(),
         "policy_version": plan.policy_version,
@@ -191,6 +199,18 @@ def _audit_record(
         "replans": [r.model_dump() for r in plan.replans],
         "incidents": incidents,
         "finished_at": now.isoformat(),
+    }
+
+
+def _pause_record(plan: Plan, task: Task, executor: Executor, now: datetime) -> dict[str, Any]:
+    return {
+        "kind": "plan_paused",
+        "decision_id": _decision_id(plan),
+        "plan_id": plan.plan_id,
+        "task": task.id,
+        "why": task.detail,
+        "executor": getattr(executor, "name", type(executor).__name__),
+        "paused_at": now.isoformat(),
     }
 
 
@@ -229,7 +249,7 @@ def run_plan(
         raise PlanError(
             f"plan {plan.plan_id} has the gate senior_review: a person approves it before it deploys"
         )
-    resumed_after = sum(1 for t in plan.tasks if t.status not in ("pending", "running"))
+    resumed_after = sum(1 for t in plan.tasks if t.status not in ("pending", "running", "paused"))
     if resumed_after and not plan.finished():
         emit(
             RunEvent(
@@ -273,6 +293,11 @@ def run_plan(
         save()
         said = f"{task.id} {result.status}" + (f": {result.detail}" if result.detail else "")
         emit(RunEvent("finished", said, task.id, result.status))
+        if result.status == "paused":  # hold: nothing else runs until a person resumes or aborts
+            if audit is not None:
+                audit.append(_pause_record(plan, task, executor, now()))
+            emit(RunEvent("paused", f"plan {plan.plan_id} paused at {task.id}: {result.detail}", task.id))
+            break
         if result.status == "failed" and len(plan.replans) < max_replans:
             plan = replan_on_failure(plan, task.id, result.detail or "failed")
             last = plan.replans[-1]
