@@ -5,7 +5,10 @@ measure test flakiness.
 Input schemas (CSV with a header, or JSON lines; times ISO 8601, naive times are UTC):
 - deployments: `deploy_id, service, environment, sha, started_at, finished_at, strategy, outcome`
   strategy ∈ full | rolling | canary | blue-green | recreate; outcome ∈ succeeded | failed | rolled-back |
-  cancelled. `finished_at` may be empty for a deployment still running.
+  cancelled | aborted | paused (Argo Rollouts' words: aborted = stopped and rolled back by a person or by
+  awo, a failure like rolled-back; paused = holding, not finished, so `finished_at` stays empty and the row
+  is no training label until a later row with the same deploy_id gives the final outcome). `finished_at`
+  may be empty for a deployment still running.
 - incidents: `incident_id, service, severity, started_at, resolved_at, deploy_id, sha, summary`
   severity ∈ low | medium | high | critical (or SEV1–SEV4, SEV1 = critical); `resolved_at`, `deploy_id`,
   `sha` may be empty.
@@ -24,6 +27,10 @@ from typing import Annotated, Literal
 import pandas as pd
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+# How a deployment's outcome counts in the labelled table: a failure, no label yet, or a success (the rest:
+# succeeded, and cancelled — stopped before it changed anything).
+FAILED_OUTCOMES = ("failed", "rolled-back", "aborted")
+UNFINISHED_OUTCOMES = ("paused",)
 SEVERITY_LEVEL = {"low": 1, "medium": 2, "high": 3, "critical": 4}
 _SEV_ALIASES = {"sev1": "critical", "sev2": "high", "sev3": "medium", "sev4": "low"}
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
@@ -91,12 +98,17 @@ class DeploymentRow(_Row):
     strategy: Annotated[
         Literal["full", "rolling", "canary", "blue-green", "recreate"], BeforeValidator(_lower)
     ]
-    outcome: Annotated[Literal["succeeded", "failed", "rolled-back", "cancelled"], BeforeValidator(_lower)]
+    outcome: Annotated[
+        Literal["succeeded", "failed", "rolled-back", "cancelled", "aborted", "paused"],
+        BeforeValidator(_lower),
+    ]
 
     @model_validator(mode="after")
     def _finished_after_start(self) -> DeploymentRow:
         if self.finished_at is not None and self.finished_at < self.started_at:
             raise ValueError("finished_at is before started_at")
+        if self.finished_at is not None and self.outcome in UNFINISHED_OUTCOMES:
+            raise ValueError(f"finished_at is set but outcome {self.outcome} is not finished")
         return self
 
 
@@ -182,8 +194,9 @@ def link_incidents(incidents: pd.DataFrame, deployments: pd.DataFrame, window: p
 def label_deployments(
     deployments: pd.DataFrame, linked_incidents: pd.DataFrame, min_severity: str, window: pd.Timedelta
 ) -> pd.DataFrame:
-    """`deployments` with `failed` and `failure_reason`: failed when the outcome says so, or when an incident
-    of at least `min_severity` links to it and started within `window` of the deployment."""
+    """`deployments` with `failed` and `failure_reason`: failed when the outcome says so (FAILED_OUTCOMES),
+    or when an incident of at least `min_severity` links to it and started within `window` of the
+    deployment. Rows of an UNFINISHED_OUTCOMES outcome are labelled too; `finished_deployments` drops them."""
     out = deployments.copy()
     level = SEVERITY_LEVEL[min_severity]
     serious = (
@@ -200,7 +213,7 @@ def label_deployments(
                 first_incident.setdefault(d, inc.incident_id)
     reasons: list[str | None] = []
     for row in out.itertuples():
-        if row.outcome in ("failed", "rolled-back"):
+        if row.outcome in FAILED_OUTCOMES:
             reasons.append(f"outcome {row.outcome}")
         elif row.deploy_id in first_incident:
             reasons.append(f"incident {first_incident[row.deploy_id]}")
@@ -209,6 +222,12 @@ def label_deployments(
     out["failure_reason"] = reasons
     out["failed"] = out["failure_reason"].notna()
     return out
+
+
+def finished_deployments(labelled: pd.DataFrame) -> pd.DataFrame:
+    """The deployments whose label is known: a paused one holds until a later row of the same deploy_id
+    gives its final outcome, so neither success nor failure may be read off it yet."""
+    return labelled[~labelled["outcome"].isin(UNFINISHED_OUTCOMES)].reset_index(drop=True)
 
 
 def shipped_commits(

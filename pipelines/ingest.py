@@ -4,8 +4,9 @@ mined commits, and derive the linked tables.
 Stored (under the repository's data directory, replaced together, crash-safely):
 - `raw_<kind>.parquet`: every accepted row; a row whose key (deploy_id / incident_id / run_id+test_id+
   attempt) was ingested before replaces it, so ingesting the same file twice changes nothing.
-- `deployments.parquet`: deployments with `failed`, `failure_reason`, `sha_known`, `first_deploy`,
-  `shipped` (the commits each one shipped) and `n_shipped`.
+- `deployments.parquet`: finished deployments with `failed`, `failure_reason`, `sha_known`, `first_deploy`,
+  `shipped` (the commits each one shipped) and `n_shipped`; a paused one waits in `raw_deployments` until
+  its final outcome replaces it (features.delivery.finished_deployments).
 - `incidents.parquet`: incidents with `severity_level`, `linked_deploy_id` and the `link_rule` used.
 - `tests.parquet`: per test, runs, failures, flake rate and durations (see features.delivery.flakiness).
 Rejected rows go to `rejects/<kind>-<file name>.csv` with line, field and reason.
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from features.delivery import (
     KINDS,
     SEVERITY_LEVEL,
+    finished_deployments,
     flakiness,
     iter_field_errors,
     label_deployments,
@@ -68,6 +70,7 @@ class IngestResult:
     stored: int = 0
     deployments: int = 0
     failed_deployments: int = 0
+    unfinished_deployments: int = 0  # paused: stored raw, left out of the labelled table
     incidents: int = 0
     linked_incidents: int = 0
     tests: int = 0
@@ -229,6 +232,16 @@ def _derive(out_dir: Path, settings: Settings, fresh: dict[str, pd.DataFrame], r
             service_commits = files.groupby("service")["sha"].agg(set).to_dict()
         shipped = shipped_commits(labelled, parents, service_commits)
         shipped["n_shipped"] = shipped["shipped"].map(len)
+        # What each deployment shipped is counted over every deployment, paused ones included (they did
+        # start), before the unlabelled ones are left out.
+        finished = finished_deployments(shipped)
+        result.unfinished_deployments = len(shipped) - len(finished)
+        if result.unfinished_deployments:
+            result.warnings.append(
+                f"{result.unfinished_deployments} paused deployments are not labelled until a row with "
+                "their final outcome is ingested"
+            )
+        shipped = finished
         unknown = int((~shipped["sha_known"]).sum())
         if unknown and parents:
             result.warnings.append(f"{unknown} deployments name a sha that is not in the mined history")
