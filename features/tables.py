@@ -39,6 +39,16 @@ DEPLOYMENTS_FILE = "deployments.parquet"
 INCIDENTS_FILE = "incidents.parquet"
 TESTS_FILE = "tests.parquet"
 
+# The feedback loop's folder under the data root: rollouts' outcomes and incidents as the agents recorded
+# them, as CSV in the ingestion schemas (agents.feedback writes them; pipelines.flow.prepare ingests them).
+FEEDBACK_DIR = "feedback"
+FEEDBACK_FILES = {"deployments": "deployments.csv", "incidents": "incidents.csv"}
+
+
+def feedback_file(data_root: Path, kind: str) -> Path:
+    """`<data root>/feedback/deployments.csv` or `.../incidents.csv`."""
+    return data_root / FEEDBACK_DIR / FEEDBACK_FILES[kind]
+
 
 def raw_file(kind: str) -> str:
     """The table of one kind's validated rows as ingested, before linking: raw_deployments.parquet ..."""

@@ -1,6 +1,6 @@
-"""The stages in order, for one repository: mine, label, ingest its delivery history, build and
-materialize features. Written once; used by `awo retrain`, `awo demo`, the tests and the benchmarks.
-Callers that print (the CLI) hear of each stage's result through a `StageListener`."""
+"""The stages in order, for one repository: mine, label, ingest its delivery history and the agents'
+feedback, build and materialize features. Written once; used by `awo retrain`, `awo demo`, the tests and
+the benchmarks. Callers that print (the CLI) hear of each stage's result through a `StageListener`."""
 
 from __future__ import annotations
 
@@ -49,13 +49,18 @@ def prepare(
     name: str | None = None,
     delivery: Path | None = None,
     *,
+    feedback: Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     listener: StageListener | None = None,
 ) -> FeatureStore:
     """Run every stage up to a materialized feature store; returns the Feast store. `delivery` is a folder
-    with deployments.csv, incidents.csv and test-runs.csv (the demo world's layout), if any. Mining is
-    incremental, so a second run on a grown repository mines only the new commits."""
+    with deployments.csv, incidents.csv and test-runs.csv (the demo world's layout), if any. The files of
+    `feedback` (default `<data root>/feedback/`, written by agents.feedback) are ingested after it, when
+    present, so a rollout's recorded outcome replaces what the delivery folder says of the same deployment
+    and becomes a label now. Mining is incremental, so a second run on a grown repository mines only the
+    new commits."""
     from features.store import apply, materialize, open_store
+    from features.tables import FEEDBACK_DIR, FEEDBACK_FILES
     from pipelines.features_job import build_features
     from pipelines.ingest import ingest_file
     from pipelines.label import label_repository
@@ -67,6 +72,10 @@ def prepare(
     if delivery is not None:
         for kind, filename in DELIVERY_FILES:
             listener.ingested(ingest_file(kind, delivery / filename, settings, tables))
+    feedback = feedback if feedback is not None else settings.data_dir / FEEDBACK_DIR
+    for kind, filename in FEEDBACK_FILES.items():
+        if (feedback / filename).is_file():
+            listener.ingested(ingest_file(kind, feedback / filename, settings, tables))
     built = build_features(settings, tables)
     store = open_store(settings)
     applied = apply(store)
