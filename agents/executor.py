@@ -50,6 +50,9 @@ class DryRunExecutor:
         self.tested: set[str] = set()
         self.notifications: list[str] = []
         self.incidents: list[str] = []
+        self.restarts: dict[tuple[str, str], int] = {}  # (environment, service) -> restarts done
+        self.replicas: dict[tuple[str, str], int] = {}  # (environment, service) -> replicas asked for
+        self.flags_off: set[tuple[str, str, str]] = set()  # (environment, service, flag)
         self.actions: list[tuple[str, str]] = []  # (task id, action), in the order done
         self.calls: list[str] = []  # task ids run, repeats included
         self._succeeded: set[str] = set()
@@ -188,6 +191,28 @@ class DryRunExecutor:
         message = str(task.params.get("message", ""))
         self.notifications.append(message)
         return [f"notify: {message}"], "sent (dry run)"
+
+    def _restart(self, task: Task) -> tuple[list[str], str]:
+        # a repeated restart task is answered "already done" by `run`; a new one restarts again
+        key = _key(task)
+        ref = task.params.get("ref") or self.running.get(key) or "the running version"
+        self.restarts[key] = self.restarts.get(key, 0) + 1
+        return [f"restart {task.service} in {task.environment} ({ref})"], "restarted"
+
+    def _scale_out(self, task: Task) -> tuple[list[str], str]:
+        key, replicas = _key(task), int(task.params["replicas"])
+        if self.replicas.get(key) == replicas:
+            return [], f"{task.service} already runs {replicas} replicas"
+        self.replicas[key] = replicas
+        return [f"scale {task.service} in {task.environment} to {replicas} replicas"], "scaled out"
+
+    def _flag_off(self, task: Task) -> tuple[list[str], str]:
+        flag = str(task.params["flag"])
+        key = (*_key(task), flag)
+        if key in self.flags_off:
+            return [], f"flag {flag} already off"
+        self.flags_off.add(key)
+        return [f"switch flag {flag} off for {task.service} in {task.environment}"], f"flag {flag} off"
 
 
 def _key(task: Task) -> tuple[str, str]:

@@ -34,11 +34,15 @@ TaskKind = Literal[
     "block",
     "record_incident",
     "notify",
+    "restart",  # params: ref (optional: the version that runs)
+    "scale_out",  # params: replicas (int >= 1, the new total)
+    "flag_off",  # params: flag (str)
 ]
 TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
+REPAIR_KINDS = frozenset({"rollback", "restart", "scale_out", "flag_off"})  # what a diagnosis may run
 TaskStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "cancelled", "paused"]
 DEPLOY_KINDS = frozenset({"deploy", "canary", "promote"})  # kinds that put new code in front of users
-PLACED_KINDS = DEPLOY_KINDS | {"watch", "rollback"}  # kinds that act on one service in one environment
+PLACED_KINDS = DEPLOY_KINDS | REPAIR_KINDS | {"watch"}  # kinds that act on one service in one environment
 DONE = frozenset({"succeeded", "skipped"})
 FINISHED = frozenset({"succeeded", "skipped", "failed", "cancelled"})
 CANARY_STRATEGIES = frozenset(
@@ -64,9 +68,12 @@ def is_production(environment: str | None) -> bool:
 
 def needs_approval(plan: Plan) -> bool:
     """A `senior_review` gate with deploys still to run: a person approves before they run (a rollback,
-    a block and the steps after a failure never wait for one)."""
+    a block and the steps after a failure never wait for one), or a repair the policy's `repair.approval_from`
+    puts under a person's approval (`plan_repair` marks it with the param `needs_approval`)."""
     return plan.gate == "senior_review" and any(
-        t.kind in DEPLOY_KINDS and t.status in ("pending", "running") for t in plan.tasks
+        (t.kind in DEPLOY_KINDS or (t.kind in REPAIR_KINDS and t.params.get("needs_approval") is True))
+        and t.status in ("pending", "running")
+        for t in plan.tasks
     )
 
 
@@ -500,6 +507,86 @@ def _rollback_tasks(goal: Goal, rollback_order: list[str], rollout: _Rollout) ->
         tasks += [back, _watch(service, goal.environment, back.id, rollout)]
         previous = back.id
     return tasks
+
+
+def plan_repair(
+    incident_id: str,
+    kind: str,
+    service: str,
+    environment: str,
+    params: dict[str, Any],
+    policy: Policy,
+    *,
+    needs_approval: bool,
+    why: str,
+    now: datetime,
+) -> Plan:
+    """The plan of a diagnosis's repair: the repair, a watch under the policy's low-band analysis, and a
+    notification. Gate `senior_review` when the repair waits for a person's approval (run_plan then asks for
+    one), `standard` otherwise. The goal reads as a rollback of the service: the goal grammar has no
+    repair action, so the plan's notes say what the repair really is."""
+    if kind not in REPAIR_KINDS:
+        raise PlanError(
+            f"repair of incident {incident_id}: {kind!r} is not a repair ({sorted(REPAIR_KINDS)})"
+        )
+    if kind == "scale_out" and not (isinstance(params.get("replicas"), int) and params["replicas"] >= 1):
+        raise PlanError(f"repair of incident {incident_id}: scale_out needs replicas >= 1, got {params!r}")
+    if kind == "flag_off" and not (isinstance(params.get("flag"), str) and params["flag"]):
+        raise PlanError(f"repair of incident {incident_id}: flag_off needs a flag name, got {params!r}")
+    goal = Goal(
+        action="rollback",
+        services=[service],
+        environment=environment,
+        text=f"repair incident {incident_id}: {kind} {service} in {environment}",
+    )
+    low = policy.rollout["low"]
+    notes = [f"repair of incident {incident_id}: {kind} {service} in {environment} ({why})"]
+    if needs_approval:
+        notes.append(
+            f"the policy's repair.approval_from puts a {kind} of {service} under a person's approval"
+        )
+    repair_id = f"{kind}:{service}"
+    repair = Task(
+        id=repair_id,
+        kind=kind,  # type: ignore[arg-type]  # checked against REPAIR_KINDS above
+        service=service,
+        environment=environment,
+        params={**params, "incident_id": incident_id} | ({"needs_approval": True} if needs_approval else {}),
+        why=why,
+    )
+    watch = Task(
+        id=f"watch:{service}",
+        kind="watch",
+        service=service,
+        environment=environment,
+        params={
+            "duration_s": duration_seconds(low.bake_time),
+            "analysis": [a.model_dump() for a in low.analysis],
+        },
+        depends_on=[repair_id],
+        why=f"{service} recovers under the policy's low-band analysis",
+    )
+    notify = Task(
+        id="notify",
+        kind="notify",
+        params={"message": f"incident {incident_id}: {why}"},
+        depends_on=[watch.id],
+        why="the on-call hears what the diagnosis did",
+    )
+    plan = Plan(
+        plan_id="",
+        goal=goal,
+        created_at=now,
+        policy_version=policy.version,
+        gate="senior_review" if needs_approval else "standard",
+        strategy=None,
+        canary_required=False,
+        deploy_order=[service],
+        rollback_order=[service],
+        notes=notes,
+        tasks=[repair, watch, notify],
+    )
+    return _with_id(plan)
 
 
 # --- order and checks ----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The decision policy: a versioned YAML file validated here (the default is `agents/default_policy.yaml`).
 It bounds every decision: bands and their gates, mandatory gates, test budgets, rollout templates, deploy
-windows and traffic-peak rules, who may override, and the gate to apply when scoring fails."""
+windows and traffic-peak rules, who may override, the gate to apply when scoring fails, and the repairs the
+diagnostic agent may propose after an incident."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from agents.gating import RiskBands
 from agents.vocabulary import BANDS, Band, FileKindName, Gate, Strategy, gate_level
+from features.topology import Criticality
 from features.yamlfile import load_yaml_model
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DEFAULT_POLICY = Path(__file__).resolve().parent / "default_policy.yaml"
 _DURATION = re.compile(r"^(\d+)(s|m|h)$")
+RepairKind = Literal["rollback", "restart", "scale_out", "flag_off"]
+REPAIR_KINDS: tuple[RepairKind, ...] = ("rollback", "restart", "scale_out", "flag_off")
 
 
 def duration_seconds(text: str) -> int:
@@ -238,6 +242,51 @@ class Overrides(_Strict):
     )
 
 
+def _all_repairs() -> list[RepairKind]:
+    return list(REPAIR_KINDS)
+
+
+def _culprit_repairs() -> list[RepairKind]:
+    return ["rollback", "flag_off", "restart"]
+
+
+def _no_culprit_repairs() -> list[RepairKind]:
+    return ["restart", "scale_out"]
+
+
+class RepairPolicy(_Strict):
+    """What the diagnostic agent may do about an incident (agents/diagnosis.py): the allowed repairs, the
+    order it tries them in, and which need a person's approval first."""
+
+    allowed: list[RepairKind] = Field(default_factory=_all_repairs, description="repairs that may run")
+    on_culprit: list[RepairKind] = Field(
+        default_factory=_culprit_repairs,
+        description="preference order when a deployment is blamed (acts on the culprit's service)",
+    )
+    on_no_culprit: list[RepairKind] = Field(
+        default_factory=_no_culprit_repairs,
+        description="preference order when no deployment is blamed (acts on the incident's service)",
+    )
+    approval_from: dict[RepairKind, Criticality] = Field(
+        default_factory=dict,
+        description="a repair of a service at least this critical waits for a person's approval",
+    )
+    scale_out_replicas: int = Field(default=4, ge=1, le=1000, description="scale_out: the new total")
+    flags: dict[str, Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][\w.-]*$")]] = (
+        Field(default_factory=dict, description="service → the feature flag guarding its new code (flag_off)")
+    )
+
+    @model_validator(mode="after")
+    def _preferences_allowed(self) -> RepairPolicy:
+        for name in ("on_culprit", "on_no_culprit"):
+            unknown = [k for k in getattr(self, name) if k not in self.allowed]
+            if unknown:
+                raise ValueError(f"{name}: {unknown} are not among the allowed repairs {self.allowed}")
+        if "rollback" in self.on_no_culprit:
+            raise ValueError("on_no_culprit: a rollback needs a deployment to blame")
+        return self
+
+
 class Policy(_Strict):
     version: Annotated[str, Field(min_length=1, max_length=64, description="recorded with every decision")]
     risk_bands: RiskBands = Field(default_factory=RiskBands)
@@ -251,6 +300,7 @@ class Policy(_Strict):
     overrides: Overrides = Field(default_factory=Overrides)
     on_error: Gate = Field(default="senior_review", description="the gate when the change cannot be scored")
     top_drivers: int = Field(default=3, ge=0, le=20, description="risk drivers quoted in the reasons")
+    repair: RepairPolicy = Field(default_factory=RepairPolicy)
 
     @field_validator("rollout")
     @classmethod

@@ -10,7 +10,9 @@ unrelated lines, refactors that move lines between planting and fixing, several 
 commit, fix messages without a keyword, defects never fixed.
 
 Commits are written with `git fast-import` (2,000 commits in a few seconds). The ground truth goes to
-`truth.parquet` beside the repository: `sha, bug_inducing, fixed_by, is_fix, fixes`.
+`truth.parquet` beside the repository: `sha, bug_inducing, fixed_by, is_fix, fixes`; the services'
+dependency topology to `services.yaml` (a service map, features/topology.py) and the cause of every
+incident to `incident-truth.csv` (`incident_id, culprit_deploy_id`; empty for noise incidents).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from features.errors import AwoError
 
@@ -32,6 +35,18 @@ START = 1_672_704_000  # 2023-01-03 00:00 UTC: fixed, so a seed always gives the
 DAY = 86_400
 
 SERVICES = ("payments", "catalog", "accounts", "search", "notifications", "gateway")
+# Who calls whom: a defect shipped to a dependency may surface as an incident of its callers.
+DEPENDS_ON: dict[str, tuple[str, ...]] = {
+    "payments": ("accounts",),
+    "catalog": (),
+    "accounts": (),
+    "search": ("catalog",),
+    "notifications": ("accounts",),
+    "gateway": ("payments", "catalog", "accounts", "search"),
+}
+CRITICALITY = {"payments": "critical", "gateway": "critical", "accounts": "high"}
+TOPOLOGY_FILE = "services.yaml"
+INCIDENT_TRUTH_FILE = "incident-truth.csv"
 MODULES = ("core", "api", "models", "rules", "storage", "client", "validation", "jobs")
 
 # (name, email, skill 0..1, activity weight, joins after this share of the history)
@@ -97,6 +112,8 @@ class WorldSummary:
     deployments: int = 0
     incidents: int = 0
     test_runs: int = 0
+    topology_path: Path | None = None
+    incident_truth_path: Path | None = None
 
 
 @dataclass
@@ -461,6 +478,7 @@ def generate_world(out: Path, seed: int = 7, n_commits: int = 2000, overwrite: b
     truth_path = out / "truth.parquet"
     truth.to_parquet(truth_path, index=False)
     delivery = write_delivery(world, shas, out, seed)
+    topology_path = write_topology(out / TOPOLOGY_FILE)
     return WorldSummary(
         repo=repo,
         truth_path=truth_path,
@@ -473,7 +491,26 @@ def generate_world(out: Path, seed: int = 7, n_commits: int = 2000, overwrite: b
         deployments=delivery["deployments"],
         incidents=delivery["incidents"],
         test_runs=delivery["test_runs"],
+        topology_path=topology_path,
+        incident_truth_path=out / INCIDENT_TRUTH_FILE,
     )
+
+
+def write_topology(path: Path) -> Path:
+    """The world's service map: each service's folder, its dependencies and criticality."""
+    services = {
+        s: {
+            "paths": [f"{s}/*"],
+            "depends_on": list(DEPENDS_ON[s]),
+            "criticality": CRITICALITY.get(s, "medium"),
+        }
+        for s in SERVICES
+    }
+    path.write_text(
+        "# The demo world's services: paths, who calls whom, criticality (features/topology.py)\n"
+        + yaml.safe_dump({"version": 1, "services": services}, sort_keys=False)
+    )
+    return path
 
 
 def _truth(world: _World, shas: list[str]) -> pd.DataFrame:
@@ -522,8 +559,13 @@ def _services_of(commit: _Commit) -> set[str]:
 def write_delivery(world: _World, shas: list[str], out: Path, seed: int) -> dict[str, int]:
     """deployments.csv, incidents.csv and test-runs.csv whose failures follow the planted defects: a
     deployment that ships a defect of its service fails far more often (rolled back, failed, or an incident
-    hours later), plus background noise and a few flaky tests."""
+    hours later), plus background noise and a few flaky tests. A defect shipped to a service may also
+    surface hours later as an incident of a service that calls it (DEPENDS_ON). The cause of every incident
+    goes to incident-truth.csv, never to incidents.csv."""
     rng = random.Random(seed * 7919 + 1)
+    cascade_rng = random.Random(seed * 7919 + 2)  # its own stream: the rows drawn above stay as they were
+    culprit: dict[str, str] = {}  # incident id → the deployment that caused it
+    shipped_defects: list[tuple[str, str, float, int]] = []  # production (deploy_id, service, t, defects)
     planted: dict[int, int] = {}
     for defect in world.defects:
         planted[defect.planted_by] = planted.get(defect.planted_by, 0) + 1
@@ -556,12 +598,15 @@ def write_delivery(world: _World, shas: list[str], out: Path, seed: int) -> dict
                     outcome = "failed"
                 if r >= 0.3:  # an incident follows; half of them name the deployment
                     started = t + rng.uniform(0.5, 20) * 3600
+                    culprit[f"inc-{len(incidents):05d}"] = deploy_id
                     incidents.append([f"inc-{len(incidents):05d}", service, rng.choice(["high", "critical"]),
                                       _iso(started), _iso(started + rng.uniform(0.5, 6) * 3600),
                                       deploy_id if rng.random() < 0.5 else "", "",
                                       f"{service} errors after release"])  # fmt: skip
             deployments.append([deploy_id, service, "production", shas[head], _iso(t), _iso(t + 900),
                                 strategy, outcome])  # fmt: skip
+            if defects:
+                shipped_defects.append((deploy_id, service, t, defects))
             if rng.random() < 0.12:  # background noise: minor incidents unrelated to releases
                 started = t + rng.uniform(1, 72) * 3600
                 severity = rng.choice(["low", "medium", "medium", "high"])
@@ -569,6 +614,7 @@ def write_delivery(world: _World, shas: list[str], out: Path, seed: int) -> dict
                                   _iso(started + 3600), "", "", f"{service} degraded"])  # fmt: skip
             last_index = head
             t += rng.expovariate(1 / 3.0) * DAY + 3600
+    incidents += _cascades(shipped_defects, len(incidents), end, cascade_rng, culprit)
     runs: list[list] = []
     for i in range(len(world.commits)):
         broken = planted.get(i, 0) > 0
@@ -600,4 +646,33 @@ def write_delivery(world: _World, shas: list[str], out: Path, seed: int) -> dict
         with open(out / name, "w", newline="") as fh:
             fh.write(header + "\n")
             csv.writer(fh).writerows(rows)
+    with open(out / INCIDENT_TRUTH_FILE, "w", newline="") as fh:
+        fh.write("incident_id,culprit_deploy_id\n")
+        csv.writer(fh).writerows([row[0], culprit.get(row[0], "")] for row in incidents)
     return {"deployments": len(deployments), "incidents": len(incidents), "test_runs": len(runs)}
+
+
+def _cascades(
+    shipped: list[tuple[str, str, float, int]],
+    first: int,
+    end: float,
+    rng: random.Random,
+    culprit: dict[str, str],
+) -> list[list]:
+    """Incidents of callers caused by a defect shipped to a service they depend on: each defect gives each
+    direct caller a 12% chance of a serious incident 1-24 h after the deployment. The caller's team does not
+    know the cause, so the incident names no deployment."""
+    callers = {s: [c for c in SERVICES if s in DEPENDS_ON[c]] for s in SERVICES}
+    rows: list[list] = []
+    for deploy_id, service, t, defects in shipped:
+        for caller in callers[service]:
+            if rng.random() >= 1 - 0.88**defects:
+                continue
+            started = t + rng.uniform(1, 24) * 3600
+            if started > end:
+                continue
+            incident_id = f"inc-{first + len(rows):05d}"
+            culprit[incident_id] = deploy_id
+            rows.append([incident_id, caller, rng.choice(["high", "critical"]), _iso(started),
+                         _iso(started + rng.uniform(0.5, 6) * 3600), "", "", f"{caller} errors"])  # fmt: skip
+    return rows
