@@ -1,0 +1,163 @@
+"""Online anomaly score for one metric stream (no canary to compare with): robust deviation on two time
+scales, turned into Numenta's anomaly likelihood (Ahmad et al. 2017), with repeat alarms suppressed."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from features.errors import BadConfig
+
+EPOCH = datetime(1970, 1, 1)
+LOG_FLOOR = math.log(1e-10)  # Numenta's log-likelihood scale: likelihood 1 - 1e-10 maps to 1
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Time constants in points. `fast`/`slow`: EW horizons of the level baseline and of the spread;
+    `short`: points averaged before the likelihood; `history`: horizon of the likelihood's own baseline;
+    `learn`: points before any score above 0; `hold`: points after an alarm whose scores are damped."""
+
+    fast: float = 8.0
+    slow: float = 400.0
+    short: int = 10
+    history: float = 8000.0
+    learn: int = 150
+    alarm: float = 0.3
+    hold_share: float = 0.05
+    damp: float = 0.0
+    season_s: int = 86400
+    bucket_s: int = 300
+    season_rate: float = 0.3
+
+
+class StreamDetector:
+    """Feed points in arrival order with `update(timestamp, value)`; each returns an anomaly score in [0, 1]
+    computed only from that point and earlier ones. A score >= `threshold` is an alarm."""
+
+    #: the threshold tuned on NAB (standard profile, all 58 files); see benchmarks/results/nab.json
+    threshold = 0.5
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        self.config = config or DetectorConfig()
+        c = self.config
+        if c.fast < 1 or c.slow < c.fast or c.history < 1 or c.short < 1 or c.learn < 0:
+            raise BadConfig(f"detector config: inconsistent time constants {c}")
+        self._a_fast = 1.0 / c.fast
+        self._a_slow = 1.0 / c.slow
+        self._a_hist = 1.0 / c.history
+        self.seen = 0
+        self._level = 0.0  # fast EW mean of the value
+        self._mean = 0.0  # slow EW mean
+        self._var = 0.0  # slow EW variance around `_mean`
+        self._err = 0.0  # slow EW mean squared residual from the fast level
+        self._recent: deque[float] = deque(maxlen=c.short)
+        self._recent_sum = 0.0
+        self._a_mean = 0.0
+        self._a_var = 0.0
+        self._since_alarm = math.inf
+        buckets = max(1, c.season_s // c.bucket_s)
+        self._season = [math.nan] * buckets  # EW mean of the value per time of day
+        self._season_err = 0.0  # slow EW mean squared residual from the seasonal profile
+        self._level_err = 0.0  # slow EW mean squared residual from the slow mean
+
+    def update(self, timestamp: object, value: float) -> float:
+        """The anomaly score of `value`, then learn from it. `timestamp` (datetime, numpy datetime64,
+        pandas Timestamp, epoch seconds, or None) places the point in the daily profile."""
+        return self._step(_seconds(timestamp), value)
+
+    def _step(self, seconds: float | None, value: float) -> float:
+        x = float(value)
+        if not math.isfinite(x):
+            raise BadConfig(f"anomaly detector: value {value!r} at {seconds} s is not a finite number")
+        c = self.config
+        n = self.seen
+        self.seen = n + 1
+        if n == 0:
+            self._level = self._mean = x
+            return 0.0
+        scale = max(abs(self._mean), 1e-9) * 1e-3
+        floor = scale * scale
+        z_level = abs(x - self._mean) / math.sqrt(self._var + floor)
+        bucket = -1 if seconds is None else int(seconds // c.bucket_s) % len(self._season)
+        expected = self._season[bucket] if bucket >= 0 else math.nan
+        if expected == expected:  # not NaN: this time of day was seen before
+            e = x - expected
+            if self._season_err < self._level_err:  # the daily profile predicts this stream better
+                z_level = abs(e) / math.sqrt(self._season_err + floor)
+            self._season_err += self._a_slow * (e * e - self._season_err)
+            self._level_err += self._a_slow * ((x - self._mean) ** 2 - self._level_err)
+            self._season[bucket] = expected + c.season_rate * e
+        elif bucket >= 0:
+            self._season[bucket] = x
+        z_jump = abs(x - self._level) / math.sqrt(self._err + scale * scale)
+        z = max(z_level, z_jump)
+        raw = math.erf(z / 4.0)  # two-sided Gaussian tail of z/2.8: saturates slowly
+        # learn the value's baselines after scoring it (the score of x never depends on x's own update)
+        d = x - self._mean
+        self._mean += self._a_slow * d
+        self._var = (1 - self._a_slow) * (self._var + self._a_slow * d * d)
+        r = x - self._level
+        self._err += self._a_slow * (r * r - self._err)
+        self._level += self._a_fast * r
+        # Numenta's anomaly likelihood: how unusual the recent mean raw score is against its history
+        recent = self._recent
+        if len(recent) == recent.maxlen:
+            self._recent_sum -= recent[0]
+        recent.append(raw)
+        self._recent_sum += raw
+        short = self._recent_sum / len(recent)
+        da = short - self._a_mean  # Numenta fits the distribution of the averaged scores
+        tail = 0.0
+        if n > c.learn:
+            sd = math.sqrt(self._a_var) + 1e-6
+            tail = 0.5 * math.erfc((short - self._a_mean) / sd / math.sqrt(2.0))
+        self._a_mean += self._a_hist * da
+        self._a_var = (1 - self._a_hist) * (self._a_var + self._a_hist * da * da)
+        score = min(1.0, math.log(max(tail, 1e-300) + 1e-10) / LOG_FLOOR) if n > c.learn else 0.0
+        score = max(0.0, score)
+        # one alarm per incident: NAB counts only the first detection in a window and charges the others
+        self._since_alarm += 1
+        if self._since_alarm <= c.hold_share * self.seen:
+            score *= c.damp
+        elif score >= c.alarm:
+            self._since_alarm = 0
+        return score
+
+    def score_series(self, values: Sequence[float] | np.ndarray, timestamps: Sequence[object] | None = None
+                     ) -> np.ndarray:
+        """Scores of a whole series, continuing from the current state: exactly `update` applied point by
+        point (it is that loop), for replaying a stored metric or a benchmark corpus."""
+        data = np.asarray(values, dtype=float)
+        if data.ndim != 1:
+            raise BadConfig(f"anomaly detector: expected a 1-d series of values, got shape {data.shape}")
+        if timestamps is not None and len(timestamps) != len(data):
+            raise BadConfig(f"anomaly detector: {len(timestamps)} timestamps for {len(data)} values")
+        seconds: list[float | None] = [None] * len(data) if timestamps is None else _seconds_of(timestamps)
+        step = self._step
+        return np.fromiter((step(t, v) for t, v in zip(seconds, data.tolist(), strict=True)), float, len(data))
+
+
+def _seconds(timestamp: object) -> float | None:
+    """Epoch seconds of a timestamp (time zone ignored: only the time of day matters here)."""
+    if timestamp is None:
+        return None
+    if isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool):
+        return float(timestamp)
+    if isinstance(timestamp, np.datetime64):
+        return float(timestamp.astype("datetime64[ms]").astype(np.int64)) / 1000.0
+    if isinstance(timestamp, datetime):
+        return (timestamp.replace(tzinfo=None) - EPOCH).total_seconds()
+    raise BadConfig(f"anomaly detector: timestamp {timestamp!r} is not a datetime or epoch seconds")
+
+
+def _seconds_of(timestamps: Sequence[object] | np.ndarray) -> list[float | None]:
+    array = np.asarray(timestamps)
+    if np.issubdtype(array.dtype, np.datetime64):
+        return (array.astype("datetime64[ms]").astype(np.int64) / 1000.0).tolist()
+    return [_seconds(t) for t in timestamps]
