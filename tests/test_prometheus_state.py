@@ -3,70 +3,37 @@ a service by the HTTP API's query_range, and a clear error when Prometheus is aw
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import pytest
 
 from agents.environment import MetricsUnavailable, read_prometheus
 from tests.conftest import free_port
 
+pytest_plugins = ["tests.prometheus_server"]  # prometheus_server
+
 
 @pytest.fixture
-def prometheus(tmp_path):
+def prometheus(prometheus_server):
     """Prometheus scraping a prometheus_client exporter that counts 100 requests/s of `api`, 2% failing."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip(
-            "prometheus is not installed (Debian package prometheus; `make test` installs it as root)"
-        )
     from prometheus_client import CollectorRegistry, Counter, start_http_server
 
     registry = CollectorRegistry()
     requests = Counter("http_requests", "requests", ["service", "code"], registry=registry)
     exporter_port = free_port()
     server, _thread = start_http_server(exporter_port, addr="127.0.0.1", registry=registry)
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: app\n    static_configs: [{{targets: ['127.0.0.1:{exporter_port}']}}]\n"
-    )
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            requests.labels("api", "200").inc(98)
-            requests.labels("api", "500").inc(2)
-            try:
-                query = httpx.get(f"{url}/api/v1/query", params={"query": "http_requests_total"}, timeout=1)
-                if query.status_code == 200 and len(query.json()["data"]["result"]) == 2:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        requests.labels("api", "200").inc(98)
+        requests.labels("api", "500").inc(2)
+        url = prometheus_server.start([f"127.0.0.1:{exporter_port}"])
+        prometheus_server.wait_for_series(url, "http_requests_total", 2)
         for _ in range(8):  # a few more scrapes, so increase() has points to work with
             requests.labels("api", "200").inc(98)
             requests.labels("api", "500").inc(2)
             time.sleep(0.5)
         yield url
     finally:
-        process.terminate()
-        process.wait(timeout=10)
         server.shutdown()
 
 
