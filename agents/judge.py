@@ -479,6 +479,9 @@ def judge_files(baseline: Path, canary: Path, template: Path | None = None) -> d
                 "effect": r.effect,
                 "n": r.n,
                 "reason": r.reason,
+                "baseline": r.baseline,
+                "canary": r.canary,
+                "test": r.test,
             }
             for r in last.results
         ],

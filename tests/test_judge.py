@@ -13,11 +13,16 @@ from agents.judge import (
     IntervalVerdict,
     MetricResult,
     MetricSpec,
+    RunVerdict,
     assess_run,
+    classify_counts,
     classify_metric,
     judge_files,
+    judge_interval,
     load_template,
     read_metric_file,
+    render_query,
+    run_evidence,
     score_interval,
     source_error,
 )
@@ -214,3 +219,130 @@ def test_a_csv_row_with_missing_columns_names_its_line(tmp_path: Path) -> None:
     path.write_text("timestamp,metric,value\n2026-01-01T00:00,error_rate\n")
     with pytest.raises(BadTable, match=r"baseline.csv: line 2: expected 3 columns, found 2"):
         read_metric_file(path)
+
+
+# The count judge for rate metrics: Fisher's exact test on successes/trials, alpha spent over the looks.
+ERROR_COUNTS = MetricSpec(
+    name="error_rate", kind="rate", numerator="errors", denominator="requests", tolerance=0.2, alpha=0.01
+)
+CART_COUNTS = MetricSpec(
+    name="add_to_cart_success",
+    kind="rate",
+    numerator="cart_ok",
+    denominator="cart",
+    bad="decrease",
+    alpha=0.01,
+)
+
+
+def test_doubled_error_counts_are_high_at_one_look() -> None:
+    result = classify_counts((20, 1000), (40, 1000), ERROR_COUNTS, looks=1)
+    assert (result.classification, result.test) == ("High", "fisher")
+    assert result.p_value == pytest.approx(0.00607, rel=1e-2)
+    assert (result.baseline, result.canary, result.effect) == (0.02, 0.04, pytest.approx(1.0))
+
+
+def test_alpha_is_spent_over_the_planned_looks() -> None:
+    # p = 0.006 beats alpha 0.01 once, not alpha / 10 at each of ten looks (Bonferroni)
+    assert classify_counts((20, 1000), (40, 1000), ERROR_COUNTS, looks=10).classification == "Pass"
+    assert classify_counts((20, 1000), (45, 1000), ERROR_COUNTS, looks=5).classification == "High"
+
+
+def test_a_significant_rate_change_inside_the_tolerance_band_passes() -> None:
+    result = classify_counts((10_000, 100_000), (11_000, 100_000), ERROR_COUNTS, looks=1)
+    assert result.p_value is not None and result.p_value < 1e-10
+    assert result.classification == "Pass" and "within tolerance" in result.reason
+
+
+def test_fewer_errors_on_the_canary_pass() -> None:
+    assert classify_counts((20, 1000), (5, 1000), ERROR_COUNTS, looks=1).classification == "Pass"
+
+
+def test_errors_on_a_canary_whose_baseline_had_none_are_high() -> None:
+    result = classify_counts((0, 1000), (15, 1000), ERROR_COUNTS, looks=1)
+    assert result.classification == "High" and result.effect == float("inf")
+
+
+def test_a_kpi_rate_drop_is_low() -> None:
+    assert classify_counts((120, 1000), (80, 1000), CART_COUNTS, looks=1).classification == "Low"
+
+
+def test_too_few_trials_is_nodata() -> None:
+    result = classify_counts((0, 2), (2, 2), ERROR_COUNTS, looks=1)
+    assert (result.classification, result.n) == ("NoData", 2)
+
+
+def test_extrapolated_counts_are_rounded_and_capped_at_trials() -> None:
+    result = classify_counts((20.4, 999.6), (1001.2, 1000.3), ERROR_COUNTS, looks=1)
+    assert (result.baseline, result.canary, result.n) == (0.02, 1.0, 1000)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(min_value=3, max_value=5000), st.data())
+def test_identical_counts_always_pass(trials: int, data: st.DataObject) -> None:
+    errors = data.draw(st.integers(min_value=0, max_value=trials))
+    assert classify_counts((errors, trials), (errors, trials), ERROR_COUNTS, looks=1).classification == "Pass"
+
+
+def test_an_interval_judges_rate_metrics_on_counts_when_both_sides_have_them() -> None:
+    template = AnalysisTemplate(metrics=[ERROR_COUNTS.model_copy(update={"critical": True})], count=1)
+    counted = judge_interval(
+        {"errors": [10, 10], "requests": [500, 500]}, {"errors": [20, 20], "requests": [500, 500]}, template
+    )
+    assert (counted.verdict, counted.results[0].test, counted.results[0].canary) == ("fail", "fisher", 0.04)
+    ratios = judge_interval({"error_rate": BASE}, {"error_rate": [2 * x for x in BASE]}, template)
+    assert (ratios.verdict, ratios.results[0].test) == ("fail", "mann-whitney")
+
+
+def test_a_rate_metric_needs_its_counts_and_queries_name_known_placeholders(tmp_path: Path) -> None:
+    path = tmp_path / "analysis.yaml"
+    path.write_text("metrics:\n  - {name: error_rate, kind: rate, numerator: errors}\n")
+    with pytest.raises(BadConfig, match=r"analysis.yaml: metrics\.0.*numerator and denominator"):
+        load_template(path)
+    path.write_text("metrics:\n  - {name: p99, query: 'x{service=\"{servce}\"}'}\n")
+    with pytest.raises(BadConfig, match=r"analysis.yaml: metrics\.0\.query.*servce"):
+        load_template(path)
+
+
+def test_a_query_keeps_its_label_matchers_and_fills_its_placeholders() -> None:
+    query = 'sum(increase(http_requests_total{service="{service}",track="{track}",code=~"5.."}[{interval}]))'
+    assert render_query(query, service="cart", track="canary", interval="60000ms") == (
+        'sum(increase(http_requests_total{service="cart",track="canary",code=~"5.."}[60000ms]))'
+    )
+
+
+def test_the_run_verdict_carries_every_interval_as_evidence() -> None:
+    intervals = [verdict("pass"), verdict("fail")]
+    run = assess_run(intervals, TEMPLATE)
+    assert isinstance(run, RunVerdict) and run.intervals == tuple(intervals)
+    assert run_evidence(run)["intervals"][1]["failed_critical"] == ["error_rate"]
+
+
+def test_a_pause_for_source_errors_names_the_last_error() -> None:
+    template = TEMPLATE.model_copy(update={"consecutive_error_limit": 1})
+    run = assess_run([source_error("Prometheus http://p:9090 unreachable")] * 2, template)
+    assert run.action == "pause" and "http://p:9090" in run.why
+
+
+def test_judge_files_reads_count_rows_for_rate_metrics(tmp_path: Path) -> None:
+    template = tmp_path / "t.yaml"
+    template.write_text(
+        "count: 3\nmetrics:\n  - {name: error_rate, kind: rate, numerator: errors, denominator: requests,"
+        " critical: true, alpha: 0.01}\n"
+    )
+
+    def counts(path: Path, errors: int) -> Path:
+        rows = ["timestamp,metric,value"]
+        for t in range(3):
+            rows += [f"2026-01-01T00:0{t},errors,{errors}", f"2026-01-01T00:0{t},requests,1000"]
+        path.write_text("\n".join(rows) + "\n")
+        return path
+
+    base = counts(tmp_path / "b.csv", 20)
+    assert judge_files(base, counts(tmp_path / "c.csv", 22), template)["action"] == "promote"
+    worse = judge_files(base, counts(tmp_path / "d.csv", 60), template)
+    assert (worse["action"], worse["intervals"], worse["metrics"][0]["classification"]) == (
+        "rollback",
+        1,
+        "High",
+    )
