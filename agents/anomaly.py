@@ -23,15 +23,17 @@ class DetectorConfig:
     `short`: points averaged before the likelihood; `history`: horizon of the likelihood's own baseline;
     `learn`: points before any score above 0; `hold`: points after an alarm whose scores are damped."""
 
-    fast: float = 8.0
-    slow: float = 400.0
+    fast: float = 4.0
+    slow: float = 800.0
     short: int = 10
     history: float = 8000.0
     learn: int = 150
     alarm: float = 0.3
     hold_share: float = 0.05
     damp: float = 0.0
-    season_s: int = 86400
+    min_var: float = 0.0003
+    raw_scale: float = 20.0
+    season_s: int = 604800
     bucket_s: int = 300
     season_rate: float = 0.3
 
@@ -97,7 +99,7 @@ class StreamDetector:
             self._season[bucket] = x
         z_jump = abs(x - self._level) / math.sqrt(self._err + scale * scale)
         z = max(z_level, z_jump)
-        raw = math.erf(z / 4.0)  # two-sided Gaussian tail of z/2.8: saturates slowly
+        raw = math.erf(z / c.raw_scale)
         # learn the value's baselines after scoring it (the score of x never depends on x's own update)
         d = x - self._mean
         self._mean += self._a_slow * d
@@ -115,8 +117,9 @@ class StreamDetector:
         da = short - self._a_mean  # Numenta fits the distribution of the averaged scores
         tail = 0.0
         if n > c.learn:
-            sd = math.sqrt(self._a_var) + 1e-6
-            tail = 0.5 * math.erfc((short - self._a_mean) / sd / math.sqrt(2.0))
+            # Numenta's lower bounds: a near-perfectly predicted stream does not make every wobble unusual
+            sd = math.sqrt(max(self._a_var, c.min_var))
+            tail = 0.5 * math.erfc((short - max(self._a_mean, 0.03)) / sd / math.sqrt(2.0))
         self._a_mean += self._a_hist * da
         self._a_var = (1 - self._a_hist) * (self._a_var + self._a_hist * da * da)
         score = min(1.0, math.log(max(tail, 1e-300) + 1e-10) / LOG_FLOOR) if n > c.learn else 0.0
@@ -129,8 +132,9 @@ class StreamDetector:
             self._since_alarm = 0
         return score
 
-    def score_series(self, values: Sequence[float] | np.ndarray, timestamps: Sequence[object] | None = None
-                     ) -> np.ndarray:
+    def score_series(
+        self, values: Sequence[float] | np.ndarray, timestamps: Sequence[object] | np.ndarray | None = None
+    ) -> np.ndarray:
         """Scores of a whole series, continuing from the current state: exactly `update` applied point by
         point (it is that loop), for replaying a stored metric or a benchmark corpus."""
         data = np.asarray(values, dtype=float)
@@ -140,7 +144,9 @@ class StreamDetector:
             raise BadConfig(f"anomaly detector: {len(timestamps)} timestamps for {len(data)} values")
         seconds: list[float | None] = [None] * len(data) if timestamps is None else _seconds_of(timestamps)
         step = self._step
-        return np.fromiter((step(t, v) for t, v in zip(seconds, data.tolist(), strict=True)), float, len(data))
+        return np.fromiter(
+            (step(t, v) for t, v in zip(seconds, data.tolist(), strict=True)), float, len(data)
+        )
 
 
 def _seconds(timestamp: object) -> float | None:
@@ -161,3 +167,22 @@ def _seconds_of(timestamps: Sequence[object] | np.ndarray) -> list[float | None]
     if np.issubdtype(array.dtype, np.datetime64):
         return (array.astype("datetime64[ms]").astype(np.int64) / 1000.0).tolist()
     return [_seconds(t) for t in timestamps]
+
+
+def windowed_gaussian_scores(values: Sequence[float] | np.ndarray, window: int = 6400) -> np.ndarray:
+    """Baseline in the spirit of NAB's `windowedGaussian` detector: erf(|z|/sqrt 2) of each value against
+    the mean and standard deviation of the `window` points before it (0 until two points are seen)."""
+    x = np.asarray(values, dtype=float)
+    if window < 2:
+        raise BadConfig(f"windowed gaussian: window {window} must be at least 2")
+    sums = np.r_[0.0, np.cumsum(x)]
+    squares = np.r_[0.0, np.cumsum(x * x)]
+    end = np.arange(len(x))
+    start = np.maximum(0, end - window)
+    count = end - start
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (sums[end] - sums[start]) / count
+        var = (squares[end] - squares[start]) / count - mean * mean
+        z = np.abs(x - mean) / np.sqrt(np.maximum(var, 0.0))
+    z = np.where(count >= 2, np.nan_to_num(z, nan=0.0, posinf=1e6), 0.0)
+    return np.asarray([math.erf(v / math.sqrt(2.0)) for v in z.tolist()])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ NO_DETECTION = math.inf  # a threshold above every score: the detector never fir
 
 @dataclass(frozen=True)
 class Profile:
-    """A NAB cost profile (config/profiles.json): weights of a true positive, false positive, missed window."""
+    """A NAB cost profile (config/profiles.json): weight of a true positive, a false positive, a miss."""
 
     name: str
     tp: float
@@ -360,3 +361,93 @@ def read_final_results(path: Path) -> dict[str, dict[str, float]]:
     if not isinstance(data, dict):
         raise BadTable(f"{path}: expected an object of detectors")
     return {str(d): {str(p): float(v) for p, v in profiles.items()} for d, profiles in data.items()}
+
+
+# ---------------------------------------------------------------------------------------- benchmark
+
+
+@dataclass(frozen=True)
+class DetectorRun:
+    """A detector's scores on every file and the time it took (one process, one core)."""
+
+    name: str
+    scores: dict[str, np.ndarray]
+    seconds: float
+
+    @property
+    def points(self) -> int:
+        return sum(len(s) for s in self.scores.values())
+
+
+def run_detector(name: str, files: Sequence[NabFile], score: Callable[[NabFile], np.ndarray]) -> DetectorRun:
+    started = time.perf_counter()
+    scores = {f.name: np.asarray(score(f), dtype=float) for f in files}
+    return DetectorRun(name, scores, time.perf_counter() - started)
+
+
+def benchmark_report(
+    files: Sequence[NabFile], runs: Sequence[DetectorRun], published: Mapping[str, Mapping[str, float]]
+) -> dict[str, object]:
+    """Per detector and profile: NAB's corpus-tuned threshold and normalised score, counts, the
+    leave-one-category-out score, points per second; the published scores beside them."""
+    detectors: dict[str, object] = {}
+    for run in runs:
+        profiles = {}
+        loco = {}
+        for profile in PROFILES:
+            result = evaluate(files, run.scores, profile)
+            profiles[profile.name] = {
+                "score": round(result.normalised, 2),
+                "threshold": None if result.threshold == NO_DETECTION else round(result.threshold, 6),
+                "raw": round(result.raw, 4),
+                "tp_points": sum(f.tp for f in result.files),
+                "fp_points": sum(f.fp for f in result.files),
+                "windows_detected": sum(
+                    _windows_detected(f, run.scores[f.name], result.threshold) for f in files
+                ),
+            }
+            held_out, used = leave_one_category_out(files, run.scores, profile)
+            loco[profile.name] = {"score": round(held_out, 2), "thresholds": used}
+        detectors[run.name] = {
+            "profiles": profiles,
+            "leave_one_category_out": loco,
+            "points_per_second": round(run.points / max(run.seconds, 1e-9)),
+            "seconds": round(run.seconds, 3),
+        }
+    return {
+        "corpus": {
+            "files": len(files),
+            "windows": sum(len(f.windows) for f in files),
+            "points": sum(len(f.values) for f in files),
+            "categories": sorted({f.category for f in files}),
+        },
+        "detectors": detectors,
+        "published": {d: {p: round(v, 2) for p, v in s.items()} for d, s in published.items()},
+    }
+
+
+def _windows_detected(nab_file: NabFile, scores: np.ndarray, threshold: float) -> int:
+    start = nab_file.probationary_length
+    return sum(bool((scores[max(a, start) : b + 1] >= threshold).any()) for a, b in nab_file.windows)
+
+
+def published_results(dataset: Path) -> dict[str, dict[str, float]]:
+    """`<dataset>/reference/final_results.json` when the corpus carries it, else nothing to compare with."""
+    path = Path(dataset) / "reference" / "final_results.json"
+    return read_final_results(path) if path.is_file() else {}
+
+
+def run_nab_benchmark(
+    files: Sequence[NabFile], published: Mapping[str, Mapping[str, float]]
+) -> dict[str, object]:
+    """Our detector (`agents.anomaly.StreamDetector`, default configuration) and the windowed-Gaussian
+    baseline, each run online over every file in one process, scored as NAB scores."""
+    from agents.anomaly import StreamDetector, windowed_gaussian_scores
+
+    runs = [
+        run_detector("awo", files, lambda f: StreamDetector().score_series(f.values, f.timestamps)),
+        run_detector("windowed_gaussian_baseline", files, lambda f: windowed_gaussian_scores(f.values)),
+    ]
+    report = benchmark_report(files, runs, published)
+    report["default_threshold"] = StreamDetector.threshold
+    return report
