@@ -4,7 +4,6 @@ becomes rollback + block + incident), write incidents as ingestion rows, and aud
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +13,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel
 
 from agents.executor import Executor, TaskResult
+from agents.feedback import record_incident
 from agents.planner import (
     DONE,
     Plan,
@@ -25,21 +25,12 @@ from agents.planner import (
     replan_on_failure,
     save_plan,
 )
-from features.delivery import IncidentRow
+from features.errors import AwoError
+from features.tables import feedback_file
 
 Outcome = Literal["succeeded", "blocked", "failed", "paused"]
 # 4: as `awo decide`'s block; 3: waits for a person (`awo rollout resume` or `abort`), as inconclusive
 OUTCOME_EXIT: dict[Outcome, int] = {"succeeded": 0, "blocked": 4, "failed": 1, "paused": 3}
-INCIDENT_COLUMNS = (
-    "incident_id",
-    "service",
-    "severity",
-    "started_at",
-    "resolved_at",
-    "deploy_id",
-    "sha",
-    "summary",
-)
 
 
 class AuditSink(Protocol):
@@ -95,7 +86,7 @@ class RunReport(BaseModel):
             )
         for incident in self.incidents:
             lines.append(
-                f"  incident {incident} written to {self.incidents_path} (`awo ingest incidents` reads it)"
+                f"  incident {incident} recorded in {self.incidents_path} (`awo retrain` ingests it)"
             )
         return lines
 
@@ -135,20 +126,15 @@ def outcome_of(plan: Plan) -> Outcome:
     return "failed" if any(t.status == "failed" for t in plan.tasks) else "succeeded"
 
 
-def _csv_safe(text: str) -> str:
-    """Untrusted text in a CSV cell: a leading =, +, - or @ would be a formula in a spreadsheet."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
-
-
-def write_incident(plan: Plan, task: Task, path: Path, now: datetime) -> tuple[str, bool]:
-    """Append the incident of `task` to `path` in the ingestion schema (features/delivery.py IncidentRow),
-    once:
-    the id derives from the plan and the task, and a row already there is not written again.
-    Returns the incident id and whether a row was written."""
+def write_incident(plan: Plan, task: Task, data_root: Path, now: datetime) -> tuple[str, bool]:
+    """Record the incident of `task` in `<data root>/feedback/incidents.csv` (the ingestion schema, which
+    the next `awo retrain` ingests). The id derives from the plan and the task, so a re-run records it
+    once. Returns the incident id and whether the file changed."""
     incident_id = f"awo-{plan.plan_id}-{task.id.replace(':', '-').replace('#', '-')}"
     failed = plan.task(str(task.params["failed_task"])) if "failed_task" in task.params else None
     started = failed.finished_at if failed is not None and failed.finished_at is not None else now
-    row = IncidentRow.model_validate(
+    recorded = record_incident(
+        data_root,
         {
             "incident_id": incident_id,
             "service": task.service or ",".join(plan.deploy_order),
@@ -157,22 +143,10 @@ def write_incident(plan: Plan, task: Task, path: Path, now: datetime) -> tuple[s
             "resolved_at": None,
             "deploy_id": task.params.get("deploy_id"),
             "sha": plan.goal.ref if plan.goal.ref_kind == "sha" else None,
-            "summary": _csv_safe(str(task.params.get("summary", ""))[:2000]),
-        }
+            "summary": str(task.params.get("summary", "")),
+        },
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    exists = path.is_file() and path.stat().st_size > 0
-    if exists:
-        with path.open(newline="", encoding="utf-8") as existing:
-            if any(r.get("incident_id") == incident_id for r in csv.DictReader(existing)):
-                return incident_id, False
-    values = row.model_dump(mode="json")
-    with path.open("a", newline="", encoding="utf-8") as out:
-        writer = csv.DictWriter(out, fieldnames=INCIDENT_COLUMNS)
-        if not exists:
-            writer.writeheader()
-        writer.writerow({k: "" if values[k] is None else values[k] for k in INCIDENT_COLUMNS})
-    return incident_id, True
+    return incident_id, recorded.written
 
 
 def _decision_id(plan: Plan) -> str:
@@ -221,7 +195,7 @@ def run_plan(
     on_event: Callable[[RunEvent], None] | None = None,
     audit: AuditSink | None = None,
     state_path: Path | None = None,
-    incidents_path: Path | None = None,
+    feedback_root: Path | None = None,
     clock: Callable[[], datetime] | None = None,
     max_replans: int = 10,
     approved_by: str | None = None,
@@ -230,8 +204,8 @@ def run_plan(
     is a good one) every status change is saved there at once, and a state file of the same plan found
     there is resumed: finished tasks are not run again, a task cut off while running is run again (executors
     reconcile, so that is harmless). A failed task re-plans (`replan_on_failure`) and the run goes on with
-    the new tasks. `record_incident` tasks also append a row to `incidents_path` (CSV, the ingestion
-    schema). A finished run is written once to `audit` (kind `plan_run`). A plan whose gate is
+    the new tasks. `record_incident` tasks also record their incident under `feedback_root` (the data
+    root; agents.feedback). A finished run is written once to `audit` (kind `plan_run`). A plan whose gate is
     `senior_review` runs only with `approved_by` (the caller checks that person against the policy's
     `overrides.allowed`); it is recorded in the audit."""
     now = clock or (lambda: datetime.now(UTC))
@@ -278,15 +252,15 @@ def run_plan(
             result = TaskResult(
                 task_id=task.id, status="failed", detail=f"executor answered for {result.task_id!r}"
             )
-        if result.status == "succeeded" and task.kind == "record_incident" and incidents_path is not None:
+        if result.status == "succeeded" and task.kind == "record_incident" and feedback_root is not None:
             try:
-                incident_id, written = write_incident(plan, task, Path(incidents_path), now())
-            except (OSError, ValueError) as exc:
+                incident_id, written = write_incident(plan, task, Path(feedback_root), now())
+            except (OSError, ValueError, AwoError) as exc:
                 result = TaskResult(task_id=task.id, status="failed", detail=f"incident not written: {exc}")
             else:
                 incidents.append(incident_id)
                 if written:
-                    result.actions.append(f"append incident {incident_id} to {Path(incidents_path).name}")
+                    result.actions.append(f"record incident {incident_id} in feedback/incidents.csv")
         task.status, task.detail, task.finished_at = result.status, result.detail, now()
         task.actions = [*task.actions, *result.actions]
         ran.append(task.id)
@@ -327,5 +301,7 @@ def run_plan(
         ran=ran,
         resumed_after=resumed_after,
         incidents=incidents,
-        incidents_path=str(incidents_path) if incidents_path is not None else None,
+        incidents_path=None
+        if feedback_root is None
+        else str(feedback_file(Path(feedback_root), "incidents")),
     )

@@ -53,7 +53,7 @@ def test_a_failed_canary_rolls_back_blocks_and_records_an_incident(tmp_path, mon
     )
     assert result.exit_code == 4, result.output
     assert "rollback:payments" in result.output and "blocked" in result.output
-    incidents = pd.read_csv(tmp_path / "data" / "incidents" / "awo-plans.csv")
+    incidents = pd.read_csv(tmp_path / "data" / "feedback" / "incidents.csv")
     assert list(incidents["service"]) == ["payments"] and "error rate 4%" in incidents["summary"].iloc[0]
 
 

@@ -475,10 +475,10 @@ def test_an_all_green_run_succeeds_every_task_and_audits_once(tmp_path):
 def test_a_failed_canary_rolls_back_blocks_and_writes_an_incident_that_ingestion_accepts(tmp_path):
     before = {("production", "db"): "v1.3.0", ("production", "api"): "v1.3.0"}
     executor = DryRunExecutor(fail={"canary:api": "error rate 4% > 1%"}, running=before)
-    incidents = tmp_path / "data" / "incidents.csv"
+    incidents = tmp_path / "data" / "feedback" / "incidents.csv"
     events = []
     report = run_plan(
-        ship("db, api"), executor, incidents_path=incidents, clock=clock(), on_event=events.append
+        ship("db, api"), executor, feedback_root=tmp_path / "data", clock=clock(), on_event=events.append
     )
     assert report.outcome == "blocked" and report.exit_code == 4
     assert "promote:api" not in executor.calls and report.plan.task("promote:api").status == "cancelled"

@@ -351,7 +351,7 @@ def run(
         on_event=lambda event: console.print(event.message, highlight=False),
         audit=log,
         state_path=plan_file,
-        incidents_path=settings.data_dir / "incidents" / "awo-plans.csv",
+        feedback_root=settings.data_dir,
         approved_by=approved_by,
     )
     for line in report.summary_lines():
