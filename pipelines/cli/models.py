@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from features.errors import AwoError
-from pipelines.cli.mining import MiningProgress, failed_fixes_note, print_mine_summary
+from pipelines.cli.mining import MiningProgress, failed_fixes_note, print_ingest_summary, print_mine_summary
 from pipelines.cli.root import app, console, err_console, load_settings, styled
 from pipelines.flow import StageListener
 
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from models.risk_model import ModelConfig
     from pipelines.features_job import BuildResult
+    from pipelines.ingest import IngestResult
     from pipelines.label import LabelResult
     from pipelines.mine import MineResult
 
@@ -112,6 +113,10 @@ class _RetrainSteps(StageListener):
             f"2. label: {result.bug_inducing} bug-inducing, {result.clean} clean, {result.unknown} unknown"
             f"{failed_fixes_note(result)}"
         )
+
+    def ingested(self, result: IngestResult) -> None:  # the agents' feedback: rollouts and incidents
+        console.print("   ingest:", end=" ")
+        print_ingest_summary(result)
 
     def features_ready(
         self, built: BuildResult, applied: dict[str, int], materialized: dict[str, Any]
