@@ -43,7 +43,7 @@ class StreamDetector:
     computed only from that point and earlier ones. A score >= `threshold` is an alarm."""
 
     #: the threshold tuned on NAB (standard profile, all 58 files); see benchmarks/results/nab.json
-    threshold = 0.5
+    threshold = 0.3
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
