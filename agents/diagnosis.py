@@ -40,20 +40,22 @@ class CulpritModel:
 
     - relation prior: `dependency_prior ** depth` (depth 0: the incident's own service);
     - time kernel: `exp(-hours / time_scale_hours)`, nothing older than `lookback_hours`;
-    - failure evidence: the deployment's failure score over `base_failure_rate` (unknown: the base rate,
-      i.e. 1), times `failed_outcome_factor` when the deployment itself failed or was rolled back;
+    - failure evidence: (the deployment's failure score / `base_failure_rate`) ** `failure_weight` (unknown:
+      1; the exponent tempers a model that is only moderately sure), times `failed_outcome_factor` when
+      the deployment itself failed or was rolled back;
     - blast radius (Gandalf's spatial correlation): 1 + `co_incident_weight` per other service in the
       deployment's radius (it and every service that depends on it) with an incident after it, up to now.
     """
 
     lookback_hours: float = 72.0
-    time_scale_hours: float = 12.0
+    time_scale_hours: float = 18.0
     max_depth: int = 2
     dependency_prior: float = 0.5
     base_failure_rate: float = 0.1
+    failure_weight: float = 0.5
     failed_outcome_factor: float = 3.0
     co_incident_weight: float = 0.5
-    floor: float = 0.15
+    floor: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -154,9 +156,8 @@ def rank_culprits(
             after = known[(known["started_at"] > row.started_at) & known["service"].isin(list(radius))]
             others = len(set(after["service"]) - {incident.service})
         p = scores.get(row.deploy_id)
-        evidence = (p if p is not None and math.isfinite(p) else model.base_failure_rate) / max(
-            model.base_failure_rate, 1e-9
-        )
+        known_p = p if p is not None and math.isfinite(p) else model.base_failure_rate
+        evidence = (max(known_p, 1e-6) / model.base_failure_rate) ** model.failure_weight
         if row.outcome in FAILED_OUTCOMES:
             evidence *= model.failed_outcome_factor
         score = (

@@ -12,7 +12,8 @@ deployment of the affected service before the incident", in the same run:
 Measures: top-1 and top-3 culprit accuracy over incidents with a culprit (split by same-service and
 dependency culprits), and the share of noise incidents answered "no culprit".
 
-Usage: python benchmarks/diagnosis.py [--seed 7] [--commits 2000]   (writes benchmarks/results/diagnosis.json)"""
+Usage: python benchmarks/diagnosis.py [--seed 7] [--commits 2000]
+(writes benchmarks/results/diagnosis.json)"""
 
 from __future__ import annotations
 
@@ -69,7 +70,9 @@ def evaluate(world_dir: Path, tables: Path, scores: dict[str, float], cutoff: pd
         rows.append(
             {
                 "true": true,
-                "kind": "noise" if not true else ("same" if service_of[true] == inc.service else "dependency"),
+                "kind": "noise"
+                if not true
+                else ("same" if service_of[true] == inc.service else "dependency"),
                 "top1": (ranked[:1] == [true]) if true else diagnosis.culprit is None,
                 "top3": true in ranked[:3] if true else diagnosis.culprit is None,
                 "naive": naive_culprit(facts, deployments) == true if true else False,
@@ -142,7 +145,8 @@ def main() -> None:
     )
     dep = result["dependency_culprits"]
     print(
-        f"  dependency culprits: {dep['incidents']}, top-1 {dep['awo_top1']:.3f} (naive {dep['naive_top1']:.3f})"
+        f"  dependency culprits: {dep['incidents']}, "
+        f"top-1 {dep['awo_top1']:.3f} (naive {dep['naive_top1']:.3f})"
     )
     print(f"written {args.out} in {result['seconds']} s")
 

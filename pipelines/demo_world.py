@@ -565,7 +565,7 @@ def write_delivery(world: _World, shas: list[str], out: Path, seed: int) -> dict
     rng = random.Random(seed * 7919 + 1)
     cascade_rng = random.Random(seed * 7919 + 2)  # its own stream: the rows drawn above stay as they were
     culprit: dict[str, str] = {}  # incident id → the deployment that caused it
-    shipped_defects: list[tuple[str, str, float, int]] = []  # production (deploy_id, service, t, defects)
+    shipped_defects: list[tuple[str, str, float]] = []  # failed production deploys that shipped defects
     planted: dict[int, int] = {}
     for defect in world.defects:
         planted[defect.planted_by] = planted.get(defect.planted_by, 0) + 1
@@ -590,7 +590,8 @@ def write_delivery(world: _World, shas: list[str], out: Path, seed: int) -> dict
             deploy_id = f"dep-{n + 1:05d}"
             strategy = STRATEGY.get(service, "full" if rng.random() < 0.1 else "rolling")
             outcome = "succeeded"
-            if rng.random() < p_fail:
+            failing = rng.random() < p_fail
+            if failing:
                 r = rng.random()
                 if r < 0.45:
                     outcome = "rolled-back"
@@ -605,8 +606,8 @@ def write_delivery(world: _World, shas: list[str], out: Path, seed: int) -> dict
                                       f"{service} errors after release"])  # fmt: skip
             deployments.append([deploy_id, service, "production", shas[head], _iso(t), _iso(t + 900),
                                 strategy, outcome])  # fmt: skip
-            if defects:
-                shipped_defects.append((deploy_id, service, t, defects))
+            if defects and failing:  # a defect bad enough to break callers shows at the service too
+                shipped_defects.append((deploy_id, service, t))
             if rng.random() < 0.12:  # background noise: minor incidents unrelated to releases
                 started = t + rng.uniform(1, 72) * 3600
                 severity = rng.choice(["low", "medium", "medium", "high"])
@@ -653,20 +654,21 @@ def write_delivery(world: _World, shas: list[str], out: Path, seed: int) -> dict
 
 
 def _cascades(
-    shipped: list[tuple[str, str, float, int]],
+    shipped: list[tuple[str, str, float]],
     first: int,
     end: float,
     rng: random.Random,
     culprit: dict[str, str],
 ) -> list[list]:
-    """Incidents of callers caused by a defect shipped to a service they depend on: each defect gives each
-    direct caller a 12% chance of a serious incident 1-24 h after the deployment. The caller's team does not
-    know the cause, so the incident names no deployment."""
+    """Incidents of callers caused by a defect shipped to a service they depend on, in a deployment that
+    failed (rolled back, failed, or an incident of its own): each direct caller has a 30% chance of a
+    serious incident 1-24 h after the deployment. The caller's team does not know the cause, so the incident
+    names no deployment."""
     callers = {s: [c for c in SERVICES if s in DEPENDS_ON[c]] for s in SERVICES}
     rows: list[list] = []
-    for deploy_id, service, t, defects in shipped:
+    for deploy_id, service, t in shipped:
         for caller in callers[service]:
-            if rng.random() >= 1 - 0.88**defects:
+            if rng.random() >= 0.3:
                 continue
             started = t + rng.uniform(1, 24) * 3600
             if started > end:
