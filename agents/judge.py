@@ -321,19 +321,10 @@ def judge_interval(
     rate metric is judged on the sums of its count samples when both sides have them."""
     results = []
     for m in template.metrics:
-        counted = m.kind == "rate" and all(
-            k in side for side in (baseline, canary) for k in (m.numerator, m.denominator)
-        )
-        if counted:
-            assert m.numerator is not None and m.denominator is not None
-            results.append(
-                classify_counts(
-                    (sum(baseline[m.numerator]), sum(baseline[m.denominator])),
-                    (sum(canary[m.numerator]), sum(canary[m.denominator])),
-                    m,
-                    template.count,
-                )
-            )
+        num, den = m.numerator or "", m.denominator or ""
+        if m.kind == "rate" and all(k in side for side in (baseline, canary) for k in (num, den)):
+            b_counts = (sum(baseline[num]), sum(baseline[den]))
+            results.append(classify_counts(b_counts, (sum(canary[num]), sum(canary[den])), m, template.count))
         else:
             results.append(
                 classify_metric(baseline.get(m.name, ()), canary.get(m.name, ()), m, template.count)

@@ -5,6 +5,7 @@ critical metric in the evidence, and a Prometheus that is down pauses after the 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,8 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from agents.judge import AnalysisTemplate, MetricSpec, run_evidence
-from agents.monitor import CanaryAnalyst, ManualClock, MetricFileSource, PrometheusSource
+from agents.judge import AnalysisTemplate, MetricSpec, load_template, run_evidence
+from agents.monitor import CanaryAnalyst, ManualClock, MetricFileSource, PrometheusSource, Window
 from tests.conftest import free_port
 
 if TYPE_CHECKING:
@@ -174,3 +175,11 @@ def test_a_metric_file_too_short_for_the_count_pauses_naming_the_file(tmp_path: 
     short = MetricFileSource(base, _metric_file(tmp_path / "short.csv", [20]))
     run = CanaryAnalyst(FAST, short, ManualClock()).analyse("cart", "prod", "v1", "v2", 1)
     assert run.action == "pause" and "short.csv: no interval 2" in run.why
+
+
+def test_the_default_templates_queries_are_valid_promql(prometheus: str) -> None:
+    template = load_template()
+    now = time.time()
+    window = Window("cart", "prod", "canary", "v2", 0, now - 60, now)
+    # The shop has no namespace label, so the series are empty; a malformed query would raise.
+    assert PrometheusSource(prometheus).measure(window, template) == {}
