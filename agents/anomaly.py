@@ -36,6 +36,7 @@ class DetectorConfig:
     season_s: int = 604800
     bucket_s: int = 300
     season_rate: float = 0.3
+    season_trust: int = 100
 
 
 class StreamDetector:
@@ -67,6 +68,7 @@ class StreamDetector:
         self._season = [math.nan] * buckets  # EW mean of the value per time of day
         self._season_err = 0.0  # slow EW mean squared residual from the seasonal profile
         self._level_err = 0.0  # slow EW mean squared residual from the slow mean
+        self._season_seen = 0  # points that had a profile value to compare with
 
     def update(self, timestamp: object, value: float) -> float:
         """The anomaly score of `value`, then learn from it. `timestamp` (datetime, numpy datetime64,
@@ -90,8 +92,12 @@ class StreamDetector:
         expected = self._season[bucket] if bucket >= 0 else math.nan
         if expected == expected:  # not NaN: this time of day was seen before
             e = x - expected
-            if self._season_err < self._level_err:  # the daily profile predicts this stream better
-                z_level = abs(e) / math.sqrt(self._season_err + floor)
+            # the profile must have predicted this stream better than the slow mean over enough points;
+            # its error is an EW mean started at 0, divided by the weight seen so far (as in Adam)
+            if self._season_seen >= c.season_trust and self._season_err < self._level_err:
+                weight = 1.0 - (1.0 - self._a_slow) ** self._season_seen
+                z_level = abs(e) / math.sqrt(self._season_err / weight + floor)
+            self._season_seen += 1
             self._season_err += self._a_slow * (e * e - self._season_err)
             self._level_err += self._a_slow * ((x - self._mean) ** 2 - self._level_err)
             self._season[bucket] = expected + c.season_rate * e
