@@ -111,7 +111,7 @@ def test_non_finite_values_and_bad_inputs_are_refused_with_the_value_named() -> 
     with pytest.raises(BadConfig, match="3 timestamps for 2 values"):
         detector.score_series([1.0, 2.0], [1, 2, 3])
     with pytest.raises(BadConfig, match="1-d series"):
-        detector.score_series([[1.0, 2.0]])
+        detector.score_series(np.ones((1, 2)))
     with pytest.raises(BadConfig, match="time constants"):
         StreamDetector(DetectorConfig(fast=10.0, slow=5.0))
 
