@@ -172,9 +172,20 @@ def source_error(why: str = "") -> IntervalVerdict:
     return IntervalVerdict(score=None, verdict="error", failed_critical=[], results=(), error=why)
 
 
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "inf": errors on a canary whose baseline had none; strict JSON has no Infinity
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def run_evidence(run: RunVerdict) -> dict[str, Any]:
-    """The run as JSON-ready data for the audit log: the action, why, and each interval's statistics."""
-    return {"action": run.action, "why": run.why, "intervals": [asdict(v) for v in run.intervals]}
+    """The run as strict-JSON data for the audit log: the action, why, and each interval's per-metric
+    statistics (classification, p-value, rates or means, effect, test)."""
+    return _json_safe({"action": run.action, "why": run.why, "intervals": [asdict(v) for v in run.intervals]})
 
 
 def load_template(path: Path | None = None) -> AnalysisTemplate:

@@ -210,18 +210,21 @@ class CanaryAnalyst:
         source: MetricSource,
         clock: Clock | None = None,
         namespaces: Mapping[str, str] | None = None,
+        default_namespace: str = "default",
     ) -> None:
         self.template = template
         self.source = source
         self.clock = clock or SystemClock()
         self.namespaces = dict(namespaces or {})
+        self.default_namespace = default_namespace
 
     def analyse(
         self, service: str, environment: str, stable_ref: str, canary_ref: str, step: int
     ) -> RunVerdict:
-        """The verdict of analysis step `step` of `service` in `environment` (its namespace, unless mapped),
-        `canary_ref` against `stable_ref`, with every interval's per-metric statistics as evidence."""
-        namespace = self.namespaces.get(environment, environment)
+        """The verdict of analysis step `step` of `service` in `environment` (`namespaces` maps an
+        environment to its Kubernetes namespace; else `default_namespace`), `canary_ref` against
+        `stable_ref`, with every interval's per-metric statistics as evidence."""
+        namespace = self.namespaces.get(environment, self.default_namespace)
         interval = float(self.template.interval_seconds)
         start = self.clock.now()
         baseline: Samples = {}

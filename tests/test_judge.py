@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -258,9 +259,11 @@ def test_fewer_errors_on_the_canary_pass() -> None:
     assert classify_counts((20, 1000), (5, 1000), ERROR_COUNTS, looks=1).classification == "Pass"
 
 
-def test_errors_on_a_canary_whose_baseline_had_none_are_high() -> None:
+def test_errors_on_a_canary_whose_baseline_had_none_are_high_and_audit_as_strict_json() -> None:
     result = classify_counts((0, 1000), (15, 1000), ERROR_COUNTS, looks=1)
     assert result.classification == "High" and result.effect == float("inf")
+    run = RunVerdict("rollback", "", (IntervalVerdict(25.0, "fail", ["error_rate"], (result,)),))
+    assert "Infinity" not in json.dumps(run_evidence(run))
 
 
 def test_a_kpi_rate_drop_is_low() -> None:
