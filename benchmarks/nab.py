@@ -30,8 +30,9 @@ def text_table(report: dict) -> str:
     ]
     for name, run in report["detectors"].items():
         scores = "".join(f"{run['profiles'][p]['score']:>10.2f}" for p in PROFILE_COLUMNS)
-        loco = run["leave_one_category_out"]["standard"]["score"]
-        lines.append(f"{name + ' (this run)':<42}{scores}{loco:>10.2f}{run['points_per_second']:>12,}")
+        held_out = run["leave_one_category_out"]["standard"]["score"]
+        loco = f"{held_out:>10.2f}" if held_out is not None else f"{'n/a':>10}"
+        lines.append(f"{name + ' (this run)':<42}{scores}{loco}{run['points_per_second']:>12,}")
     for name, scores in sorted(report["published"].items(), key=lambda kv: -kv[1].get("standard", 0.0)):
         cells = "".join(f"{scores[p]:>10.2f}" if p in scores else f"{'':>10}" for p in PROFILE_COLUMNS)
         lines.append(f"{name + ' (published)':<42}{cells}")

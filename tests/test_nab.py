@@ -125,6 +125,26 @@ def test_normalisation_maps_null_to_zero_and_perfect_to_hundred() -> None:
     assert perfect.normalised == pytest.approx(100.0)
 
 
+def test_leave_one_category_out_scores_each_category_at_the_threshold_tuned_on_the_others() -> None:
+    rows, window = ROWS, WINDOW
+    files = [
+        nab.NabFile(name, toy(rows, window).timestamps, np.zeros(rows), window)
+        for name in ("a/one.csv", "a/two.csv", "b/three.csv")
+    ]
+    rng = np.random.default_rng(3)
+    scores = {f.name: rng.random(rows) * 0.5 for f in files}
+    scores["a/one.csv"][100] = scores["a/two.csv"][105] = 0.9  # category a: a clear alarm in each window
+    scores["b/three.csv"][110] = 0.7
+    held_out, used = nab.leave_one_category_out(files, scores, STANDARD)
+    threshold_a, _ = nab.sweep_corpus(files[2:], scores, STANDARD).best()
+    threshold_b, _ = nab.sweep_corpus(files[:2], scores, STANDARD).best()
+    assert used == {"a": threshold_a, "b": threshold_b}
+    assert threshold_b == pytest.approx(0.9)  # tuned on a: 0.7 in b/three.csv is then a miss
+    raw = sum(nab.score_file(f, scores[f.name], used[f.category], STANDARD).score for f in files)
+    assert held_out == pytest.approx(nab.normalise(raw, -3.0, 3.0))
+    assert nab.score_file(files[2], scores["b/three.csv"], threshold_b, STANDARD).score == -1.0
+
+
 def test_bad_dataset_folder_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(BadConfig, match="not a folder"):
         nab.load_corpus(tmp_path / "missing")

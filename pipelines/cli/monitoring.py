@@ -40,20 +40,23 @@ def print_nab_table(report: dict) -> None:
     view = Table(
         title=f"NAB: {corpus['files']} files, {corpus['points']:,} points, {corpus['windows']} windows"
     )
-    for column in ("detector", "standard", "reward low FP", "reward low FN", "LOCO standard", "points/s"):
-        view.add_column(column, justify="left" if column == "detector" else "right")
+    for column in ("detector", "standard", "low FP", "low FN", "LOCO std", "points/s"):
+        view.add_column(column, justify="left" if column == "detector" else "right", no_wrap=True)
     for name, run in report["detectors"].items():
         scores = [
             f"{run['profiles'][p]['score']:.2f}"
             for p in ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
         ]
-        loco = f"{run['leave_one_category_out']['standard']['score']:.2f}"
-        view.add_row(name + " (this run)", *scores, loco, f"{run['points_per_second']:,}")
+        held_out = run["leave_one_category_out"]["standard"]["score"]
+        loco = "n/a" if held_out is None else f"{held_out:.2f}"
+        view.add_row(name, *scores, loco, f"{run['points_per_second']:,}")
+    view.add_section()
     published = sorted(report["published"].items(), key=lambda kv: -kv[1].get("standard", 0.0))
     for name, scores in published:
         cells = [
             f"{scores[p]:.2f}" if p in scores else ""
             for p in ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
         ]
-        view.add_row(f"{name} (published)", *cells, "", "")
+        view.add_row(name, *cells, "", "")
+    view.caption = "above: this run, one threshold per profile tuned over the corpus given; below: published"
     console.print(view)
