@@ -22,6 +22,7 @@ Each pytest process (each xdist worker) starts its own cluster: about 6 s and ~5
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import threading
 import time
@@ -270,3 +271,108 @@ def fake_kubelet(k8s_cluster: K8sCluster) -> Iterator[FakeKubelet]:
 
 
 __all__ = ["FakeKubelet", "K8sCluster", "fake_kubelet", "k8s_cluster", "k8s_namespace"]
+
+
+# Argo Rollouts' CRD, cut down to what the API server needs: the group, the names, the version with an
+# open schema (x-kubernetes-preserve-unknown-fields) and the status and scale subresources Argo's
+# manifest (manifests/crds/rollout-crd.yaml) declares. The official manifest cannot be downloaded here.
+ROLLOUTS_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "rollouts.argoproj.io"},
+    "spec": {
+        "group": "argoproj.io",
+        "names": {
+            "kind": "Rollout",
+            "listKind": "RolloutList",
+            "plural": "rollouts",
+            "singular": "rollout",
+            "shortNames": ["ro"],
+        },
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": "v1alpha1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                },
+                "subresources": {
+                    "status": {},
+                    "scale": {
+                        "specReplicasPath": ".spec.replicas",
+                        "statusReplicasPath": ".status.HPAReplicas",
+                        "labelSelectorPath": ".status.selector",
+                    },
+                },
+            }
+        ],
+    },
+}
+
+
+def install_rollouts_crd(cluster: K8sCluster, timeout_s: float = 30.0) -> None:
+    """Install the Argo Rollouts CRD and wait until discovery serves argoproj.io/v1alpha1 rollouts."""
+    from kubernetes import client
+
+    with cluster.api_client() as api:
+        client.ApiextensionsV1Api(api).create_custom_resource_definition(ROLLOUTS_CRD)  # type: ignore[arg-type]
+        cluster.wait_until(lambda: _serves_rollouts(api), timeout_s, what="rollouts.argoproj.io served")
+
+
+def remove_rollouts_crd(cluster: K8sCluster, timeout_s: float = 30.0) -> None:
+    """Delete the CRD (it is cluster-wide: other tests must not see it) and wait until it is gone."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    with cluster.api_client() as api:
+        try:
+            client.ApiextensionsV1Api(api).delete_custom_resource_definition("rollouts.argoproj.io")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        cluster.wait_until(lambda: not _serves_rollouts(api), timeout_s, what="rollouts.argoproj.io removed")
+
+
+def _serves_rollouts(api: Any) -> bool:
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    try:
+        found = client.CustomObjectsApi(api).get_api_resources("argoproj.io", "v1alpha1")
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return any(r.name == "rollouts" for r in found.resources or [])
+
+
+__all__ += ["install_rollouts_crd", "remove_rollouts_crd"]
+
+
+def custom_resource_defect() -> str | None:
+    """Why the built kube-apiserver cannot store custom objects, or None. Kubernetes 1.20 vendors
+    modern-go/reflect2 v1.0.1, whose map iteration breaks under Go >= 1.18 (modern-go/reflect2#26, fixed in
+    v1.0.2): the apiserver dies with SIGSEGV decoding the first custom object, taking the session's cluster
+    with it. A CRD itself installs fine."""
+    k8s = Path(os.environ.get("AWO_CACHE_DIR", Path.home() / ".cache" / "awo")) / "k8s"
+    modules = k8s / "gopath" / "src" / "k8s.io" / "kubernetes" / "vendor" / "modules.txt"
+    try:
+        vendored = "github.com/modern-go/reflect2 v1.0.1 " in modules.read_text(encoding="utf-8")
+        built = subprocess.run(
+            ["go", "version", str(k8s / "bin" / "kube-apiserver")], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"go1\.(\d+)", built)
+    if vendored and found is not None and int(found.group(1)) >= 18:
+        return (
+            f"kube-apiserver built with go1.{found.group(1)} and reflect2 v1.0.1 crashes on any custom "
+            "object "
+            "(modern-go/reflect2#26): scripts/k8s.sh build must vendor reflect2 v1.0.2 or use Go <= 1.17"
+        )
+    return None
+
+
+__all__ += ["custom_resource_defect"]
