@@ -1,5 +1,6 @@
-"""Online anomaly score for one metric stream (no canary to compare with): robust deviation on two time
-scales, turned into Numenta's anomaly likelihood (Ahmad et al. 2017), with repeat alarms suppressed."""
+"""Online anomaly score for one metric stream (no canary to compare with): the surprise of each point against
+a slow mean, the recent level and a weekly profile, turned into Numenta's anomaly likelihood (Ahmad et al.
+2017, "Unsupervised real-time anomaly detection for streaming data"), one alarm per incident."""
 
 from __future__ import annotations
 
@@ -19,9 +20,22 @@ LOG_FLOOR = math.log(1e-10)  # Numenta's log-likelihood scale: likelihood 1 - 1e
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """Time constants in points. `fast`/`slow`: EW horizons of the level baseline and of the spread;
-    `short`: points averaged before the likelihood; `history`: horizon of the likelihood's own baseline;
-    `learn`: points before any score above 0; `hold`: points after an alarm whose scores are damped."""
+    """How the detector learns; time constants count points. Defaults were chosen on NAB (see
+    benchmarks/results/nab.json); `threshold` on `StreamDetector` goes with them.
+
+    fast: horizon of the recent level (its residual catches jumps and spikes)
+    slow: horizon of the slow mean and variance, and of every predictor's squared error
+    short: raw scores averaged before the likelihood (Numenta: 10)
+    history: horizon of the likelihood's mean and variance of averaged raw scores (Numenta: 8640 points)
+    learn: points scored 0 while the baselines fill
+    alarm: a score at or above it starts a hold; hold_share, max_hold: the hold lasts that share of the
+        points seen so far, at most max_hold points; scores inside it are 0 (NAB counts only the first
+        detection in a window and charges each later one outside it)
+    min_var: Numenta's floor on the likelihood's variance, so a nearly perfect prediction is not fragile
+    raw_scale: z / raw_scale inside erf turns a z-score into a raw score in [0, 1)
+    season_s, bucket_s, season_rate: the profile's period, bucket width (seconds) and EW rate per bucket
+    season_trust: profile predictions seen before it may replace the slow mean
+    """
 
     fast: float = 4.0
     slow: float = 800.0
@@ -30,7 +44,7 @@ class DetectorConfig:
     learn: int = 150
     alarm: float = 0.3
     hold_share: float = 0.05
-    damp: float = 0.0
+    max_hold: int = 1000
     min_var: float = 0.0003
     raw_scale: float = 20.0
     season_s: int = 604800
@@ -43,14 +57,18 @@ class StreamDetector:
     """Feed points in arrival order with `update(timestamp, value)`; each returns an anomaly score in [0, 1]
     computed only from that point and earlier ones. A score >= `threshold` is an alarm."""
 
-    #: the threshold tuned on NAB (standard profile, all 58 files); see benchmarks/results/nab.json
+    #: alarm threshold: NAB's standard-profile threshold tuned over all 58 files was 0.3017 (nab.json)
     threshold = 0.3
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         c = self.config
-        if c.fast < 1 or c.slow < c.fast or c.history < 1 or c.short < 1 or c.learn < 0:
+        if c.fast < 1 or c.slow < c.fast or c.history < 1 or c.short < 1 or c.learn < 0 or c.max_hold < 0:
             raise BadConfig(f"detector config: inconsistent time constants {c}")
+        if not (0 < c.alarm <= 1 and 0 <= c.hold_share < 1 and c.raw_scale > 0 and c.min_var > 0):
+            raise BadConfig(f"detector config: alarm, hold_share, raw_scale or min_var out of range {c}")
+        if not (0 < c.bucket_s <= c.season_s and 0 < c.season_rate <= 1 and c.season_trust >= 0):
+            raise BadConfig(f"detector config: bad weekly profile settings {c}")
         self._a_fast = 1.0 / c.fast
         self._a_slow = 1.0 / c.slow
         self._a_hist = 1.0 / c.history
@@ -65,14 +83,14 @@ class StreamDetector:
         self._a_var = 0.0
         self._since_alarm = math.inf
         buckets = max(1, c.season_s // c.bucket_s)
-        self._season = [math.nan] * buckets  # EW mean of the value per time of day
+        self._season = [math.nan] * buckets  # EW mean of the value per time of week
         self._season_err = 0.0  # slow EW mean squared residual from the seasonal profile
         self._level_err = 0.0  # slow EW mean squared residual from the slow mean
         self._season_seen = 0  # points that had a profile value to compare with
 
     def update(self, timestamp: object, value: float) -> float:
         """The anomaly score of `value`, then learn from it. `timestamp` (datetime, numpy datetime64,
-        pandas Timestamp, epoch seconds, or None) places the point in the daily profile."""
+        pandas Timestamp, epoch seconds, or None) places the point in the weekly profile."""
         return self._step(_seconds(timestamp), value)
 
     def _step(self, seconds: float | None, value: float) -> float:
@@ -90,7 +108,7 @@ class StreamDetector:
         z_level = abs(x - self._mean) / math.sqrt(self._var + floor)
         bucket = -1 if seconds is None else int(seconds // c.bucket_s) % len(self._season)
         expected = self._season[bucket] if bucket >= 0 else math.nan
-        if expected == expected:  # not NaN: this time of day was seen before
+        if expected == expected:  # not NaN: this time of week was seen before
             e = x - expected
             # the profile must have predicted this stream better than the slow mean over enough points;
             # its error is an EW mean started at 0, divided by the weight seen so far (as in Adam)
@@ -132,8 +150,8 @@ class StreamDetector:
         score = max(0.0, score)
         # one alarm per incident: NAB counts only the first detection in a window and charges the others
         self._since_alarm += 1
-        if self._since_alarm <= c.hold_share * self.seen:
-            score *= c.damp
+        if self._since_alarm <= min(c.hold_share * self.seen, c.max_hold):
+            score = 0.0
         elif score >= c.alarm:
             self._since_alarm = 0
         return score

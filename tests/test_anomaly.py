@@ -114,6 +114,8 @@ def test_non_finite_values_and_bad_inputs_are_refused_with_the_value_named() -> 
         detector.score_series(np.ones((1, 2)))
     with pytest.raises(BadConfig, match="time constants"):
         StreamDetector(DetectorConfig(fast=10.0, slow=5.0))
+    with pytest.raises(BadConfig, match="out of range"):
+        StreamDetector(DetectorConfig(alarm=1.5))
 
 
 def test_windowed_gaussian_baseline_uses_only_earlier_points() -> None:
