@@ -1,6 +1,7 @@
 """Online anomaly score for one metric stream (no canary to compare with): the surprise of each point against
 a slow mean, the recent level and a weekly profile, turned into Numenta's anomaly likelihood (Ahmad et al.
-2017, "Unsupervised real-time anomaly detection for streaming data"), one alarm per incident."""
+2017, "Unsupervised real-time anomaly detection for streaming data") plus its out-of-range rule, one alarm
+per incident."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ class DetectorConfig:
     raw_scale: z / raw_scale inside erf turns a z-score into a raw score in [0, 1)
     season_s, bucket_s, season_rate: the profile's period, bucket width (seconds) and EW rate per bucket
     season_trust: profile predictions seen before it may replace the slow mean
+    spatial: a value beyond the range seen by more than this share of it scores 1 (NAB's numenta
+        detector's spatial anomaly, same 5% tolerance); 0 turns it off
     """
 
     fast: float = 4.0
@@ -51,6 +54,7 @@ class DetectorConfig:
     bucket_s: int = 300
     season_rate: float = 0.3
     season_trust: int = 100
+    spatial: float = 0.05
 
 
 class StreamDetector:
@@ -65,7 +69,9 @@ class StreamDetector:
         c = self.config
         if c.fast < 1 or c.slow < c.fast or c.history < 1 or c.short < 1 or c.learn < 0 or c.max_hold < 0:
             raise BadConfig(f"detector config: inconsistent time constants {c}")
-        if not (0 < c.alarm <= 1 and 0 <= c.hold_share < 1 and c.raw_scale > 0 and c.min_var > 0):
+        if not (
+            0 < c.alarm <= 1 and 0 <= c.hold_share < 1 and c.raw_scale > 0 and c.min_var > 0 <= c.spatial
+        ):
             raise BadConfig(f"detector config: alarm, hold_share, raw_scale or min_var out of range {c}")
         if not (0 < c.bucket_s <= c.season_s and 0 < c.season_rate <= 1 and c.season_trust >= 0):
             raise BadConfig(f"detector config: bad weekly profile settings {c}")
@@ -82,6 +88,7 @@ class StreamDetector:
         self._a_mean = 0.0
         self._a_var = 0.0
         self._since_alarm = math.inf
+        self._min = self._max = 0.0  # range of the values seen
         buckets = max(1, c.season_s // c.bucket_s)
         self._season = [math.nan] * buckets  # EW mean of the value per time of week
         self._season_err = 0.0  # slow EW mean squared residual from the seasonal profile
@@ -101,7 +108,7 @@ class StreamDetector:
         n = self.seen
         self.seen = n + 1
         if n == 0:
-            self._level = self._mean = x
+            self._level = self._mean = self._min = self._max = x
             return 0.0
         scale = max(abs(self._mean), 1e-9) * 1e-3
         floor = scale * scale
@@ -148,6 +155,14 @@ class StreamDetector:
         self._a_var = (1 - self._a_hist) * (self._a_var + self._a_hist * da * da)
         score = min(1.0, math.log(max(tail, 1e-300) + 1e-10) / LOG_FLOOR) if n > c.learn else 0.0
         score = max(0.0, score)
+        # NAB's numenta detector's "spatial anomaly": a value beyond the range seen so far by more than a
+        # share of that range is an anomaly whatever the likelihood says
+        span = self._max - self._min
+        tolerance = c.spatial * span
+        if n > c.learn and c.spatial > 0 and (x > self._max + tolerance or x < self._min - tolerance):
+            score = 1.0
+        self._max = max(self._max, x)
+        self._min = min(self._min, x)
         # one alarm per incident: NAB counts only the first detection in a window and charges the others
         self._since_alarm += 1
         if self._since_alarm <= min(c.hold_share * self.seen, c.max_hold):
