@@ -57,6 +57,7 @@ bench: install
 	$(PY) benchmarks/test_allocation.py
 	$(PY) benchmarks/decisions.py
 	$(PY) benchmarks/canary.py
+	$(PY) benchmarks/nab.py
 	$(PY) benchmarks/demo_agents.py
 
 clean:
