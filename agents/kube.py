@@ -849,9 +849,39 @@ class KubernetesExecutor:
         if read is None or read["spec"]["strategy"] != spec["strategy"]:
             raise KubeFailure(f"rollout {name}: read back differs from what was written")
         if record.step == 0:
-            self.state.update(
+            record = self.state.update(
                 record, task.id, "step", f"rollout {name} written with {len(steps)} steps", step=1
             )
+        # A person's request goes to Argo's controller the way its kubectl plugin sends it.
+        requested = self.state.requested(self.rollout_id)
+        if requested == "abort":
+            self._restore(task, record, actions, phase="aborted", why="aborted by request")
+            return _Outcome("failed", f"rollout {name} aborted by request (status.abort)", actions)
+        paused = requested == "pause"
+        if bool(read["spec"].get("paused", False)) != paused:
+            self._call(
+                f"rollout {name}",
+                self._custom.patch_namespaced_custom_object,
+                ARGO_GROUP,
+                ARGO_VERSION,
+                self.namespace,
+                ARGO_PLURAL,
+                name,
+                {"spec": {"paused": paused}},
+            )
+            actions.append(f"{'pause' if paused else 'resume'} rollout {name}")
+        if paused:
+            if record.phase != "paused":
+                self.state.update(
+                    record, task.id, "paused", "spec.paused set", phase="paused", hold="request"
+                )
+            return _Outcome("paused", f"rollout {name} paused by request (spec.paused)", actions)
+        if requested == "resume":
+            self.state.clear_request(self.rollout_id, "resume")
+            if record.phase == "paused":
+                self.state.update(
+                    record, task.id, "resumed", "spec.paused cleared", phase="progressing", hold=None
+                )
         return _Outcome(
             "succeeded", f"rollout {name} written: Argo Rollouts carries out {len(steps)} steps", actions
         )

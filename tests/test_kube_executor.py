@@ -17,11 +17,20 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from kubernetes import client
 
+from agents.executor import DryRunExecutor
 from agents.judge import RunVerdict
-from agents.kube import KubernetesExecutor, argo_steps, image_for_ref, replica_split, tag_of
+from agents.kube import (
+    KubernetesExecutor,
+    argo_steps,
+    executor_from_settings,
+    image_for_ref,
+    replica_split,
+    tag_of,
+)
 from agents.planner import Task
 from agents.rollout_state import RolloutNotFound, RolloutStore
 from features.errors import BadConfig
+from features.settings import load_settings
 
 if TYPE_CHECKING:
     from tests.k8s_cluster import FakeKubelet, K8sCluster
@@ -223,6 +232,45 @@ def test_full_rollout_of_a_crash_looping_image_fails_and_the_rollback_restores_i
     assert world.store.get("r1", "api", "production").phase == "rolled-back"  # type: ignore[union-attr]
 
 
+def test_a_rollback_from_another_run_restores_the_image_the_annotations_name(world: World) -> None:
+    world.deploy("docs", "registry.local/docs:1", 2)
+    assert world.executor(rollout_id="ship").run(_task("deploy", "docs", ref="2")).status == "succeeded"
+
+    # a later rollback plan has its own rollout id: no record, so the Deployment's awo.dev annotations say
+    back = world.executor(rollout_id="undo").run(_task("rollback", "docs", to="previous", **{"from": "2"}))
+
+    assert back.status == "succeeded", back.detail
+    assert back.actions == ["set deployment docs image registry.local/docs:1, 2 replicas"]
+    assert world.split("docs") == {"docs": (2, "registry.local/docs:1")}
+    again = world.executor(rollout_id="undo").run(_task("rollback", "docs", to="previous", **{"from": "2"}))
+    assert again.actions == [] and again.detail == "2 is not running: nothing to roll back"
+
+
+def test_executor_from_settings_builds_the_configured_executor(
+    k8s_cluster: K8sCluster, k8s_namespace: str, tmp_path: Path
+) -> None:
+    dry = executor_from_settings(load_settings(data_dir=tmp_path), "r1")
+    assert isinstance(dry, DryRunExecutor)
+
+    settings = load_settings(
+        executor="kubernetes",
+        kubeconfig=k8s_cluster.kubeconfig,
+        kube_namespace=k8s_namespace,
+        data_dir=tmp_path,
+    )
+    kube = executor_from_settings(settings, "r1")
+    assert isinstance(kube, KubernetesExecutor)
+    assert kube.namespace == k8s_namespace and kube.state.path == tmp_path / "rollouts.db"
+    missing = kube.run(_task("deploy", "nothing-here", ref="2"))
+    assert missing.detail == f"deployment nothing-here in namespace {k8s_namespace}: not found"
+
+    with pytest.raises(BadConfig, match="does-not-exist"):
+        executor_from_settings(
+            load_settings(executor="kubernetes", kubeconfig=tmp_path / "does-not-exist", data_dir=tmp_path),
+            "r1",
+        )
+
+
 def test_canary_steps_split_the_replicas_and_promote_leaves_only_the_stable_with_the_new_image(
     world: World,
 ) -> None:
@@ -417,6 +465,15 @@ def test_with_the_argo_rollouts_crd_a_rollout_is_written_instead_of_a_canary_dep
         assert ro["metadata"]["annotations"]["awo.dev/rollout-id"] == "r1"
         assert world.split("api") == {"api": (4, "registry.local/api:1")}  # no canary Deployment
         assert executor.run(_task("canary", "api", ref="2", steps=STEPS)).actions == []
+
+        world.store.request("r1", "pause")  # `awo rollout pause`: spec.paused, as Argo's kubectl plugin
+        assert executor.run(_task("canary", "api", ref="2", steps=STEPS)).status == "paused"
+        ro = custom.get_namespaced_custom_object("argoproj.io", "v1alpha1", world.ns, "rollouts", "api")
+        assert ro["spec"]["paused"] is True
+        world.store.request("r1", "resume")
+        assert executor.run(_task("canary", "api", ref="2", steps=STEPS)).status == "succeeded"
+        ro = custom.get_namespaced_custom_object("argoproj.io", "v1alpha1", world.ns, "rollouts", "api")
+        assert ro["spec"]["paused"] is False
 
         assert executor.run(_task("promote", "api", ref="2")).status == "succeeded"
         ro = custom.get_namespaced_custom_object("argoproj.io", "v1alpha1", world.ns, "rollouts", "api")
