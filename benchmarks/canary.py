@@ -1,7 +1,8 @@
 """The canary judge on synthetic metric streams: A/A canaries and injected regressions (error-rate spikes,
-latency, KPI drop), beside a fixed-threshold rule (error rate > 1%) and a plain t-test in the same run.
-Targets (issue): false rollbacks <= 1% of A/A runs; a 2x spike detected within 3 intervals in >= 99% of
-runs; a 1.5x spike detected in >= 90%.
+latency, KPI drop). Judges in the same run: awo's count judge (the default template: Fisher's exact test on
+counts for rate metrics), awo's previous all-Mann-Whitney judge, a fixed threshold (error rate > 1%) and a
+plain t-test. Targets (issue): false rollbacks <= 1% of A/A runs; a 2x spike detected within 3 intervals
+in >= 99% of runs; a 1.5x spike detected in >= 90% (within the run's `count` intervals).
 
 Usage: python benchmarks/canary.py [RUNS]   (writes benchmarks/results/canary.json)"""
 
@@ -67,6 +68,14 @@ def stream(rng: np.random.Generator, runs: int, count: int, effect: dict[str, fl
                 cart = rng.binomial(n, cart_rate * mult.get("kpi", 1.0))
                 checkout = rng.binomial(n, conversion)
                 sides[side] = {
+                    # counts, for the count judge's rate metrics (the template's numerator/denominator)
+                    "errors": list(errors),
+                    "requests": list(n),
+                    "cart_adds_ok": list(cart),
+                    "cart_adds": list(n),
+                    "checkouts": list(checkout),
+                    "sessions": list(n),
+                    # per-10-second samples, for the Mann-Whitney judge and the baselines
                     "error_rate": list(errors / n),
                     "latency_p99_ms": p99,
                     "saturation": list(np.clip(rng.normal(cpu, 0.05, BUCKETS), 0, 1)),
@@ -78,6 +87,7 @@ def stream(rng: np.random.Generator, runs: int, count: int, effect: dict[str, fl
             {
                 "base_rate": base_rate,
                 "errors_per_interval": float(base_rate * requests),
+                "requests_per_minute": float(requests),
                 "intervals": intervals,
             }
         )
@@ -109,6 +119,25 @@ def threshold_rollback_at(run: dict[str, Any]) -> int | None:
 
 
 STRATA = (("<1", 0.0, 1.0), ("1-5", 1.0, 5.0), ("5-20", 5.0, 20.0), (">=20", 20.0, float("inf")))
+TRAFFIC = (("<500", 0.0, 500.0), ("500-2000", 500.0, 2000.0), (">=2000", 2000.0, float("inf")))
+# (scenario, measure, comparison, bound) of each issue target
+TARGETS = (
+    ("aa", "rollback_rate", "<=", 0.01),
+    ("error_2x", "within_3", ">=", 0.99),
+    ("error_1.5x", "rollback_rate", ">=", 0.90),
+)
+
+
+def mann_whitney_template(template: AnalysisTemplate) -> AnalysisTemplate:
+    """awo's previous default: every metric continuous, judged by Mann-Whitney at alpha 0.001 per look."""
+    doc = template.model_dump(exclude={"metrics"})
+    doc["metrics"] = [
+        {k: getattr(m, k) for k in ("name", "bad", "tolerance", "critical", "weight")} | {"alpha": 0.001}
+        for m in template.metrics
+    ]
+    return AnalysisTemplate.model_validate(doc)
+
+
 TTEST_BAD = {
     "error_rate": "greater",
     "latency_p99_ms": "greater",
@@ -144,9 +173,39 @@ def summarise(at: list[int | None], within: int | None = None) -> dict[str, Any]
     return row
 
 
+def by_band(
+    at: list[int | None], data: list[dict[str, Any]], key: str, bands: tuple[tuple[str, float, float], ...]
+) -> dict[str, Any]:
+    return {
+        label: summarise([a for a, r in zip(at, data, strict=True) if lo <= r[key] < hi], 3)
+        | {"runs": int(sum(lo <= r[key] < hi for r in data))}
+        for label, lo, hi in bands
+    }
+
+
+def targets(result: dict[str, Any], judge: str) -> dict[str, Any]:
+    """Each issue target for `judge`: overall, and the bands of baseline errors per interval that meet it."""
+    out = {}
+    for scenario, measure, op, bound in TARGETS:
+        row = result[scenario][judge]
+
+        def met(value: float) -> bool:
+            return value <= bound if op == "<=" else value >= bound  # noqa: B023
+
+        out[f"{scenario} {measure} {op} {bound}"] = {
+            "value": row[measure],
+            "met": met(row[measure]),
+            "met_in_bands": [
+                b for b, r in row["by_errors_per_interval"].items() if r["runs"] and met(r[measure])
+            ],
+        }
+    return out
+
+
 def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     template = load_template()
+    previous = mann_whitney_template(template)
     rng = np.random.default_rng(20261124)
     start = time.perf_counter()
     result: dict[str, Any] = {"runs": runs, "count": template.count, "samples_per_interval": BUCKETS}
@@ -154,22 +213,20 @@ def main() -> None:
         data = stream(rng, runs, template.count, effect)
         rows = {}
         for judge, fn in (
-            ("awo", lambda r: awo_rollback_at(r, template)),
+            ("awo_counts", lambda r: awo_rollback_at(r, template)),
+            ("awo_mann_whitney", lambda r: awo_rollback_at(r, previous)),
             ("fixed_threshold", threshold_rollback_at),
             ("t_test", ttest_rollback_at),
         ):
             at = [fn(r) for r in data]
             rows[judge] = summarise(at, within=3)
             # by the baseline's expected errors per interval: below a few errors no test can tell 2x apart
-            rows[judge]["by_errors_per_interval"] = {
-                label: summarise(
-                    [a for a, r in zip(at, data, strict=True) if lo <= r["errors_per_interval"] < hi], 3
-                )
-                | {"runs": int(sum(lo <= r["errors_per_interval"] < hi for r in data))}
-                for label, lo, hi in STRATA
-            }
+            rows[judge]["by_errors_per_interval"] = by_band(at, data, "errors_per_interval", STRATA)
+            rows[judge]["by_requests_per_minute"] = by_band(at, data, "requests_per_minute", TRAFFIC)
         result[name] = rows
         print(name, json.dumps(rows), flush=True)
+    result["targets"] = {judge: targets(result, judge) for judge in result["aa"]}
+    print("targets", json.dumps(result["targets"]), flush=True)
     result["seconds"] = round(time.perf_counter() - start, 1)
     out = ROOT / "benchmarks" / "results" / "canary.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
