@@ -243,11 +243,6 @@ def _execute(
     if approve:
         approved_by = getpass.getuser()  # who runs the command: not a name typed on it
         check_may_override(policy, approved_by)
-    if settings.executor != "dry-run":
-        console.print(
-            f"note: settings ask for the {settings.executor} executor; none is wired here yet: dry run",
-            highlight=False,
-        )
     now = datetime.now(UTC)
     plan = plan_repair(
         incident_id,
@@ -267,12 +262,20 @@ def _execute(
               policy.version, "incident_id": incident_id, "culprit": report["culprit"], "why": report["why"],
               "candidates": report["candidates"][:3], "repair": report["repair"]}  # fmt: skip
     log.append(json.loads(json.dumps(record, default=str)))
+    if settings.executor == "dry-run":
+        # the dry run starts from what the tables say runs: the blamed deployment, where one is blamed
+        culprit = report["culprit"]
+        executor: Any = DryRunExecutor(
+            running={(repair.environment, repair.service): str(culprit)} if culprit else None
+        )
+    else:
+        from agents.kube import executor_from_settings
+
+        executor = executor_from_settings(settings, plan.plan_id)
+    console.print(f"executing plan {plan.plan_id} with the {executor.name} executor", highlight=False)
     report_run = run_plan(
         plan,
-        # the dry run starts from what the tables say runs: the blamed deployment, where one is blamed
-        DryRunExecutor(running={(repair.environment, repair.service): str(report["culprit"])})
-        if report["culprit"]
-        else DryRunExecutor(),
+        executor,
         on_event=lambda event: console.print(event.message, highlight=False),
         audit=log,
         approved_by=approved_by,
