@@ -90,11 +90,16 @@ def _promql_duration(seconds: float) -> str:
 
 class PrometheusSource:
     """Prometheus' HTTP API: a rate metric's counts by an instant query (`increase` over the interval) at
-    the interval's end; a continuous metric's samples by a range query across the interval."""
+    the interval's end; a continuous metric's samples by a range query across the interval. `track_labels`
+    is the value `{track}` takes for each track (PromQL's `track=""` matches pods without the label, as a
+    stable Deployment's are when only its canary copy is labelled `track: canary`)."""
 
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, url: str, timeout_s: float = 10.0, track_labels: Mapping[Track, str] | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
+        self.track_labels: dict[Track, str] = {"stable": "stable", "canary": "canary", **(track_labels or {})}
 
     def _get(
         self, client: httpx.Client, path: str, params: Mapping[str, str | float]
@@ -120,7 +125,7 @@ class PrometheusSource:
         step = (window.end - window.start) / template.samples_per_interval
         values = {
             "service": window.service,
-            "track": window.track,
+            "track": self.track_labels[window.track],
             "namespace": window.namespace,
             "ref": window.ref,
             "interval": _promql_duration(window.end - window.start),

@@ -183,3 +183,10 @@ def test_the_default_templates_queries_are_valid_promql(prometheus: str) -> None
     window = Window("cart", "prod", "canary", "v2", 0, now - 60, now)
     # The shop has no namespace label, so the series are empty; a malformed query would raise.
     assert PrometheusSource(prometheus).measure(window, template) == {}
+
+
+def test_a_canary_track_label_without_series_pauses_and_never_promotes(prometheus: str) -> None:
+    source = PrometheusSource(prometheus, track_labels={"canary": "preview"})  # the shop has no preview pods
+    run = CanaryAnalyst(FAST, source).analyse("cart", "prod", "v1", "v2", step=1)
+    assert run.action == "pause" and "inconclusive" in run.why
+    assert {r.classification for r in run.intervals[0].results} == {"NoData"}
