@@ -58,6 +58,7 @@ bench: install
 	$(PY) benchmarks/decisions.py
 	$(PY) benchmarks/canary.py
 	$(PY) benchmarks/nab.py
+	$(PY) benchmarks/diagnosis.py
 	$(PY) benchmarks/demo_agents.py
 
 clean:

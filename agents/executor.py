@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from agents.planner import Task
 
-# paused: the task stopped and holds (an inconclusive analysis, or a person asked); `awo rollout resume` goes on
+# paused: the task holds (an inconclusive analysis, or a person asked) until `awo rollout resume`
 ResultStatus = Literal["succeeded", "failed", "skipped", "paused"]
 
 
