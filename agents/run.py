@@ -149,13 +149,10 @@ def write_incident(plan: Plan, task: Task, data_root: Path, now: datetime) -> tu
     return incident_id, recorded.written
 
 
-def _decision_id(plan: Plan) -> str:
-    """The decision the plan carries out; a plan made without one gets its own id in the audit log."""
-    if plan.decision_id is not None:
-        return plan.decision_id
-    from agents.audit import new_decision_id
-
-    return new_decision_id()
+def decision_id_of(plan: Plan) -> str:
+    """The decision the plan carries out; a plan made without one is audited under `plan-<plan id>`, so
+    all records of one run (pauses, analyses, the finished run) share an id."""
+    return plan.decision_id if plan.decision_id is not None else f"plan-{plan.plan_id}"
 
 
 def _audit_record(
@@ -163,7 +160,7 @@ def _audit_record(
 ) -> dict[str, Any]:
     return {
         "kind": "plan_run",
-        "decision_id": _decision_id(plan),
+        "decision_id": decision_id_of(plan),
         "plan_id": plan.plan_id,
         "goal": plan.goal.describe(),
         "policy_version": plan.policy_version,
@@ -179,7 +176,7 @@ def _audit_record(
 def _pause_record(plan: Plan, task: Task, executor: Executor, now: datetime) -> dict[str, Any]:
     return {
         "kind": "plan_paused",
-        "decision_id": _decision_id(plan),
+        "decision_id": decision_id_of(plan),
         "plan_id": plan.plan_id,
         "task": task.id,
         "why": task.detail,

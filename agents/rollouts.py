@@ -1,0 +1,243 @@
+"""Rollouts carried out end to end (`awo rollout start|status|pause|resume|abort`): a plan (or a decision,
+planned here) runs on the configured executor with the canary analyst, its state kept under
+`<data root>/rollouts/`, its analyses audited with their evidence, and its outcome fed back as a
+deployment row so the next `awo retrain` learns from it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agents.executor import Executor
+from agents.planner import DEPLOY_KINDS, Plan, PlanError, load_plan, plan_goal
+from agents.run import AuditSink, RunEvent, RunReport, decision_id_of, run_plan
+from features.errors import AwoError
+
+if TYPE_CHECKING:
+    from agents.feedback import Recorded
+    from agents.kube import CanaryAnalyst
+    from agents.policy import Policy
+    from features.settings import Settings
+
+ROLLOUTS_DIR = "rollouts"
+# the deployment ingestion schema's strategies (features/delivery.py); a plan without one rolls
+STRATEGIES = frozenset({"full", "rolling", "canary", "blue-green", "recreate"})
+
+
+class RolloutError(AwoError):
+    """A rollout that cannot be started, found or acted on; the message names it."""
+
+
+def rollout_file(data_dir: Path, rollout_id: str) -> Path:
+    """The plan file that is the rollout's run state: `<data root>/rollouts/<id>.yaml`."""
+    if not rollout_id or any(c in rollout_id for c in "/\\") or rollout_id.startswith("."):
+        raise RolloutError(f"rollout id {rollout_id!r}: expected the id `awo rollout start` printed")
+    return Path(data_dir) / ROLLOUTS_DIR / f"{rollout_id}.yaml"
+
+
+def plan_from_file(path: Path, policy: Policy) -> Plan:
+    """A plan written by `awo plan`, or a decision written by `awo decide --json` (planned here as
+    "ship its newest commit of its services to its environment")."""
+    from agents.decision import Decision
+    from agents.goals import Goal
+
+    text = Path(path).read_text(encoding="utf-8") if Path(path).is_file() else None
+    if text is None:
+        raise RolloutError(f"rollout file {path} does not exist")
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RolloutError(f"rollout file {path}: not valid JSON: {exc}") from None
+        if "plan_id" not in doc:
+            from pydantic import ValidationError
+
+            try:
+                decision = Decision.model_validate(doc)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+                raise RolloutError(f"rollout file {path}: decision field {where}: {first['msg']}") from None
+            if not decision.shas:
+                raise RolloutError(f"rollout file {path}: the decision names no commit")
+            sha = decision.shas[-1]
+            goal = Goal(
+                action="ship",
+                ref=sha,
+                ref_kind="sha",
+                services=decision.services,
+                environment=decision.environment,
+                text=f"ship {sha} of {', '.join(decision.services)} to {decision.environment}",
+            )
+            return plan_goal(goal, decision, policy)
+    return load_plan(path)
+
+
+def analyst_from_settings(settings: Settings) -> CanaryAnalyst | None:
+    """The canary analyst over Prometheus (`prometheus_url`) with the analysis template; None without a
+    Prometheus: pause steps then only wait their time."""
+    if settings.prometheus_url is None:
+        return None
+    from agents.judge import load_template
+    from agents.monitor import CanaryAnalyst, PrometheusSource
+
+    # the executor labels only its canary copy `track: canary`; the stable pods carry no track label
+    source = PrometheusSource(settings.prometheus_url, track_labels={"stable": ""})
+    return CanaryAnalyst(
+        load_template(settings.analysis_template), source, default_namespace=settings.kube_namespace
+    )
+
+
+@dataclass(frozen=True)
+class Target:
+    """One service in one environment that the plan deploys to, with how its deployment ended."""
+
+    service: str
+    environment: str
+    outcome: str  # the ingestion schema's: succeeded | failed | rolled-back | aborted | paused
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def deployment_outcomes(plan: Plan, aborted: bool = False) -> list[Target]:
+    """How each (service, environment) the plan put new code into ended, from its tasks' statuses: promoted
+    (or deployed, without a canary) → succeeded; a task paused → paused; rolled back after a failure →
+    rolled-back (aborted when a person asked); failed otherwise. Targets nothing was deployed to are left
+    out (a blocked change never reached them)."""
+    targets: dict[tuple[str, str], list[Any]] = {}
+    for task in plan.tasks:
+        if task.service and task.environment and task.kind in DEPLOY_KINDS | {"rollback"}:
+            targets.setdefault((task.service, task.environment), []).append(task)
+    out = []
+    for (service, environment), tasks in targets.items():
+        deploys = [t for t in tasks if t.kind in DEPLOY_KINDS and t.started_at is not None]
+        if not deploys:
+            continue
+        rolled_back = any(t.kind == "rollback" and t.status == "succeeded" for t in tasks)
+        last = max(deploys, key=lambda t: t.started_at)
+        if any(t.status == "paused" for t in deploys):
+            outcome = "paused"
+        elif rolled_back:
+            outcome = "aborted" if aborted else "rolled-back"
+        elif all(t.status == "succeeded" for t in deploys) and last.kind in ("promote", "deploy"):
+            outcome = "succeeded"
+        elif any(t.status == "failed" for t in deploys):
+            outcome = "failed"
+        else:
+            continue  # still under way (a canary that passed, its promote not yet run)
+        finished = [t.finished_at for t in tasks if t.finished_at is not None]
+        out.append(
+            Target(
+                service,
+                environment,
+                outcome,
+                min(t.started_at for t in deploys),
+                None if outcome == "paused" or not finished else max(finished),
+            )
+        )
+    return out
+
+
+def record_outcomes(plan: Plan, data_dir: Path, aborted: bool = False) -> list[Recorded]:
+    """Each target's outcome as a deployment row in `<data root>/feedback/deployments.csv` (deploy id
+    `awo-<rollout id>-<service>-<environment>`: a resumed rollout replaces its paused row)."""
+    from agents.feedback import record_deployment
+
+    strategy = plan.strategy if plan.strategy in STRATEGIES else "rolling"
+    recorded = []
+    for target in deployment_outcomes(plan, aborted):
+        recorded.append(
+            record_deployment(
+                data_dir,
+                {
+                    "deploy_id": f"awo-{plan.plan_id}-{target.service}-{target.environment}",
+                    "service": target.service,
+                    "environment": target.environment,
+                    "sha": plan.goal.ref if plan.goal.ref_kind == "sha" else None,
+                    "started_at": target.started_at,
+                    "finished_at": target.finished_at,
+                    "strategy": strategy,
+                    "outcome": target.outcome,
+                },
+            )
+        )
+    return recorded
+
+
+def audit_analyses(plan: Plan, executor: Executor, audit: AuditSink) -> int:
+    """One `canary_analysis` audit record per analysed task, with every verdict's per-metric statistics
+    (the evidence of an automatic rollback or pause). Returns the records written."""
+    from agents.kube import verdict_data
+
+    verdicts: dict[str, list[Any]] = getattr(executor, "verdicts", {})
+    written = 0
+    for task_id, said in verdicts.items():
+        if not said:
+            continue
+        audit.append(
+            {
+                "kind": "canary_analysis",
+                "decision_id": decision_id_of(plan),
+                "plan_id": plan.plan_id,
+                "task": task_id,
+                "action": getattr(said[-1], "action", None),
+                "verdicts": [verdict_data(v) for v in said],
+            }
+        )
+        written += 1
+    verdicts.clear()
+    return written
+
+
+@dataclass(frozen=True)
+class RolloutRun:
+    report: RunReport
+    recorded: list[Recorded]
+    analyses_audited: int
+
+
+def carry_out(
+    plan: Plan,
+    settings: Settings,
+    *,
+    executor: Executor | None = None,
+    analyst: CanaryAnalyst | None = None,
+    approved_by: str | None = None,
+    on_event: Callable[[RunEvent], None] | None = None,
+    aborted: bool = False,
+) -> RolloutRun:
+    """Run (or resume) the rollout of `plan` with its state in `<data root>/rollouts/<plan id>.yaml`, the
+    executor the settings name (unless given), the audit log and the feedback files."""
+    from agents.engine import audit_log
+    from agents.kube import executor_from_settings
+
+    if not plan.plan_id:
+        raise PlanError("the plan has no id: write it with `awo plan`")
+    state = rollout_file(settings.data_dir, plan.plan_id)
+    if executor is None:
+        if analyst is None:
+            analyst = analyst_from_settings(settings)
+        executor = executor_from_settings(settings, plan.plan_id, analyst)
+    log = audit_log(settings)
+    report = run_plan(
+        plan,
+        executor,
+        on_event=on_event,
+        audit=log,
+        state_path=state,
+        feedback_root=settings.data_dir,
+        approved_by=approved_by,
+    )
+    audited = audit_analyses(report.plan, executor, log)
+    return RolloutRun(report, record_outcomes(report.plan, settings.data_dir, aborted), audited)
+
+
+def saved_plan(settings: Settings, rollout_id: str) -> Plan:
+    path = rollout_file(settings.data_dir, rollout_id)
+    if not path.is_file():
+        raise RolloutError(f"rollout {rollout_id!r}: no such rollout under {path.parent}")
+    return load_plan(path)
