@@ -32,9 +32,9 @@ Design, in the order a rollout meets it (the decisions behind the code):
   Deployment is left as it is (scale it down as Argo's migration guide says).
 - blue-green: the Service is first pinned to the stable pods (`pod-template-hash` of the stable Deployment's
   current ReplicaSet, a label the controller puts on every pod, so the stable template never changes), then
-  `<service>-preview` (label `track: preview`) runs the new image at full replicas, the analyst judges, and
-  the selector switches to the preview ReplicaSet's hash. The old Deployment stays scaled for a fast
-  rollback, which puts the recorded selector back and deletes the preview.
+  `<service>-preview` (label `track: canary`: the analysis' track of the new version) runs the new image at
+  full replicas, the analyst judges, and the selector switches to the preview ReplicaSet's hash. The old
+  Deployment stays scaled for a fast rollback, which puts the recorded selector back and deletes the preview.
 - Between steps the executor reads the request a person left with `awo rollout pause|resume|abort`
   (RolloutStore.request): pause -> status `paused` (phase paused); resume -> go on (past an analysis hold);
   abort -> roll back, phase aborted, task failed.
@@ -145,6 +145,10 @@ def argo_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def verdict_data(verdict: Any) -> dict[str, Any]:
     """A verdict as JSON-able data for the state and the audit (dataclass fields, intervals included)."""
+    from agents.judge import RunVerdict, run_evidence
+
+    if isinstance(verdict, RunVerdict):
+        return run_evidence(verdict)  # strict JSON: an infinite effect is written "inf"
     if dataclasses.is_dataclass(verdict) and not isinstance(verdict, type):
         return dataclasses.asdict(verdict)
     return {"action": getattr(verdict, "action", None), "why": getattr(verdict, "why", "")}
@@ -733,8 +737,9 @@ class KubernetesExecutor:
         if step == "preview":
             if self._deployment(preview_name, missing_ok=True) is None:
                 notes = self._annotations(2, record)
+                # the new version is the analysis' canary track, whichever strategy runs it
                 body = self._copy_deployment(
-                    stable, preview_name, "preview", total, record.canary_image, notes
+                    stable, preview_name, "canary", total, record.canary_image, notes
                 )
                 self._call(
                     f"deployment {preview_name}",
