@@ -99,14 +99,16 @@ class Target:
     service: str
     environment: str
     outcome: str  # the ingestion schema's: succeeded | failed | rolled-back | aborted | paused
+    strategy: str  # the ingestion schema's: full | rolling | canary | blue-green | recreate
     started_at: datetime | None
     finished_at: datetime | None
 
 
-def deployment_outcomes(plan: Plan, aborted: bool = False) -> list[Target]:
+def deployment_outcomes(plan: Plan, aborted: frozenset[tuple[str, str]] = frozenset()) -> list[Target]:
     """How each (service, environment) the plan put new code into ended, from its tasks' statuses: promoted
     (or deployed, without a canary) → succeeded; a task paused → paused; rolled back after a failure →
-    rolled-back (aborted when a person asked); failed otherwise. Targets nothing was deployed to are left
+    rolled-back (aborted for the (service, environment) pairs in `aborted`: a person asked); failed
+    otherwise. Targets nothing was deployed to are left
     out (a blocked change never reached them)."""
     targets: dict[tuple[str, str], list[Any]] = {}
     for task in plan.tasks:
@@ -122,7 +124,7 @@ def deployment_outcomes(plan: Plan, aborted: bool = False) -> list[Target]:
         if any(t.status == "paused" for t in deploys):
             outcome = "paused"
         elif rolled_back:
-            outcome = "aborted" if aborted else "rolled-back"
+            outcome = "aborted" if (service, environment) in aborted else "rolled-back"
         elif all(t.status == "succeeded" for t in deploys) and last.kind in ("promote", "deploy"):
             outcome = "succeeded"
         elif any(t.status == "failed" for t in deploys):
@@ -130,11 +132,13 @@ def deployment_outcomes(plan: Plan, aborted: bool = False) -> list[Target]:
         else:
             continue  # still under way (a canary that passed, its promote not yet run)
         finished = [t.finished_at for t in tasks if t.finished_at is not None]
+        said = str(deploys[0].params.get("strategy") or plan.strategy or "rolling")
         out.append(
             Target(
                 service,
                 environment,
                 outcome,
+                said if said in STRATEGIES else "rolling",
                 min(t.started_at for t in deploys),
                 None if outcome == "paused" or not finished else max(finished),
             )
@@ -142,12 +146,13 @@ def deployment_outcomes(plan: Plan, aborted: bool = False) -> list[Target]:
     return out
 
 
-def record_outcomes(plan: Plan, data_dir: Path, aborted: bool = False) -> list[Recorded]:
+def record_outcomes(
+    plan: Plan, data_dir: Path, aborted: frozenset[tuple[str, str]] = frozenset()
+) -> list[Recorded]:
     """Each target's outcome as a deployment row in `<data root>/feedback/deployments.csv` (deploy id
     `awo-<rollout id>-<service>-<environment>`: a resumed rollout replaces its paused row)."""
     from agents.feedback import record_deployment
 
-    strategy = plan.strategy if plan.strategy in STRATEGIES else "rolling"
     recorded = []
     for target in deployment_outcomes(plan, aborted):
         recorded.append(
@@ -160,7 +165,7 @@ def record_outcomes(plan: Plan, data_dir: Path, aborted: bool = False) -> list[R
                     "sha": plan.goal.ref if plan.goal.ref_kind == "sha" else None,
                     "started_at": target.started_at,
                     "finished_at": target.finished_at,
-                    "strategy": strategy,
+                    "strategy": target.strategy,
                     "outcome": target.outcome,
                 },
             )
@@ -208,7 +213,6 @@ def carry_out(
     analyst: CanaryAnalyst | None = None,
     approved_by: str | None = None,
     on_event: Callable[[RunEvent], None] | None = None,
-    aborted: bool = False,
 ) -> RolloutRun:
     """Run (or resume) the rollout of `plan` with its state in `<data root>/rollouts/<plan id>.yaml`, the
     executor the settings name (unless given), the audit log and the feedback files."""
@@ -233,7 +237,22 @@ def carry_out(
         approved_by=approved_by,
     )
     audited = audit_analyses(report.plan, executor, log)
+    aborted = aborted_targets(executor, plan.plan_id)
     return RolloutRun(report, record_outcomes(report.plan, settings.data_dir, aborted), audited)
+
+
+def aborted_targets(executor: Executor, rollout_id: str) -> frozenset[tuple[str, str]]:
+    """The (service, environment) pairs a person aborted, as the executor's rollout state says."""
+    from agents.rollout_state import RolloutNotFound, RolloutStore
+
+    store = getattr(executor, "state", None)
+    if not isinstance(store, RolloutStore):
+        return frozenset()
+    try:
+        targets = store.status(rollout_id).targets
+    except RolloutNotFound:
+        return frozenset()
+    return frozenset((t.service, t.environment) for t in targets if t.phase == "aborted")
 
 
 def saved_plan(settings: Settings, rollout_id: str) -> Plan:
