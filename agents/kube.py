@@ -52,7 +52,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,11 +184,14 @@ class KubernetesExecutor:
         sleep: Callable[[float], None] = time.sleep,
         fallback: Executor | None = None,
         on_progress: Callable[[str], None] | None = None,
+        namespaces: Mapping[str, str] | None = None,
     ) -> None:
         from kubernetes import client
 
         self.api_client = api_client
-        self.namespace = namespace
+        self.default_namespace = namespace
+        self.namespaces = dict(namespaces or {})  # environment -> namespace (others: `namespace`)
+        self.namespace = namespace  # the namespace of the task being run
         self.rollout_id = rollout_id
         self.state = state
         self.analyst = analyst
@@ -213,11 +216,29 @@ class KubernetesExecutor:
                 task_id=task.id, status="failed", detail=f"{task.kind} task {task.id}: no service"
             )
         actions: list[str] = []
+        self.namespace = self.namespaces.get(task.environment or "", self.default_namespace)
         try:
+            self._wait_for_slot(task, actions)
             outcome = getattr(self, f"_{task.kind}")(task, actions)
         except KubeFailure as exc:
             return TaskResult(task_id=task.id, status="failed", detail=str(exc), actions=actions)
         return TaskResult(task_id=task.id, status=outcome.status, detail=outcome.detail, actions=actions)
+
+    def _wait_for_slot(self, task: Task, actions: list[str]) -> None:
+        """A production step planned for a deploy slot (`not_before`, the policy's window away from the
+        traffic peak) starts no earlier than that."""
+        if "not_before" not in task.params:
+            return
+        try:
+            slot = datetime.fromisoformat(str(task.params["not_before"]))
+        except ValueError:
+            raise KubeFailure(f"{task.id}: not_before {task.params['not_before']!r} is not a time") from None
+        if slot.tzinfo is None:
+            slot = slot.replace(tzinfo=UTC)
+        wait = (slot - datetime.now(UTC)).total_seconds()
+        if wait > 0:
+            actions.append(f"wait until {slot.isoformat()} (the policy's deploy slot)")
+            self.sleep(wait)
 
     # --- API calls: every failure of the world becomes a KubeFailure naming the object --------------------
 
@@ -1117,6 +1138,7 @@ def executor_from_settings(
     return KubernetesExecutor(
         api_client_from_settings(settings),
         namespace=settings.kube_namespace,
+        namespaces=settings.kube_namespaces,
         rollout_id=rollout_id,
         state=RolloutStore.in_data_root(settings.data_dir),
         analyst=analyst,

@@ -88,7 +88,10 @@ def analyst_from_settings(settings: Settings) -> CanaryAnalyst | None:
     # the executor labels only its canary copy `track: canary`; the stable pods carry no track label
     source = PrometheusSource(settings.prometheus_url, track_labels={"stable": ""})
     return CanaryAnalyst(
-        load_template(settings.analysis_template), source, default_namespace=settings.kube_namespace
+        load_template(settings.analysis_template),
+        source,
+        namespaces=settings.kube_namespaces,
+        default_namespace=settings.kube_namespace,
     )
 
 
@@ -150,9 +153,12 @@ def record_outcomes(
     plan: Plan, data_dir: Path, aborted: frozenset[tuple[str, str]] = frozenset()
 ) -> list[Recorded]:
     """Each target's outcome as a deployment row in `<data root>/feedback/deployments.csv` (deploy id
-    `awo-<rollout id>-<service>-<environment>`: a resumed rollout replaces its paused row)."""
+    `awo-<rollout id>-<service>-<environment>`: a resumed rollout replaces its paused row). A rollout of a
+    release tag records nothing: the deployment schema links a deployment to its commit sha."""
     from agents.feedback import record_deployment
 
+    if plan.goal.ref_kind != "sha":  # the deployment schema links a deployment to its commit
+        return []
     recorded = []
     for target in deployment_outcomes(plan, aborted):
         recorded.append(
@@ -162,7 +168,7 @@ def record_outcomes(
                     "deploy_id": f"awo-{plan.plan_id}-{target.service}-{target.environment}",
                     "service": target.service,
                     "environment": target.environment,
-                    "sha": plan.goal.ref if plan.goal.ref_kind == "sha" else None,
+                    "sha": plan.goal.ref,
                     "started_at": target.started_at,
                     "finished_at": target.finished_at,
                     "strategy": target.strategy,
@@ -249,10 +255,17 @@ def aborted_targets(executor: Executor, rollout_id: str) -> frozenset[tuple[str,
     if not isinstance(store, RolloutStore):
         return frozenset()
     try:
-        targets = store.status(rollout_id).targets
+        status = store.status(rollout_id)
     except RolloutNotFound:
         return frozenset()
-    return frozenset((t.service, t.environment) for t in targets if t.phase == "aborted")
+    asked = {
+        (e.service, e.environment) for e in status.events if e.kind == "requested" and e.detail == "abort"
+    }
+    return frozenset(
+        (t.service, t.environment)
+        for t in status.targets
+        if t.phase == "aborted" or (t.phase == "rolled-back" and (t.service, t.environment) in asked)
+    )
 
 
 def saved_plan(settings: Settings, rollout_id: str) -> Plan:

@@ -187,8 +187,14 @@ class AgentSettings(BaseModel):
         default=None,
         description="kubeconfig file (default: KUBECONFIG or ~/.kube/config, else the in-cluster config)",
     )
-    kube_context: str | None = Field(default=None, description="kubeconfig context (default: the current one)")
+    kube_context: str | None = Field(
+        default=None, description="kubeconfig context (default: the current one)"
+    )
     kube_namespace: str = Field(default="default", description="namespace of the Deployments awo rolls out")
+    kube_namespaces: dict[str, str] = Field(
+        default_factory=dict,
+        description="namespace per environment (`{staging: shop-staging}`); others: kube_namespace",
+    )
     kube_poll_seconds: float = Field(
         default=2.0, gt=0, le=60, description="how often a rollout's objects are read back while waiting"
     )

@@ -32,6 +32,12 @@ def _print_run(run: RolloutRun) -> None:
             f"{row['deploy_id']} ({'changed' if recorded.written else 'unchanged'}; `awo retrain` learns it)",
             highlight=False,
         )
+    if not run.recorded and run.report.plan.goal.ref_kind == "release":
+        console.print(
+            f"  outcome not fed back: release {run.report.plan.goal.ref} names no commit "
+            "(plan the rollout of a sha to teach `awo retrain`)",
+            highlight=False,
+        )
     if run.analyses_audited:
         console.print(
             f"  {run.analyses_audited} canary analyses audited with their evidence", highlight=False
