@@ -218,7 +218,8 @@ def run_plan(
         plan = saved
     if needs_approval(plan) and not approved_by:
         raise PlanError(
-            f"plan {plan.plan_id} has the gate senior_review: a person approves it before it deploys"
+            f"plan {plan.plan_id} has the gate senior_review: a person approves it (--approve) before it "
+            "deploys or repairs"
         )
     resumed_after = sum(1 for t in plan.tasks if t.status not in ("pending", "running", "paused"))
     if resumed_after and not plan.finished():
