@@ -394,8 +394,10 @@ def judge(
     template: Annotated[Path | None, typer.Option(help="analysis template YAML (default: packaged)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
 ) -> None:
-    """Judge a canary against its baseline from metric files (Kayenta's Mann-Whitney classifier, Argo's
-    AnalysisRun limits). Exit 0: pass; 3: marginal or inconclusive; 4: fail."""
+    """Judge a canary against its baseline from metric files (Kayenta's judge: Fisher's exact test on the
+    counts of rate metrics, Mann-Whitney on samples of the others; Argo's AnalysisRun limits). Count rows
+    (e.g. `errors`, `requests`) name a rate metric's numerator and denominator. Exit 0: pass; 3: marginal
+    or inconclusive; 4: fail."""
     from agents.judge import judge_files
 
     result = judge_files(baseline, canary, template)
@@ -410,7 +412,9 @@ def judge(
         )
         for m in result["metrics"]:
             p = "-" if m["p_value"] is None else f"{m['p_value']:.3g}"
+            test = m.get("test") or "-"
             console.print(
-                f"  {m['metric']}: {m['classification']} (p {p}, n {m['n']}) {m['reason']}", highlight=False
+                f"  {m['metric']}: {m['classification']} ({test} p {p}, n {m['n']}) {m['reason']}",
+                highlight=False,
             )
     raise typer.Exit(result["exit_code"])
