@@ -14,13 +14,13 @@ from typing import Literal
 
 import pandas as pd
 
-from agents.planner import is_production
-from agents.policy import RepairKind, RepairPolicy
+from agents.planner import Plan, is_production, plan_repair
+from agents.policy import Policy, RepairKind, RepairPolicy
 from features.errors import BadTable
 from features.topology import CRITICALITY_LEVEL, Topology
 
 DEPLOYMENT_COLUMNS = ("deploy_id", "service", "environment", "started_at", "outcome")
-FAILED_OUTCOMES = frozenset({"failed", "rolled-back"})
+FAILED_OUTCOMES = frozenset({"failed", "rolled-back", "aborted"})
 
 
 @dataclass(frozen=True)
@@ -224,6 +224,21 @@ class Repair:
     params: dict[str, object]
     needs_approval: bool
     why: str
+
+
+def repair_plan(incident_id: str, repair: Repair, policy: Policy, now: datetime) -> Plan:
+    """The plan that carries `repair` out (planner.plan_repair: the repair, a watch, a notification)."""
+    return plan_repair(
+        incident_id,
+        repair.kind,
+        repair.service,
+        repair.environment,
+        dict(repair.params),
+        policy,
+        needs_approval=repair.needs_approval,
+        why=repair.why,
+        now=now,
+    )
 
 
 def choose_repair(diagnosis: Diagnosis, policy: RepairPolicy, topology: Topology) -> Repair | None:

@@ -814,6 +814,17 @@ class KubernetesExecutor:
             missing_ok=True,
         )
 
+    def _patch_rollout(self, name: str, body: dict[str, Any], subresource: str | None = None) -> Any:
+        """A merge patch of the Rollout `name` (its status subresource where Argo's plugin writes there)."""
+        patch = (
+            self._custom.patch_namespaced_custom_object_status
+            if subresource == "status"
+            else self._custom.patch_namespaced_custom_object
+        )
+        return self._call(
+            f"rollout {name}", patch, ARGO_GROUP, ARGO_VERSION, self.namespace, ARGO_PLURAL, name, body
+        )
+
     def _argo_canary(self, task: Task, actions: list[str]) -> _Outcome:
         assert task.service is not None
         name = task.service
@@ -860,16 +871,7 @@ class KubernetesExecutor:
             current.get("spec", {}).get("template") != template
             or current["spec"].get("strategy") != spec["strategy"]
         ):
-            self._call(
-                f"rollout {name}",
-                self._custom.patch_namespaced_custom_object,
-                ARGO_GROUP,
-                ARGO_VERSION,
-                self.namespace,
-                ARGO_PLURAL,
-                name,
-                {"metadata": {"annotations": meta["annotations"]}, "spec": spec},
-            )
+            self._patch_rollout(name, {"metadata": {"annotations": meta["annotations"]}, "spec": spec})
             actions.append(f"patch rollout {name} ({record.canary_image}, {len(steps)} steps)")
         read = self._rollout_object(name)
         if read is None or read["spec"]["strategy"] != spec["strategy"]:
@@ -885,16 +887,7 @@ class KubernetesExecutor:
             return _Outcome("failed", f"rollout {name} aborted by request (status.abort)", actions)
         paused = requested == "pause"
         if bool(read["spec"].get("paused", False)) != paused:
-            self._call(
-                f"rollout {name}",
-                self._custom.patch_namespaced_custom_object,
-                ARGO_GROUP,
-                ARGO_VERSION,
-                self.namespace,
-                ARGO_PLURAL,
-                name,
-                {"spec": {"paused": paused}},
-            )
+            self._patch_rollout(name, {"spec": {"paused": paused}})
             actions.append(f"{'pause' if paused else 'resume'} rollout {name}")
         if paused:
             if record.phase != "paused":
@@ -918,16 +911,7 @@ class KubernetesExecutor:
             raise KubeFailure(f"rollout {name}: not found")
         if all(current.get("status", {}).get(k) == v for k, v in status.items()):
             return
-        self._call(
-            f"rollout {name}",
-            self._custom.patch_namespaced_custom_object_status,
-            ARGO_GROUP,
-            ARGO_VERSION,
-            self.namespace,
-            ARGO_PLURAL,
-            name,
-            {"status": status},
-        )
+        self._patch_rollout(name, {"status": status}, subresource="status")
         actions.append(f"{what} rollout {name}")
 
     def _argo_abort(self, name: str, actions: list[str]) -> None:

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agents.audit import AuditLog
-from agents.diagnosis import Diagnosis, IncidentFacts, choose_repair, rank_commits, rank_culprits
+from agents.diagnosis import Diagnosis, IncidentFacts, choose_repair, rank_commits, rank_culprits, repair_plan
 from agents.executor import DryRunExecutor
 from agents.planner import PlanError, check_plan, plan_repair
 from agents.policy import RepairPolicy, load_policy
@@ -143,17 +143,7 @@ def _repair_plan(service: str):
     policy = load_policy()
     repair = choose_repair(_blamed(service), policy.repair, TOPOLOGY)
     assert repair is not None
-    plan = plan_repair(
-        "inc-1",
-        repair.kind,
-        repair.service,
-        repair.environment,
-        dict(repair.params),
-        policy,
-        needs_approval=repair.needs_approval,
-        why=repair.why,
-        now=AT,
-    )
+    plan = repair_plan("inc-1", repair, policy, AT)
     return plan, repair
 
 

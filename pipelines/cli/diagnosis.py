@@ -235,8 +235,8 @@ def _execute(
     check_may_override: Any,
 ) -> None:
     from agents.audit import new_decision_id
+    from agents.diagnosis import repair_plan
     from agents.executor import DryRunExecutor
-    from agents.planner import plan_repair
     from agents.run import run_plan
 
     approved_by = None
@@ -244,17 +244,7 @@ def _execute(
         approved_by = getpass.getuser()  # who runs the command: not a name typed on it
         check_may_override(policy, approved_by)
     now = datetime.now(UTC)
-    plan = plan_repair(
-        incident_id,
-        repair.kind,
-        repair.service,
-        repair.environment,
-        dict(repair.params),
-        policy,
-        needs_approval=repair.needs_approval,
-        why=repair.why,
-        now=now,
-    )
+    plan = repair_plan(incident_id, repair, policy, now)
     decision_id = new_decision_id()
     plan = plan.model_copy(update={"decision_id": decision_id})
     log = audit_log(settings)

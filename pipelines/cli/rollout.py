@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 rollout_app = typer.Typer(help="Carry out rollouts and act on them while they run.", no_args_is_help=True)
 app.add_typer(rollout_app, name="rollout")
+ApproveOption = Annotated[
+    bool, typer.Option("--approve", help="approve a senior_review rollout as yourself (if allowed)")
+]
 
 
 def _print_run(run: RolloutRun) -> None:
@@ -73,9 +76,7 @@ def start(
         Path,
         typer.Argument(help="a plan (`awo plan --out`) or a decision (`awo decide --json`)", dir_okay=False),
     ],
-    approve: Annotated[
-        bool, typer.Option("--approve", help="approve a senior_review rollout as yourself (if allowed)")
-    ] = False,
+    approve: ApproveOption = False,
     policy: PolicyOption = None,
 ) -> None:
     """Start (or resume) the rollout: each task on the configured executor (AWO_EXECUTOR), canary steps
@@ -195,36 +196,31 @@ def pause(rollout_id: Annotated[str, typer.Argument(help="the rollout's id")]) -
     console.print(f"rollout {rollout_id}: pause requested; it holds at its next step", highlight=False)
 
 
+def _act(rollout_id: str, action: str, approve: bool, policy: Path | None, requested: str) -> None:
+    """Leave `action` for the running executor; a paused rollout is carried on here instead."""
+    settings = _request(rollout_id, action)
+    if not _paused(settings, rollout_id):
+        console.print(f"rollout {rollout_id}: {action} requested; {requested}", highlight=False)
+        return
+    _run(rollout_id, settings, _approver(approve, settings, policy))
+
+
 @rollout_app.command("resume")
 def resume(
     rollout_id: Annotated[str, typer.Argument(help="the rollout's id")],
-    approve: Annotated[
-        bool, typer.Option("--approve", help="approve a senior_review rollout as yourself (if allowed)")
-    ] = False,
+    approve: ApproveOption = False,
     policy: PolicyOption = None,
 ) -> None:
     """Go on with a paused rollout (past an inconclusive analysis), here, until it finishes or holds again."""
-    settings = _request(rollout_id, "resume")
-    if not _paused(settings, rollout_id):
-        console.print(f"rollout {rollout_id}: resume requested; the running rollout goes on", highlight=False)
-        return
-    _run(rollout_id, settings, _approver(approve, settings, policy))
+    _act(rollout_id, "resume", approve, policy, "the running rollout goes on")
 
 
 @rollout_app.command("abort")
 def abort(
     rollout_id: Annotated[str, typer.Argument(help="the rollout's id")],
-    approve: Annotated[
-        bool, typer.Option("--approve", help="approve a senior_review rollout as yourself (if allowed)")
-    ] = False,
+    approve: ApproveOption = False,
     policy: PolicyOption = None,
 ) -> None:
     """Stop the rollout and roll it back (recorded as aborted). A paused rollout is rolled back here; a
     running one rolls back at its next step."""
-    settings = _request(rollout_id, "abort")
-    if not _paused(settings, rollout_id):
-        console.print(
-            f"rollout {rollout_id}: abort requested; it rolls back at its next step", highlight=False
-        )
-        return
-    _run(rollout_id, settings, _approver(approve, settings, policy))
+    _act(rollout_id, "abort", approve, policy, "it rolls back at its next step")
