@@ -193,7 +193,7 @@ def load_template(path: Path | None = None) -> AnalysisTemplate:
     return load_yaml_model(path or DEFAULT_ANALYSIS, AnalysisTemplate, "analysis template")
 
 
-def _relative_effect(baseline_mean: float, canary_mean: float) -> float:
+def relative_effect(baseline_mean: float, canary_mean: float) -> float:
     if baseline_mean == 0:
         return 0.0 if canary_mean == 0 else math.copysign(math.inf, canary_mean)
     return (
@@ -224,7 +224,7 @@ def classify_metric(
         )
     b_mean = sum(baseline_samples) / len(baseline_samples)
     c_mean = sum(canary_samples) / len(canary_samples)
-    effect = _relative_effect(b_mean, c_mean)
+    effect = relative_effect(b_mean, c_mean)
     best_p = 1.0
     for alternative in _DIRECTIONS[spec.bad]:
         if set(baseline_samples) == set(canary_samples) and len(set(canary_samples)) == 1:
@@ -265,7 +265,7 @@ def classify_counts(
     if min(xb, xc) < 0:
         raise BadTable(f"metric {spec.name}: negative count {spec.numerator} ({xb} baseline, {xc} canary)")
     rate_b, rate_c = xb / nb, xc / nc
-    effect = _relative_effect(rate_b, rate_c)
+    effect = relative_effect(rate_b, rate_c)
     directions = _DIRECTIONS[spec.bad]
     alpha = spec.alpha / looks / len(directions)
     counts = f"{xc}/{nc} vs {xb}/{nb}"

@@ -84,7 +84,7 @@ class ManualClock:
         self.t += max(0.0, seconds)
 
 
-def _promql_duration(seconds: float) -> str:
+def promql_duration(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
@@ -119,6 +119,22 @@ class PrometheusSource:
         result = body["data"]["result"]
         return result if isinstance(result, list) else []
 
+    def range_sum(self, query: str, start: float, end: float, step: float) -> list[tuple[float, float]]:
+        """`query` over [start, end] every `step` seconds, summed over its series per timestamp, oldest
+        first (NaN and infinite values left out); MetricSourceError when Prometheus cannot answer."""
+        import httpx
+
+        params: dict[str, str | float] = {"query": query, "start": start, "end": end, "step": step}
+        with httpx.Client(base_url=self.url, timeout=self.timeout_s) as client:
+            series = self._get(client, "/api/v1/query_range", params)
+        sums: dict[float, float] = {}
+        for s in series:
+            for at, value in s["values"]:  # type: ignore[attr-defined]
+                number = float(value)
+                if math.isfinite(number):
+                    sums[float(at)] = sums.get(float(at), 0.0) + number
+        return sorted(sums.items())
+
     def measure(self, window: Window, template: AnalysisTemplate) -> Samples:
         import httpx
 
@@ -128,8 +144,8 @@ class PrometheusSource:
             "track": self.track_labels[window.track],
             "namespace": window.namespace,
             "ref": window.ref,
-            "interval": _promql_duration(window.end - window.start),
-            "step": _promql_duration(step),
+            "interval": promql_duration(window.end - window.start),
+            "step": promql_duration(step),
         }
         samples: Samples = {}
         with httpx.Client(base_url=self.url, timeout=self.timeout_s) as client:

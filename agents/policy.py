@@ -287,6 +287,23 @@ class RepairPolicy(_Strict):
         return self
 
 
+class Monitoring(_Strict):
+    """What the monitoring agent does when a metric stream alone turns anomalous during a bake time (after a
+    full or blue-green rollout, agents/watch.py)."""
+
+    on_anomaly: Literal["rollback", "pause", "incident"] = Field(
+        default="rollback",
+        description="rollback: fail the watch (the plan rolls back, blocks and opens an incident); "
+        "pause: hold for a person; incident: record an incident and go on",
+    )
+    history_intervals: int = Field(
+        default=300,
+        ge=1,
+        le=10_000,
+        description="intervals of history before the rollout that warm the detector",
+    )
+
+
 class Policy(_Strict):
     version: Annotated[str, Field(min_length=1, max_length=64, description="recorded with every decision")]
     risk_bands: RiskBands = Field(default_factory=RiskBands)
@@ -301,6 +318,7 @@ class Policy(_Strict):
     on_error: Gate = Field(default="senior_review", description="the gate when the change cannot be scored")
     top_drivers: int = Field(default=3, ge=0, le=20, description="risk drivers quoted in the reasons")
     repair: RepairPolicy = Field(default_factory=RepairPolicy)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
 
     @field_validator("rollout")
     @classmethod

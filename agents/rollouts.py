@@ -181,7 +181,8 @@ def record_outcomes(
 
 def audit_analyses(plan: Plan, executor: Executor, audit: AuditSink) -> int:
     """One `canary_analysis` audit record per analysed task, with every verdict's per-metric statistics
-    (the evidence of an automatic rollback or pause). Returns the records written."""
+    (the evidence of an automatic rollback or pause), and one `watch_anomaly` record per bake-time watch
+    that found an anomaly. Returns the records written."""
     from agents.kube import verdict_data
 
     verdicts: dict[str, list[Any]] = getattr(executor, "verdicts", {})
@@ -201,6 +202,19 @@ def audit_analyses(plan: Plan, executor: Executor, audit: AuditSink) -> int:
         )
         written += 1
     verdicts.clear()
+    anomalies: dict[str, list[dict[str, Any]]] = getattr(executor, "anomalies", {})
+    for task_id, found in anomalies.items():
+        audit.append(
+            {
+                "kind": "watch_anomaly",
+                "decision_id": decision_id_of(plan),
+                "plan_id": plan.plan_id,
+                "task": task_id,
+                "anomalies": found,
+            }
+        )
+        written += 1
+    anomalies.clear()
     return written
 
 
@@ -219,11 +233,14 @@ def carry_out(
     analyst: CanaryAnalyst | None = None,
     approved_by: str | None = None,
     on_event: Callable[[RunEvent], None] | None = None,
+    policy: Policy | None = None,
 ) -> RolloutRun:
     """Run (or resume) the rollout of `plan` with its state in `<data root>/rollouts/<plan id>.yaml`, the
-    executor the settings name (unless given), the audit log and the feedback files."""
-    from agents.engine import audit_log
+    executor the settings name (unless given; with Prometheus configured, bake times are watched as the
+    policy's `monitoring` says), the audit log and the feedback files."""
+    from agents.engine import audit_log, policy_of
     from agents.kube import executor_from_settings
+    from agents.watch import watcher_from_settings
 
     if not plan.plan_id:
         raise PlanError("the plan has no id: write it with `awo plan`")
@@ -231,7 +248,9 @@ def carry_out(
     if executor is None:
         if analyst is None:
             analyst = analyst_from_settings(settings)
-        executor = executor_from_settings(settings, plan.plan_id, analyst)
+        executor = watcher_from_settings(
+            settings, policy or policy_of(settings), executor_from_settings(settings, plan.plan_id, analyst)
+        )
     log = audit_log(settings)
     report = run_plan(
         plan,

@@ -282,11 +282,13 @@ def run_plan(
                     task.id,
                 )
             )
-    for task in plan.tasks:  # what can no longer run (a failure past the re-plan limit)
-        if task.status == "pending":
+    paused = any(t.status == "paused" for t in plan.tasks)
+    for task in plan.tasks:  # what can no longer run (a failure past the re-plan limit); a pause keeps all
+        if task.status == "pending" and not paused:
             task.status, task.detail = "cancelled", "not run: the plan stopped"
     outcome = outcome_of(plan)
-    if audit is not None and plan.recorded_at is None and ran:
+    # a paused run is audited as plan_paused; its plan_run record waits for the outcome after resume/abort
+    if audit is not None and plan.recorded_at is None and ran and not paused:
         finished = now()
         audit.append(
             _audit_record(plan, outcome, executor, incidents, finished) | {"approved_by": approved_by}

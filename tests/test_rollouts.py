@@ -271,7 +271,36 @@ def test_awo_rollout_pauses_on_request_and_abort_rolls_back_and_records_aborted(
     )
     row = _feedback(shop.settings)[("pay", "production")]
     assert row["outcome"] == "aborted" and row["finished_at"]
+    kinds = [(r["kind"], r.get("outcome")) for r in _audit(shop.settings) if r["kind"].startswith("plan_")]
+    assert kinds == [("plan_paused", None), ("plan_run", "blocked")]
     assert _feedback(shop.settings)[("pay", "staging")]["outcome"] == "succeeded"
+
+
+def test_awo_rollout_resume_carries_a_paused_rollout_to_the_end_and_audits_its_outcome(
+    shop: Shop, policy_file: Path, tmp_path: Path
+) -> None:
+    plan = _plan(policy_file)
+    plan_file = tmp_path / "plan.yaml"
+    save_plan(plan, plan_file)
+    env = _cli_env(shop, policy_file)
+    runner = CliRunner()
+    store = RolloutStore.in_data_root(shop.settings.data_dir)
+    store.begin(
+        plan.plan_id, "pay", "production", "canary:pay", namespace=shop.production, strategy="canary",
+        mode="deployment", total_replicas=4, previous_image="registry.local/pay:1", previous_replicas=4,
+        canary_image=f"registry.local/pay:{SHA}",
+    )  # fmt: skip
+    store.request(plan.plan_id, "pause")
+    assert runner.invoke(app, ["rollout", "start", str(plan_file), "--approve"], env=env).exit_code == 3
+
+    resumed = runner.invoke(app, ["rollout", "resume", plan.plan_id, "--approve"], env=env)
+
+    assert resumed.exit_code == 0, resumed.output
+    new = f"registry.local/pay:{SHA}"
+    shop.cluster.wait_until(lambda: shop.images(shop.production) == {"pay": (4, new)}, what="promoted")
+    assert _feedback(shop.settings)[("pay", "production")]["outcome"] == "succeeded"
+    kinds = [(r["kind"], r.get("outcome")) for r in _audit(shop.settings) if r["kind"].startswith("plan_")]
+    assert kinds == [("plan_paused", None), ("plan_run", "succeeded")]
 
 
 def test_a_decision_written_by_awo_decide_is_planned_and_a_bad_one_names_the_field(

@@ -43,7 +43,7 @@ def _print_run(run: RolloutRun) -> None:
         )
     if run.analyses_audited:
         console.print(
-            f"  {run.analyses_audited} canary analyses audited with their evidence", highlight=False
+            f"  {run.analyses_audited} analyses and anomalies audited with their evidence", highlight=False
         )
 
 
