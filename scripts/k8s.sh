@@ -4,9 +4,13 @@
 # ships no server binaries and installing its kubernetes-client would conflict with the machine's kubectl).
 # The build (about 7 min cold on 2 cores, 16 s with the warm Go cache) goes to a cache outside the
 # repository, so `uv sync` or a fresh checkout never throws it away.
+# The tree's vendored github.com/modern-go/reflect2 v1.0.1 breaks under Go >= 1.18 (modern-go/reflect2#26:
+# the apiserver dies with SIGSEGV decoding the first custom object), so the build replaces it with v1.0.2 from
+# Debian's golang-github-modern-go-reflect2-dev. $K8S/build.stamp names what the binaries were built from:
+# `build` is a no-op only when it matches BUILD_ID, so a cache built before a change here is rebuilt.
 #
-#   scripts/k8s.sh build       install etcd-server + golang-go (as root, when missing), fetch the source,
-#                              build $AWO_CACHE_DIR/k8s/bin/{kube-apiserver,kube-controller-manager}
+#   scripts/k8s.sh build       install etcd-server + golang-go (as root, when missing), fetch the source and
+#                              reflect2 v1.0.2, build $AWO_CACHE_DIR/k8s/bin/{kube-apiserver,kube-controller-manager}
 #   scripts/k8s.sh check       exit 0 when etcd and both binaries are there (prints what is missing otherwise)
 #   scripts/k8s.sh start DIR   start etcd + kube-apiserver + kube-controller-manager on free 127.0.0.1 ports,
 #                              state and logs in DIR; prints DIR/kubeconfig once /readyz answers
@@ -24,6 +28,11 @@ GOPATH_DIR="$K8S/gopath"
 KPATH="$GOPATH_DIR/src/k8s.io/kubernetes"
 ETCD="${AWO_K8S_ETCD:-$(command -v etcd || echo /usr/bin/etcd)}"
 READY_TIMEOUT_S="${AWO_K8S_READY_TIMEOUT_S:-90}"
+REFLECT2_PACKAGE=golang-github-modern-go-reflect2-dev
+REFLECT2_MIN=1.0.2
+# What the binaries in $BIN are built from; change it whenever the build changes, so caches get rebuilt.
+BUILD_ID="kubernetes 1.20.2 (Debian source), reflect2 >= v$REFLECT2_MIN (Debian $REFLECT2_PACKAGE)"
+STAMP="$K8S/build.stamp"
 
 log() { echo "k8s.sh: $*" >&2; }
 say() { echo "k8s.sh: $*"; }
@@ -49,20 +58,74 @@ install_packages() {
   say "packages installed ($(elapsed $t))"
 }
 
-# Debian's source package, fetched through a private deb-src list: the system's apt configuration, lists and
-# caches are left as they are.
+# Debian's packages, fetched through a private deb + deb-src list: the system's apt configuration, lists and
+# caches are left as they are. Sets APT_OPTS; updates the private lists when they lack the binary index (a
+# cache from before reflect2 was fetched has only Sources).
+APT_OPTS=()
+private_apt() {
+  local apt="$K8S/apt" keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial"
+  printf 'deb [signed-by=%s] %s %s main\ndeb-src [signed-by=%s] %s %s main\n' \
+    "$keyring" "$MIRROR" "$SUITE" "$keyring" "$MIRROR" "$SUITE" >"$apt/sources.list"
+  APT_OPTS=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+            -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o APT::Sandbox::User=root)
+  if ! compgen -G "$apt/lists/*_Packages*" >/dev/null || ! compgen -G "$apt/lists/*_Sources*" >/dev/null; then
+    apt-get "${APT_OPTS[@]}" update -qq
+  fi
+}
+
 fetch_source() {
-  local apt="$K8S/apt" dl="$K8S/download"
+  local dl="$K8S/download"
   if compgen -G "$dl/${SRC_PACKAGE}_*.dsc" >/dev/null; then return 0; fi
   local t=$SECONDS
-  mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$dl"
-  echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR $SUITE main" >"$apt/sources.list"
-  local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
-              -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o APT::Sandbox::User=root)
+  mkdir -p "$dl"
   say "fetching the $SRC_PACKAGE source package ($SUITE) ..."
-  apt-get "${opts[@]}" update -qq
-  (cd "$dl" && apt-get "${opts[@]}" source --download-only "$SRC_PACKAGE" >/dev/null)
+  private_apt
+  (cd "$dl" && apt-get "${APT_OPTS[@]}" source --download-only "$SRC_PACKAGE" >/dev/null)
   say "source downloaded ($(elapsed $t))"
+}
+
+# reflect2 >= v1.0.2 (Go >= 1.18 support), unpacked from Debian's binary package into $K8S/reflect2; sets
+# REFLECT2_DIR (its Go files) and REFLECT2_VERSION (the upstream version, v1.0.2).
+REFLECT2_DIR= REFLECT2_VERSION=
+fetch_reflect2() {
+  local dl="$K8S/download" deb out="$K8S/reflect2" version
+  deb="$(compgen -G "$dl/${REFLECT2_PACKAGE}_*.deb" | head -n1 || true)"
+  if [ -z "$deb" ]; then
+    local t=$SECONDS
+    mkdir -p "$dl"
+    say "fetching $REFLECT2_PACKAGE ($SUITE) ..."
+    private_apt
+    (cd "$dl" && apt-get "${APT_OPTS[@]}" download "$REFLECT2_PACKAGE" >/dev/null)
+    deb="$(compgen -G "$dl/${REFLECT2_PACKAGE}_*.deb" | head -n1)"
+    say "$(basename "$deb") downloaded ($(elapsed $t))"
+  fi
+  version="$(dpkg-deb -f "$deb" Version)"
+  if ! dpkg --compare-versions "$version" ge "$REFLECT2_MIN"; then
+    log "$deb is reflect2 $version; v$REFLECT2_MIN or later is needed (AWO_K8S_SUITE=bookworm or newer)"
+    exit 1
+  fi
+  rm -rf "$out"; mkdir -p "$out"
+  dpkg-deb -x "$deb" "$out"
+  REFLECT2_DIR="$out/usr/share/gocode/src/github.com/modern-go/reflect2"
+  REFLECT2_VERSION="v${version%%-*}"
+}
+
+# Replace the tree's vendored reflect2 with the package's Go files (GOPATH mode reads vendor/ only, not
+# modules.txt or go.mod). vendor/modules.txt is updated by record_build, once binaries built from it exist.
+vendor_reflect2() {
+  local from="$REFLECT2_DIR" to="$KPATH/vendor/github.com/modern-go/reflect2"
+  [ -f "$from/reflect2.go" ] || { log "no reflect2.go in $from"; exit 1; }
+  rm -rf "$to"; mkdir -p "$to"
+  cp "$from"/*.go "$from"/*.s "$to"/
+}
+
+# After both binaries are built: vendor/modules.txt names the reflect2 version they contain
+# (tests/k8s_cluster.py's custom_resource_defect() reads it to skip custom-object tests on a cache still
+# holding v1.0.1 binaries), and the stamp makes later builds no-ops.
+record_build() {
+  sed -i -E "s,(github\.com/modern-go/reflect2) v[0-9][^ ]*,\1 $REFLECT2_VERSION,g" "$KPATH/vendor/modules.txt"
+  echo "$BUILD_ID" >"$STAMP.tmp" && mv -f "$STAMP.tmp" "$STAMP"
 }
 
 unpack_source() {
@@ -114,16 +177,22 @@ build() {
   local t=$SECONDS
   install_packages
   if [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] && [ -z "${AWO_K8S_REBUILD:-}" ]; then
-    say "already built: $BIN ($(elapsed $t)); AWO_K8S_REBUILD=1 to build again"
-    return 0
+    if [ "$(cat "$STAMP" 2>/dev/null)" = "$BUILD_ID" ]; then
+      say "already built: $BIN ($(elapsed $t)); AWO_K8S_REBUILD=1 to build again"
+      return 0
+    fi
+    say "$BIN predates this build ($BUILD_ID): building again"
   fi
   mkdir -p "$BIN"
   fetch_source
   unpack_source
+  fetch_reflect2
+  vendor_reflect2
   go_env
   generate_openapi
   build_binary kube-apiserver
   build_binary kube-controller-manager
+  record_build
   say "ready in $BIN ($(elapsed $t)): $(ls "$BIN" | paste -sd" " -)"
 }
 
