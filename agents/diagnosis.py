@@ -74,6 +74,8 @@ class Candidate:
     failure_score: float | None
     outcome: str
     score: float
+    sha: str | None = None  # what it shipped, when the table says
+    previous_sha: str | None = None  # what ran before it in that environment: where a rollback goes
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,15 @@ def rank_culprits(
         & deployments["environment"].map(is_production)
     ]
     known = incidents[incidents["started_at"] <= at] if incidents is not None and len(incidents) else None
+    shipped: dict[str, tuple[str | None, str | None]] = {}  # deploy_id -> (sha, sha of the one before it)
+    if "sha" in deployments.columns:
+        ordered = deployments.sort_values(["started_at", "deploy_id"])
+        before = ordered.groupby(["service", "environment"])["sha"].shift(1)
+        for deploy_id, sha, previous in zip(ordered["deploy_id"], ordered["sha"], before, strict=True):
+            shipped[deploy_id] = (
+                sha if isinstance(sha, str) else None,
+                previous if isinstance(previous, str) else None,
+            )
     candidates = []
     for row in window.itertuples():
         hours = (at - row.started_at).total_seconds() / 3600
@@ -180,6 +191,8 @@ def rank_culprits(
                 failure_score=p,
                 outcome=row.outcome,
                 score=score,
+                sha=shipped.get(row.deploy_id, (None, None))[0],
+                previous_sha=shipped.get(row.deploy_id, (None, None))[1],
             )
         )
     candidates.sort(key=lambda c: (-c.score, c.hours_before, c.deploy_id))
@@ -254,10 +267,13 @@ def choose_repair(diagnosis: Diagnosis, policy: RepairPolicy, topology: Topology
             continue
         params: dict[str, object]
         if kind == "rollback":
-            if culprit is None:
-                continue
-            params = {"to": "previous", "from_deploy": culprit.deploy_id}
-            why = f"roll back {culprit.deploy_id}, the likeliest culprit"
+            if culprit is None or culprit.previous_sha is None:
+                continue  # a rollback needs to know what ran before the culprit
+            params = {"to": culprit.previous_sha, "from": culprit.sha, "from_deploy": culprit.deploy_id}
+            why = (
+                f"roll back {culprit.deploy_id}, the likeliest culprit, to {culprit.previous_sha[:12]} "
+                "which ran before it"
+            )
         elif kind == "flag_off":
             flag = policy.flags.get(service)
             if flag is None:

@@ -68,6 +68,13 @@ if TYPE_CHECKING:
     from agents.judge import RunVerdict
     from features.settings import Settings
 
+# What a real rollout cannot pretend to have done when nothing is configured to do it (skipped, not passed)
+NOT_CARRIED_OUT = {
+    "test": "not carried out here: the suites run in CI (awo decide's test plan), not on the cluster",
+    "watch": "not watched: no metrics source is configured (AWO_PROMETHEUS_URL)",
+}
+RESTORING = {"rolled-back": "rolling-back", "aborted": "aborting"}  # final phase -> while restoring
+FINISHED_BY = {v: k for k, v in RESTORING.items()}
 KUBE_KINDS = frozenset({"deploy", "canary", "promote", "rollback", "restart", "scale_out", "flag_off"})
 ANNOTATION = "awo.dev"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"  # what `kubectl rollout restart` sets
@@ -199,6 +206,7 @@ class KubernetesExecutor:
         self.timeout_seconds = timeout_seconds
         self.sleep = sleep
         self.fallback: Executor = fallback if fallback is not None else DryRunExecutor()
+        self._dry_fallback = fallback is None  # then tests and watches are not carried out: say so
         self.on_progress = on_progress
         self.verdicts: dict[str, list[Any]] = {}  # task id -> the analyst's verdicts, in order
         self._apps = client.AppsV1Api(api_client)
@@ -209,6 +217,8 @@ class KubernetesExecutor:
     # --- the protocol -----------------------------------------------------------------------------------
 
     def run(self, task: Task) -> TaskResult:
+        if task.kind in NOT_CARRIED_OUT and self._dry_fallback:
+            return TaskResult(task_id=task.id, status="skipped", detail=NOT_CARRIED_OUT[task.kind])
         if task.kind not in KUBE_KINDS:
             return self.fallback.run(task)
         if not task.service:
@@ -302,7 +312,7 @@ class KubernetesExecutor:
         return containers[0]
 
     def _target_image(self, task: Task, current: str, record: RolloutRecord | None) -> str:
-        if record is not None and record.canary_image and record.phase not in ("rolled-back", "aborted"):
+        if record is not None and record.canary_image and record.phase not in (*RESTORING, *FINISHED_BY):
             return record.canary_image
         if task.params.get("image"):
             return str(task.params["image"])
@@ -373,6 +383,20 @@ class KubernetesExecutor:
 
     # --- full / rolling ---------------------------------------------------------------------------------
 
+    def _ended(self, task: Task, record: RolloutRecord | None, actions: list[str]) -> _Outcome | None:
+        """A target this rollout already rolled back (or aborted) never moves forward again under the same
+        rollout id; one killed while restoring finishes the restore first."""
+        if record is None or record.phase not in (*RESTORING, *FINISHED_BY):
+            return None
+        if record.phase in FINISHED_BY:
+            why = "an interrupted rollback finished on resume"
+            record = self._restore(task, record, actions, phase=FINISHED_BY[record.phase], why=why)
+        return _Outcome(
+            "failed",
+            f"rollout {self.rollout_id} of {record.service} was {record.phase}: a new rollout ships it again",
+            actions,
+        )
+
     def _deploy(self, task: Task, actions: list[str]) -> _Outcome:
         return self._roll_stable(task, actions, kind_word="deployed")
 
@@ -382,8 +406,10 @@ class KubernetesExecutor:
         dep = self._deployment(name)
         container = self._container(dep, name)
         record = self.state.get(self.rollout_id, name, env)
+        if (ended := self._ended(task, record, actions)) is not None:
+            return ended
         target = self._target_image(task, container.image, record)
-        if record is None or record.phase in ("rolled-back", "aborted"):
+        if record is None:
             if container.image == target and not self._deployment(f"{name}-canary", missing_ok=True):
                 self._wait_available(name, dep.spec.replicas or 0, target, name)
                 return _Outcome("succeeded", f"{target} already runs", [])
@@ -441,8 +467,8 @@ class KubernetesExecutor:
         stable = self._deployment(name)
         container = self._container(stable, name)
         record = self._begin_canary(task, stable, container.image, "deployment")
-        if record.phase in ("rolled-back", "aborted"):
-            return _Outcome("failed", f"rollout {self.rollout_id} of {name} was {record.phase}", [])
+        if (ended := self._ended(task, record, actions)) is not None:
+            return ended
         if record.phase == "promoted":
             return _Outcome("succeeded", f"{record.canary_image} already promoted", [])
         record = self._resume(task, record, actions)
@@ -638,6 +664,12 @@ class KubernetesExecutor:
         delete the canary or preview. Idempotent."""
         assert task.service is not None
         name = task.service
+        final = record.phase in ("rolled-back", "aborted")
+        if not final and record.phase not in ("rolling-back", "aborting"):
+            fields: dict[str, Any] = {"phase": RESTORING[phase], "hold": None}
+            if verdict is not None:
+                fields["verdict"] = verdict
+            record = self.state.update(record, task.id, RESTORING[phase], why, **fields)
         if record.mode == "argo":
             self._argo_abort(name, actions)
         else:
@@ -674,11 +706,9 @@ class KubernetesExecutor:
                 record.previous_image,
                 name,
             )
-        if record.phase != phase:
-            fields: dict[str, Any] = {"phase": phase, "hold": None}
-            if verdict is not None:
-                fields["verdict"] = verdict
-            record = self.state.update(record, task.id, phase, why, **fields)
+        if not final:  # a rollout already rolled back or aborted keeps the phase it ended in
+            ended = FINISHED_BY.get(record.phase, phase)
+            record = self.state.update(record, task.id, ended, why, phase=ended, hold=None)
         return record
 
     # --- blue-green --------------------------------------------------------------------------------------
@@ -714,8 +744,8 @@ class KubernetesExecutor:
         stable = self._deployment(name)
         container = self._container(stable, name)
         record = self._begin_canary(task, stable, container.image, "deployment")
-        if record.phase in ("rolled-back", "aborted"):
-            return _Outcome("failed", f"rollout {self.rollout_id} of {name} was {record.phase}", [])
+        if (ended := self._ended(task, record, actions)) is not None:
+            return ended
         if record.phase == "promoted":
             return _Outcome("succeeded", f"{record.canary_image} already serves", [])
         assert record.previous_selector is not None and record.canary_image is not None
@@ -922,6 +952,8 @@ class KubernetesExecutor:
     def _promote(self, task: Task, actions: list[str]) -> _Outcome:
         assert task.service is not None
         record = self.state.get(self.rollout_id, task.service, task.environment or "")
+        if (ended := self._ended(task, record, actions)) is not None:
+            return ended
         if record is not None and record.mode == "argo":
             self._argo_status(task.service, {"promoteFull": True}, "promote", actions)
             if record.phase != "promoted":

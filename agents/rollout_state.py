@@ -15,7 +15,11 @@ from typing import Any, Literal, get_args
 
 from features.errors import AwoError, BadConfig
 
-Phase = Literal["progressing", "paused", "promoted", "failed", "rolled-back", "aborted"]
+# rolling-back / aborting: the decision to restore is recorded before the first object is touched, so an
+# executor killed half-way finishes the restore on resume instead of re-creating what was rejected
+Phase = Literal[
+    "progressing", "paused", "promoted", "failed", "rolling-back", "aborting", "rolled-back", "aborted"
+]
 RequestedAction = Literal["pause", "resume", "abort"]
 REQUESTED_ACTIONS: tuple[str, ...] = get_args(RequestedAction)
 FINAL_PHASES = frozenset({"promoted", "rolled-back", "aborted"})

@@ -33,13 +33,15 @@ TOPOLOGY = Topology.model_validate(
 
 
 def deployments(*rows: tuple[str, str, float, str]) -> pd.DataFrame:
-    """(deploy_id, service, hours before AT (negative: after), outcome), all to production."""
+    """(deploy_id, service, hours before AT (negative: after), outcome), all to production; each ships
+    the sha `<deploy_id>0000`."""
     return pd.DataFrame(
         [
             {
                 "deploy_id": d,
                 "service": s,
                 "environment": "production",
+                "sha": f"{d}0000",
                 "started_at": pd.Timestamp(AT - timedelta(hours=h)),
                 "outcome": o,
             }
@@ -110,7 +112,7 @@ def test_commits_rank_by_model_risk_then_by_churn():
 
 
 def _blamed(service: str) -> Diagnosis:
-    table = deployments(("d9", service, 2, "failed"))
+    table = deployments(("d8", service, 100, "succeeded"), ("d9", service, 2, "failed"))
     return rank_culprits(incident(service), table, TOPOLOGY)
 
 
@@ -118,7 +120,14 @@ def test_the_policy_chooses_the_repair_and_who_must_approve_it():
     policy = load_policy().repair
     critical = choose_repair(_blamed("payments"), policy, TOPOLOGY)
     assert critical is not None and critical.kind == "rollback" and critical.needs_approval
-    assert critical.params["from_deploy"] == "d9"
+    assert critical.params == {
+        "to": "d80000",
+        "from": "d90000",
+        "from_deploy": "d9",
+    }  # back to what ran before
+    first = rank_culprits(incident("payments"), deployments(("d9", "payments", 2, "failed")), TOPOLOGY)
+    unknown = choose_repair(first, policy, TOPOLOGY)  # nothing known ran before it: no rollback to choose
+    assert unknown is not None and unknown.kind != "rollback"
     high = choose_repair(_blamed("accounts"), policy, TOPOLOGY)
     assert high is not None and high.kind == "rollback" and not high.needs_approval
     nobody = rank_culprits(incident("search"), deployments(("old", "search", 500, "succeeded")), TOPOLOGY)
@@ -152,13 +161,14 @@ def test_a_repair_that_needs_approval_waits_for_a_person_as_run_plan_does(tmp_pa
     assert repair.needs_approval and plan.gate == "senior_review" and check_plan(plan) == []
     with pytest.raises(PlanError, match="senior_review"):
         run_plan(plan, DryRunExecutor())
-    executor = DryRunExecutor(running={("production", "payments"): "v2"})
+    executor = DryRunExecutor(running={("production", "payments"): "d90000"})
     report = run_plan(plan, executor, approved_by="oncall")
     assert report.outcome == "succeeded"
     assert executor.actions[0] == (
         "rollback:payments",
-        "roll back payments in production to its previous version",
+        "roll back payments in production from d90000 to d80000",
     )
+    assert executor.running[("production", "payments")] == "d80000"
 
 
 def test_a_repair_run_through_run_plan_writes_the_audit_record(tmp_path):

@@ -359,6 +359,30 @@ def test_a_pause_requested_between_steps_holds_the_canary_and_resume_goes_on(wor
     assert world.store.requested("r1") is None
 
 
+def test_an_executor_killed_while_rolling_back_finishes_the_rollback_and_never_reships(world: World) -> None:
+    world.deploy("rank", "registry.local/rank:1", 4)
+    held = world.executor(ScriptedAnalyst(world, ["pause"])).run(
+        _task("canary", "rank", ref="2", steps=STEPS)
+    )
+    assert held.status == "paused" and "rank-canary" in world.split("rank")
+    record = world.store.get("r1", "rank", "production")
+    assert record is not None
+    # the analysis said roll back and the decision was recorded; the process died before any object changed
+    world.store.update(record, "canary:rank", "rolling-back", "analysis: rollback", phase="rolling-back")
+    analyst = ScriptedAnalyst(world, ["promote"])
+
+    resumed = world.executor(analyst).run(_task("canary", "rank", ref="2", steps=STEPS))
+
+    assert resumed.status == "failed" and "was rolled-back" in resumed.detail
+    assert analyst.calls == []  # the rejected version is not analysed (or shipped) again
+    world.cluster.wait_until(
+        lambda: world.split("rank") == {"rank": (4, "registry.local/rank:1")}, what="restored"
+    )
+    assert world.store.get("r1", "rank", "production").phase == "rolled-back"  # type: ignore[union-attr]
+    promoted = world.executor().run(_task("promote", "rank", ref="2"))
+    assert promoted.status == "failed" and world.split("rank") == {"rank": (4, "registry.local/rank:1")}
+
+
 def test_an_abort_request_rolls_the_canary_back(world: World) -> None:
     world.deploy("mail", "registry.local/mail:1", 2)
 
