@@ -162,10 +162,12 @@ class StreamWatcher:
         errors, last_error = 0, ""
         ticks = max(1, int(duration // interval))
         for tick in range(1, ticks + 1):
-            self.clock.sleep(start + tick * interval - self.clock.now())
-            now = self.clock.now()
+            # query on the warm-up's grid (start + k * interval), not at the clock's slightly late `now`: an
+            # off-grid end would feed a second, almost entirely overlapping point every tick
+            due = start + tick * interval
+            self.clock.sleep(due - self.clock.now())
             try:
-                fresh = {s.spec.name: s.points(now - 2 * interval, now) for s in streams}
+                fresh = {s.spec.name: s.points(due - 2 * interval, due) for s in streams}
             except MetricSourceError as exc:
                 errors, last_error = errors + 1, str(exc)
                 if errors > self.template.consecutive_error_limit:

@@ -17,7 +17,7 @@ import pytest
 from agents.anomaly import DetectorConfig
 from agents.executor import DryRunExecutor
 from agents.judge import AnalysisTemplate, MetricSpec
-from agents.monitor import ManualClock, PrometheusSource
+from agents.monitor import ManualClock, MetricSourceError, PrometheusSource
 from agents.planner import Task
 from agents.policy import Monitoring
 from agents.watch import Anomaly, StreamWatcher, counts
@@ -136,6 +136,51 @@ def test_an_unreachable_prometheus_pauses_the_watch_naming_it(tmp_path: Path) ->
     result = _watcher(url, tmp_path, clock=ManualClock(1_800_000_000)).run(_watch())
     assert result.status == "paused"
     assert "watch cannot read its metrics" in result.detail and url in result.detail
+
+
+class Outage(PrometheusSource):
+    """A Prometheus answering steady 2 % errors on the 1 s grid, except while `down` (Unix seconds, end
+    exclusive) covers the end of a query: then it fails as an unreachable one does."""
+
+    def __init__(self, down: tuple[float, float]) -> None:
+        super().__init__("http://prometheus.example:9090")
+        self.down = down
+        self._rng = np.random.default_rng(5)
+
+    def range_sum(self, query: str, start: float, end: float, step: float) -> list[tuple[float, float]]:
+        if self.down[0] <= end < self.down[1]:
+            raise MetricSourceError(f"Prometheus {self.url} unreachable: query {query!r}: refused")
+        grid = np.arange(start, end + step / 2, step)
+        if 'code="500"' in query:
+            return [(float(t), float(self._rng.binomial(2000, 0.02))) for t in grid]
+        return [(float(t), 2000.0) for t in grid]
+
+
+@pytest.mark.parametrize(
+    ("failed_ticks", "status"), [(2, "succeeded"), (3, "paused")], ids=["at-the-limit", "beyond"]
+)
+def test_source_failures_in_a_row_pause_the_watch_only_beyond_the_limit(
+    tmp_path: Path, failed_ticks: int, status: str
+) -> None:
+    start = 1_800_000_000.0
+    source = Outage(down=(start + 2, start + 2 + failed_ticks))
+    watcher = StreamWatcher(
+        DryRunExecutor(),
+        TEMPLATE,
+        source,
+        Monitoring(history_intervals=HISTORY),
+        tmp_path,
+        clock=ManualClock(start),
+        detector=DETECTOR,
+    )
+
+    result = watcher.run(_watch(seconds=10))
+
+    assert result.status == status, result.detail
+    if status == "paused":
+        assert result.detail.startswith("watch paused: metric source failed 3 times in a row: ")
+        assert source.url in result.detail
+    assert watcher.anomalies == {}
 
 
 def test_the_policy_decides_what_an_anomaly_does(tmp_path: Path) -> None:
