@@ -146,10 +146,12 @@ class StreamWatcher:
         detectors = {s.spec.name: StreamDetector(self.detector) for s in streams}
         recent: dict[str, list[float]] = {s.spec.name: [] for s in streams}
         seen: dict[str, float] = {}
+        warmed: dict[str, int] = {}  # points of history per metric
         start = self.clock.now()
         try:  # warm up on the history before the rollout; its alarms are the past, not this rollout
             for stream in streams:
                 history = stream.points(start - self.monitoring.history_intervals * interval, start)
+                warmed[stream.spec.name] = len(history)
                 for at, value in history:
                     detectors[stream.spec.name].update(at, value)
                     recent[stream.spec.name] = [*recent[stream.spec.name], value][-RECENT:]
@@ -158,6 +160,9 @@ class StreamWatcher:
             return TaskResult(
                 task_id=task.id, status="paused", detail=f"watch cannot read its metrics: {exc}"
             )
+        learn = (self.detector or DetectorConfig()).learn
+        # a detector scores 0 until it has seen `learn` points: a short history leaves the watch partly blind
+        short = {name: n for name, n in warmed.items() if n < learn}
         duration = float(task.params.get("duration_s", 0))
         errors, last_error = 0, ""
         ticks = max(1, int(duration // interval))
@@ -193,10 +198,14 @@ class StreamWatcher:
                     recent[name] = [*recent[name], value][-RECENT:]
                     if level is not None:
                         return self._act(task, Anomaly(name, at, value, level, score))
+        blind = "".join(
+            f"; {name} had {n} points of history, the detector alarms only after {learn}"
+            for name, n in short.items()
+        )
         return TaskResult(
             task_id=task.id,
             status="succeeded",
-            detail=f"watched {duration:.0f}s: {len(streams)} metrics, no anomaly",
+            detail=f"watched {duration:.0f}s: {len(streams)} metrics, no anomaly{blind}",
         )
 
     def _act(self, task: Task, anomaly: Anomaly) -> TaskResult:

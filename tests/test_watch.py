@@ -218,3 +218,43 @@ def test_other_tasks_go_to_the_inner_executor(tmp_path: Path) -> None:
     assert watcher.run(task).status == "succeeded"
     assert inner.running == {("production", "shop"): "v2"}
     assert watcher.calls == ["deploy:shop"]  # the inner executor's state reads through
+
+
+def test_a_short_history_is_named_because_the_detector_cannot_alarm_yet(tmp_path: Path) -> None:
+    start = 1_800_000_000.0
+    watcher = StreamWatcher(
+        DryRunExecutor(),
+        TEMPLATE,
+        Outage(down=(0, 0)),
+        Monitoring(history_intervals=20),
+        tmp_path,
+        clock=ManualClock(start),
+    )  # the default detector learns from 150 points
+
+    result = watcher.run(_watch(seconds=3))
+
+    assert result.status == "succeeded"
+    assert result.detail == (
+        "watched 3s: 1 metrics, no anomaly; error_rate had 21 points of history, "
+        "the detector alarms only after 150"
+    )
+
+
+def test_settings_without_prometheus_keep_the_inner_executor(tmp_path: Path) -> None:
+    from agents.policy import load_policy
+    from agents.watch import watcher_from_settings
+    from features.settings import load_settings
+
+    inner = DryRunExecutor()
+    policy = load_policy()
+    assert watcher_from_settings(load_settings(data_dir=tmp_path), policy, inner) is inner
+
+    settings = load_settings(
+        data_dir=tmp_path, prometheus_url="http://prometheus:9090/", kube_namespace="shop-prod"
+    )
+    watcher = watcher_from_settings(settings, policy, inner)
+    assert isinstance(watcher, StreamWatcher)
+    assert (watcher.inner, watcher.namespace, watcher.data_dir) == (inner, "shop-prod", tmp_path)
+    assert watcher.source.url == "http://prometheus:9090"
+    assert watcher.monitoring == policy.monitoring
+    assert [m.name for m in watcher.template.metrics]  # the packaged template
