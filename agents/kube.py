@@ -397,6 +397,27 @@ class KubernetesExecutor:
             actions,
         )
 
+    def _request_before(
+        self, task: Task, record: RolloutRecord | None, actions: list[str]
+    ) -> _Outcome | None:
+        """A person's request seen before a one-step task (deploy, promote): pause holds before it, abort
+        restores what this rollout changed here, resume is consumed and the task goes on."""
+        requested = self.state.requested(self.rollout_id)
+        if requested == "resume":
+            self.state.clear_request(self.rollout_id, "resume")
+        elif requested == "pause":
+            if record is not None and record.phase != "paused":
+                self.state.update(
+                    record, task.id, "paused", "paused by request", phase="paused", hold="request"
+                )
+            return _Outcome("paused", f"paused by request before {task.id}", [])
+        elif requested == "abort":
+            if record is None:
+                return _Outcome("failed", f"aborted by request before {task.id}: nothing changed here", [])
+            self._restore(task, record, actions, phase="aborted", why="aborted by request")
+            return _Outcome("failed", f"aborted by request before {task.id}; rolled back", actions)
+        return None
+
     def _deploy(self, task: Task, actions: list[str]) -> _Outcome:
         return self._roll_stable(task, actions, kind_word="deployed")
 
@@ -408,6 +429,8 @@ class KubernetesExecutor:
         record = self.state.get(self.rollout_id, name, env)
         if (ended := self._ended(task, record, actions)) is not None:
             return ended
+        if (held := self._request_before(task, record, actions)) is not None:
+            return held
         target = self._target_image(task, container.image, record)
         if record is None:
             if container.image == target and not self._deployment(f"{name}-canary", missing_ok=True):
@@ -954,6 +977,8 @@ class KubernetesExecutor:
         record = self.state.get(self.rollout_id, task.service, task.environment or "")
         if (ended := self._ended(task, record, actions)) is not None:
             return ended
+        if (held := self._request_before(task, record, actions)) is not None:
+            return held
         if record is not None and record.mode == "argo":
             self._argo_status(task.service, {"promoteFull": True}, "promote", actions)
             if record.phase != "promoted":

@@ -6,7 +6,8 @@ deployment row so the next `awo retrain` learns from it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -252,18 +253,36 @@ def carry_out(
             settings, policy or policy_of(settings), executor_from_settings(settings, plan.plan_id, analyst)
         )
     log = audit_log(settings)
-    report = run_plan(
-        plan,
-        executor,
-        on_event=on_event,
-        audit=log,
-        state_path=state,
-        feedback_root=settings.data_dir,
-        approved_by=approved_by,
-    )
-    audited = audit_analyses(report.plan, executor, log)
+    with _one_runner(state):
+        report = run_plan(
+            plan,
+            executor,
+            on_event=on_event,
+            audit=log,
+            state_path=state,
+            feedback_root=settings.data_dir,
+            approved_by=approved_by,
+        )
+        audited = audit_analyses(report.plan, executor, log)
     aborted = aborted_targets(executor, plan.plan_id)
     return RolloutRun(report, record_outcomes(report.plan, settings.data_dir, aborted), audited)
+
+
+@contextmanager
+def _one_runner(state: Path) -> Iterator[None]:
+    """One process carries a rollout out at a time: two would interleave their steps on the same objects."""
+    import fcntl
+
+    state.parent.mkdir(parents=True, exist_ok=True)
+    with open(state.with_suffix(".lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RolloutError(
+                f"rollout {state.stem} is being carried out by another process: "
+                "`awo rollout pause|abort` reach it, `awo rollout status` shows it"
+            ) from None
+        yield
 
 
 def aborted_targets(executor: Executor, rollout_id: str) -> frozenset[tuple[str, str]]:
@@ -274,17 +293,10 @@ def aborted_targets(executor: Executor, rollout_id: str) -> frozenset[tuple[str,
     if not isinstance(store, RolloutStore):
         return frozenset()
     try:
-        status = store.status(rollout_id)
+        targets = store.status(rollout_id).targets
     except RolloutNotFound:
         return frozenset()
-    asked = {
-        (e.service, e.environment) for e in status.events if e.kind == "requested" and e.detail == "abort"
-    }
-    return frozenset(
-        (t.service, t.environment)
-        for t in status.targets
-        if t.phase == "aborted" or (t.phase == "rolled-back" and (t.service, t.environment) in asked)
-    )
+    return frozenset((t.service, t.environment) for t in targets if t.phase in ("aborted", "aborting"))
 
 
 def saved_plan(settings: Settings, rollout_id: str) -> Plan:

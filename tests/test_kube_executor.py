@@ -383,6 +383,31 @@ def test_an_executor_killed_while_rolling_back_finishes_the_rollback_and_never_r
     assert promoted.status == "failed" and world.split("rank") == {"rank": (4, "registry.local/rank:1")}
 
 
+def test_requests_reach_full_rollouts_before_each_deploy_or_promote(world: World) -> None:
+    world.deploy("note", "registry.local/note:1", 2)
+    world.deploy("feed", "registry.local/feed:1", 2)
+    executor = world.executor()
+    assert executor.run(_task("deploy", "note", ref="2")).status == "succeeded"
+    world.store.request("r1", "pause")
+
+    held = executor.run(_task("deploy", "feed", ref="2"))
+
+    assert held.status == "paused" and held.detail == "paused by request before deploy:feed"
+    assert world.split("feed") == {"feed": (2, "registry.local/feed:1")}
+    world.store.request("r1", "resume")
+    assert executor.run(_task("deploy", "feed", ref="2")).status == "succeeded"
+    assert world.store.requested("r1") is None
+    world.store.request("r1", "abort")
+
+    aborted = executor.run(_task("promote", "note", ref="2"))
+
+    assert (
+        aborted.status == "failed" and aborted.detail == "aborted by request before promote:note; rolled back"
+    )
+    world.cluster.wait_until(lambda: world.split("note") == {"note": (2, "registry.local/note:1")})
+    assert world.store.get("r1", "note", "production").phase == "aborted"  # type: ignore[union-attr]
+
+
 def test_an_abort_request_rolls_the_canary_back(world: World) -> None:
     world.deploy("mail", "registry.local/mail:1", 2)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import getpass
 import json
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,6 +236,30 @@ def _cli_env(shop: Shop, policy_file: Path) -> dict[str, str]:
     }
 
 
+def _start_and_pause_the_canary(
+    runner: CliRunner, plan: Any, plan_file: Path, env: dict[str, str], shop: Shop
+):
+    """`awo rollout start`, while a person runs `awo rollout pause` once the production canary is under way
+    (its pauses last a second each: the request lands between its steps)."""
+    store = RolloutStore.in_data_root(shop.settings.data_dir)
+
+    def pause_when_the_canary_runs() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            record = store.get(plan.plan_id, "pay", "production") if store.path.is_file() else None
+            if record is not None and record.step >= 1:
+                store.request(plan.plan_id, "pause")
+                return
+            time.sleep(0.05)
+
+    person = threading.Thread(target=pause_when_the_canary_runs)
+    person.start()
+    try:
+        return runner.invoke(app, ["rollout", "start", str(plan_file), "--approve"], env=env)
+    finally:
+        person.join()
+
+
 def test_awo_rollout_pauses_on_request_and_abort_rolls_back_and_records_aborted(
     shop: Shop, policy_file: Path, tmp_path: Path
 ) -> None:
@@ -242,17 +268,7 @@ def test_awo_rollout_pauses_on_request_and_abort_rolls_back_and_records_aborted(
     save_plan(plan, plan_file)
     env = _cli_env(shop, policy_file)
     runner = CliRunner()
-    # a person asks to pause the production canary before it starts (its record exists, as it would once
-    # a run had begun): staging deploys, the canary holds at its first step
-    store = RolloutStore.in_data_root(shop.settings.data_dir)
-    store.begin(
-        plan.plan_id, "pay", "production", "canary:pay", namespace=shop.production, strategy="canary",
-        mode="deployment", total_replicas=4, previous_image="registry.local/pay:1", previous_replicas=4,
-        canary_image=f"registry.local/pay:{SHA}",
-    )  # fmt: skip
-    store.request(plan.plan_id, "pause")
-
-    started = runner.invoke(app, ["rollout", "start", str(plan_file), "--approve"], env=env)
+    started = _start_and_pause_the_canary(runner, plan, plan_file, env, shop)
 
     assert started.exit_code == 3, started.output
     assert f"plan {plan.plan_id} paused at canary:pay" in started.output
@@ -284,14 +300,7 @@ def test_awo_rollout_resume_carries_a_paused_rollout_to_the_end_and_audits_its_o
     save_plan(plan, plan_file)
     env = _cli_env(shop, policy_file)
     runner = CliRunner()
-    store = RolloutStore.in_data_root(shop.settings.data_dir)
-    store.begin(
-        plan.plan_id, "pay", "production", "canary:pay", namespace=shop.production, strategy="canary",
-        mode="deployment", total_replicas=4, previous_image="registry.local/pay:1", previous_replicas=4,
-        canary_image=f"registry.local/pay:{SHA}",
-    )  # fmt: skip
-    store.request(plan.plan_id, "pause")
-    assert runner.invoke(app, ["rollout", "start", str(plan_file), "--approve"], env=env).exit_code == 3
+    assert _start_and_pause_the_canary(runner, plan, plan_file, env, shop).exit_code == 3
 
     resumed = runner.invoke(app, ["rollout", "resume", plan.plan_id, "--approve"], env=env)
 
@@ -338,6 +347,12 @@ def test_an_unknown_rollout_is_named_and_a_dry_run_one_cannot_be_paused(
     assert "outcome succeeded of pay in production recorded" in ran.output
     paused = runner.invoke(app, ["rollout", "pause", plan_id], env=env)
     assert paused.exit_code == 2 and "ran on the dry-run executor" in paused.output
+    import fcntl
+
+    with open(tmp_path / "data" / "rollouts" / f"{plan_id}.lock", "a") as held:  # another run holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        twice = runner.invoke(app, ["rollout", "start", str(plan_file), "--approve"], env=env)
+    assert twice.exit_code == 2 and "being carried out by another process" in twice.output
 
 
 def test_outcomes_follow_the_tasks(policy_file: Path) -> None:

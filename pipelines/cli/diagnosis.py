@@ -237,7 +237,8 @@ def _execute(
     from agents.audit import new_decision_id
     from agents.diagnosis import repair_plan
     from agents.executor import DryRunExecutor
-    from agents.run import run_plan
+    from agents.planner import PlanError, needs_approval
+    from agents.rollouts import carry_out, rollout_file
 
     approved_by = None
     if approve:
@@ -247,29 +248,38 @@ def _execute(
     plan = repair_plan(incident_id, repair, policy, now)
     decision_id = new_decision_id()
     plan = plan.model_copy(update={"decision_id": decision_id})
+    if needs_approval(plan) and approved_by is None:  # say so before anything is recorded
+        raise PlanError(
+            f"the repair of {incident_id} ({repair.kind} of {repair.service}) waits for a person: --approve"
+        )
     log = audit_log(settings)
     record = {"kind": "diagnosis", "decision_id": decision_id, "plan_id": plan.plan_id, "policy_version":
               policy.version, "incident_id": incident_id, "culprit": report["culprit"], "why": report["why"],
               "candidates": report["candidates"][:3], "repair": report["repair"]}  # fmt: skip
     log.append(json.loads(json.dumps(record, default=str)))
     if settings.executor == "dry-run":
-        # the dry run starts from what the tables say runs: the blamed deployment, where one is blamed
-        culprit = report["culprit"]
+        # the dry run starts from what the tables say runs: the blamed deployment's sha, where one is blamed
+        running = repair.params.get("from") or report["culprit"]
         executor: Any = DryRunExecutor(
-            running={(repair.environment, repair.service): str(culprit)} if culprit else None
+            running={(repair.environment, repair.service): str(running)} if running else None
         )
     else:
         from agents.kube import executor_from_settings
 
         executor = executor_from_settings(settings, plan.plan_id)
-    console.print(f"executing plan {plan.plan_id} with the {executor.name} executor", highlight=False)
-    report_run = run_plan(
-        plan,
-        executor,
-        on_event=lambda event: console.print(event.message, highlight=False),
-        audit=log,
-        approved_by=approved_by,
+    console.print(
+        f"executing plan {plan.plan_id} with the {executor.name} executor "
+        f"(state: {rollout_file(settings.data_dir, plan.plan_id)})",
+        highlight=False,
     )
+    run = carry_out(
+        plan,
+        settings,
+        executor=executor,
+        approved_by=approved_by,
+        on_event=lambda event: console.print(event.message, highlight=False),
+    )
+    report_run = run.report
     for line in report_run.summary_lines():
         console.print(line, highlight=False)
     raise typer.Exit(report_run.exit_code)
