@@ -258,3 +258,17 @@ def test_settings_without_prometheus_keep_the_inner_executor(tmp_path: Path) -> 
     assert watcher.source.url == "http://prometheus:9090"
     assert watcher.monitoring == policy.monitoring
     assert [m.name for m in watcher.template.metrics]  # the packaged template
+
+
+def test_the_monitoring_policy_is_validated_and_rolls_back_by_default() -> None:
+    from pydantic import ValidationError
+
+    from agents.policy import load_policy
+
+    assert load_policy().monitoring == Monitoring(on_anomaly="rollback", history_intervals=300)
+    with pytest.raises(ValidationError, match="on_anomaly"):
+        Monitoring(on_anomaly="ignore")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="history_intervals"):
+        Monitoring(history_intervals=0)
+    with pytest.raises(ValidationError, match="extra"):
+        Monitoring.model_validate({"on_anomaly": "pause", "threshold": 0.1})  # the detector's, not policy
