@@ -903,12 +903,21 @@ class KubernetesExecutor:
             "annotations": self._annotations(0, record),
         }
         current = self._rollout_object(name)
+        initial = (
+            f"rollout {name} created at the running version {container.image}: Argo skips the steps of a "
+            f"Rollout's first revision, so it becomes stable first; `awo rollout resume` then ships "
+            f"{record.canary_image} through the {len(steps)} steps"
+        )
         if current is None:
+            first = copy.deepcopy(template)
+            for c in first["spec"]["containers"]:
+                if c["name"] == container.name:
+                    c["image"] = container.image
             body = {
                 "apiVersion": f"{ARGO_GROUP}/{ARGO_VERSION}",
                 "kind": "Rollout",
                 "metadata": meta,
-                "spec": spec,
+                "spec": {**spec, "template": first},
             }
             self._call(
                 f"rollout {name}",
@@ -919,8 +928,12 @@ class KubernetesExecutor:
                 ARGO_PLURAL,
                 body,
             )
-            actions.append(f"create rollout {name} ({record.canary_image}, {len(steps)} steps)")
-        elif (
+            actions.append(f"create rollout {name} at the running version {container.image}")
+            self.state.update(record, task.id, "paused", initial, phase="paused", hold="argo-initial")
+            return _Outcome("paused", initial, actions)
+        if record.hold == "argo-initial" and self.state.requested(self.rollout_id) != "resume":
+            return _Outcome("paused", initial, actions)
+        if (
             current.get("spec", {}).get("template") != template
             or current["spec"].get("strategy") != spec["strategy"]
         ):

@@ -497,10 +497,19 @@ def test_with_the_argo_rollouts_crd_a_rollout_is_written_instead_of_a_canary_dep
         custom = client.CustomObjectsApi(world.api)
         executor = world.executor(ScriptedAnalyst(world, []))
 
+        first = executor.run(_task("canary", "api", ref="2", steps=STEPS))
+
+        # Argo skips the steps of a Rollout's first revision: it is created at the running version and holds
+        assert first.status == "paused" and "created at the running version" in first.detail
+        ro: Any = custom.get_namespaced_custom_object("argoproj.io", "v1alpha1", world.ns, "rollouts", "api")
+        assert ro["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.local/api:1"
+        assert executor.run(_task("canary", "api", ref="2", steps=STEPS)).status == "paused"  # until resumed
+        world.store.request("r1", "resume")
+
         result = executor.run(_task("canary", "api", ref="2", steps=STEPS))
 
         assert result.status == "succeeded", result.detail
-        ro: Any = custom.get_namespaced_custom_object("argoproj.io", "v1alpha1", world.ns, "rollouts", "api")
+        ro = custom.get_namespaced_custom_object("argoproj.io", "v1alpha1", world.ns, "rollouts", "api")
         assert ro["spec"]["replicas"] == 4
         assert ro["spec"]["selector"] == {"matchLabels": {"app": "api"}}
         assert ro["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.local/api:2"
