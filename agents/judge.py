@@ -95,8 +95,15 @@ class MetricSpec(_Strict):
 
 
 def render_query(query: str, **values: str) -> str:
-    """`query` with its `{placeholder}`s replaced; PromQL's own braces (label matchers) are left alone."""
-    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), query)
+    """`query` with its `{placeholder}`s replaced; PromQL's own braces (label matchers) are left alone.
+    Values are escaped for a double-quoted PromQL string, so a name cannot end the label matcher."""
+
+    def value(match: re.Match[str]) -> str:
+        if match.group(1) not in values:
+            return match.group(0)
+        return values[match.group(1)].replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    return _PLACEHOLDER.sub(value, query)
 
 
 def duration_seconds(duration: str) -> int:

@@ -237,7 +237,8 @@ def run_plan(
     ran: list[str] = []
     incidents: list[str] = []
     while (task := _next_task(plan)) is not None:
-        task.status, task.started_at = "running", now()
+        # a resumed task keeps when it first started (a deployment's start time feeds point-in-time features)
+        task.status, task.started_at = "running", task.started_at or now()
         save()
         emit(RunEvent("started", task.describe(), task.id, "running"))
         try:

@@ -349,3 +349,9 @@ def test_judge_files_reads_count_rows_for_rate_metrics(tmp_path: Path) -> None:
         1,
         "High",
     )
+
+
+def test_a_placeholder_value_cannot_end_its_promql_label_matcher() -> None:
+    query = 'sum(rate(http_requests_total{service="{service}"}[{interval}]))'
+    hostile = render_query(query, service='x"} or vector(1) or {a="', interval="60s")
+    assert hostile == 'sum(rate(http_requests_total{service="x\\"} or vector(1) or {a=\\""}[60s]))'
