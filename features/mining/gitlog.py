@@ -186,6 +186,21 @@ class Repository:
     def parents_of(self, sha: str) -> list[str]:
         return self._run("rev-list", "--parents", "-n", "1", sha).split()[1:]
 
+    def is_cosmetic(self, sha: str) -> bool:
+        """Whether `sha` changes nothing but whitespace, line breaks or the place of whole files: its diff
+        against its first parent is empty once whitespace is ignored and renames are followed."""
+        parents = self.parents_of(sha)
+        if len(parents) != 1:
+            return False
+        diff = self._try("diff", "-w", "--ignore-blank-lines", "-M", "--numstat", parents[0], sha)
+        if diff is None:
+            return False
+        return all(line.startswith("0\t0\t") for line in diff.splitlines() if line.strip())
+
+    def file_at(self, rev: str, path: str) -> str | None:
+        """The text of `path` at `rev`, or None where it does not exist there."""
+        return self._try("show", f"{rev}:{path}")
+
     def stream_patches(self, shas: list[str]) -> Iterator[tuple[str, str]]:
         """(sha, patch text) of each commit: zero-context hunks, whitespace-only changes ignored."""
         if not shas:
@@ -196,16 +211,20 @@ class Repository:
             yield sha.strip(), patch
         self._finish(proc, drain, errors)
 
-    def blame_lines(self, rev: str, path: str, lines: list[int]) -> dict[int, str]:
+    def blame_lines(
+        self, rev: str, path: str, lines: list[int], ignore_revs: tuple[str, ...] = ()
+    ) -> dict[int, str]:
         """The commit that last wrote each of `lines` of `path` at `rev`, ignoring whitespace and following
-        lines moved or copied within the file and from other files of the same commit (git blame -w -M -C)."""
+        lines moved or copied within the file and from other files of the same commit (git blame -w -M -C).
+        A line last touched by one of `ignore_revs` is traced past it (git blame --ignore-rev)."""
         from git.exc import GitCommandError
 
         # The whole file is blamed: restricted to a few lines (-L), git's move/copy detection misses
         # moved blocks, whose similarity it judges within the range only.
         wanted = set(lines)
+        ignored = [f"--ignore-rev={sha}" for sha in ignore_revs]
         try:
-            out = self._git.repo.git.blame("-w", "-M", "-C", "--porcelain", rev, "--", path)
+            out = self._git.repo.git.blame("-w", "-M", "-C", *ignored, "--porcelain", rev, "--", path)
         except GitCommandError as exc:
             raise UnreadableRepository(
                 f"{self.path}: git blame {rev} -- {path} failed: {_first_line(exc.stderr)}"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from features.classify import file_kind
+from features.classify import file_kind, is_fix_message
 from features.errors import UnreadableRepository
 from features.labels import Candidate, FixFailure, Verdict, fix_issue_dates, select_inducing
 from features.mining.gitlog import Repository
@@ -184,3 +184,133 @@ def judge_fixes(
     merges = {sha for sha in foreign if len(repository.parents_of(sha)) > 1}
     verdicts = select_inducing(candidates, seq, committed, merges, fix_opened, failures)
     return SzzResult(candidates, failures, verdicts)
+
+
+# How the bug-inducing commits of one fix are picked from its candidates (measured on the developer-informed
+# oracle of Rosa et al., ICSE 2021, by benchmarks/szz.py):
+# - "r-szz": the newest candidate (R-SZZ), as judge_fixes does;
+# - "skip-fixes": a newest candidate that is itself a fix is replaced by what it blamed (an earlier partial
+#   fix of the same bug wrote the lines, the bug came before it);
+# - "ignore-cosmetic": candidates whose diff is empty under -w (reformatting, pure renames) and the commits of
+#   the parent's .git-blame-ignore-revs are blamed through (git blame --ignore-rev);
+# - "per-hunk": the newest candidate of each run of adjacent removed lines, all of them kept;
+# - "most-lines": the candidate that wrote the most removed lines (the newest among equals).
+STRATEGIES = ("r-szz", "skip-fixes", "ignore-cosmetic", "per-hunk", "most-lines")
+_HUNK_GAP = 3  # removed lines further apart than this (old numbering) are independent hunks
+
+
+def fix_inducing(
+    repository: Repository,
+    fix_sha: str,
+    seq: dict[str, int],
+    strategies: tuple[str, ...] = ("r-szz",),
+    _depth: int = 0,
+) -> list[str]:
+    """The bug-inducing commits of ONE fix: its candidates (commits of `seq`, the point-in-time order of
+    the branch, earlier than the fix and not merges) picked by the combined `strategies`."""
+    parents = repository.parents_of(fix_sha)
+    if not parents:
+        return []
+    ignore: tuple[str, ...] = ()
+    if "ignore-cosmetic" in strategies:
+        ignore = _ignore_revs_file(repository, parents[0])
+    cosmetic: dict[str, bool] = {}
+    for _ in range(4):  # each pass blames through the cosmetic commits the last one found
+        alive = _alive_candidates(repository, fix_sha, parents[0], seq, ignore)
+        if "ignore-cosmetic" not in strategies:
+            break
+        for sha in {c.candidate_sha for c in alive} - set(cosmetic):
+            cosmetic[sha] = repository.is_cosmetic(sha)
+        found = tuple(sorted(sha for sha in {c.candidate_sha for c in alive} if cosmetic[sha]))
+        if not found:
+            break
+        ignore = tuple(sorted({*ignore, *found}))
+    if not alive:
+        return []
+    picked = _pick(alive, seq, strategies)
+    if "skip-fixes" in strategies and _depth < 2:
+        picked = _follow_fixes(repository, fix_sha, picked, alive, seq, strategies, _depth)
+    return picked
+
+
+def _alive_candidates(
+    repository: Repository, fix_sha: str, parent: str, seq: dict[str, int], ignore: tuple[str, ...]
+) -> list[Candidate]:
+    removed, _ = _removed_lines(repository, [fix_sha])
+    out: list[Candidate] = []
+    for task in removed:
+        if file_kind(task.path).is_test or file_kind(task.path).is_docs:
+            continue
+        try:
+            blamed = repository.blame_lines(parent, task.path, list(task.lines), ignore)
+        except UnreadableRepository:
+            continue
+        out.extend(Candidate(fix_sha, sha, task.path, line) for line, sha in sorted(blamed.items()))
+    merges: dict[str, bool] = {}
+    kept = []
+    for c in out:
+        if c.candidate_sha not in seq or seq[c.candidate_sha] >= seq.get(fix_sha, 1 << 62):
+            continue
+        if c.candidate_sha not in merges:
+            merges[c.candidate_sha] = len(repository.parents_of(c.candidate_sha)) > 1
+        if not merges[c.candidate_sha]:
+            kept.append(c)
+    return kept
+
+
+def _pick(alive: list[Candidate], seq: dict[str, int], strategies: tuple[str, ...]) -> list[str]:
+    lines: dict[str, int] = {}
+    for c in alive:
+        lines[c.candidate_sha] = lines.get(c.candidate_sha, 0) + 1
+    if "most-lines" in strategies:
+        return [max(lines, key=lambda s: (lines[s], seq[s]))]
+    if "per-hunk" in strategies:
+        picked: set[str] = set()
+        for hunk in _hunks(alive):
+            picked.add(max((c.candidate_sha for c in hunk), key=lambda s: seq[s]))
+        return sorted(picked, key=lambda s: seq[s])
+    return [max(lines, key=lambda s: seq[s])]
+
+
+def _hunks(alive: list[Candidate]) -> list[list[Candidate]]:
+    """Runs of removed lines of one file no more than _HUNK_GAP lines apart."""
+    runs: list[list[Candidate]] = []
+    for c in sorted(alive, key=lambda c: (c.path, c.line)):
+        if runs and runs[-1][-1].path == c.path and c.line - runs[-1][-1].line <= _HUNK_GAP:
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    return runs
+
+
+def _follow_fixes(
+    repository: Repository,
+    fix_sha: str,
+    picked: list[str],
+    alive: list[Candidate],
+    seq: dict[str, int],
+    strategies: tuple[str, ...],
+    depth: int,
+) -> list[str]:
+    """Replace each picked candidate that is itself a fix by what it blamed, or else by the next newest
+    candidate; a fix that blamed nothing and has no older rival stays."""
+    messages = repository.messages(picked)
+    out: list[str] = []
+    for sha in picked:
+        if not is_fix_message(messages.get(sha, "")):
+            out.append(sha)
+            continue
+        earlier = fix_inducing(repository, sha, seq, strategies, depth + 1)
+        if earlier:
+            out.extend(earlier)
+            continue
+        rivals = [c.candidate_sha for c in alive if c.candidate_sha != sha]
+        out.append(max(rivals, key=lambda s: seq[s]) if rivals else sha)
+    return sorted(set(out), key=lambda s: seq[s])
+
+
+def _ignore_revs_file(repository: Repository, rev: str) -> tuple[str, ...]:
+    """The commits listed in `.git-blame-ignore-revs` at `rev` (full hashes; comments and blanks skipped)."""
+    text = repository.file_at(rev, ".git-blame-ignore-revs") or ""
+    shas = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return tuple(sha for sha in shas if re.fullmatch(r"[0-9a-f]{40}", sha))
