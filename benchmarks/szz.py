@@ -31,8 +31,12 @@ ROWS: dict[str, tuple[str, ...]] = {
     "awo ignore-cosmetic": ("ignore-cosmetic",),
     "awo per-hunk": ("per-hunk",),
     "awo most-lines": ("most-lines",),
-    "awo ignore-cosmetic + skip-fixes": ("ignore-cosmetic", "skip-fixes"),
-    "awo ignore-cosmetic + per-hunk": ("ignore-cosmetic", "per-hunk"),
+    "awo fallback": ("fallback",),
+    "awo fallback + ignore-cosmetic": ("fallback", "ignore-cosmetic"),
+    "awo fallback + skip-fixes": ("fallback", "skip-fixes"),
+    "awo no-copies": ("no-copies",),
+    "awo fallback + no-copies": ("fallback", "no-copies"),
+    "awo fallback + no-copies + per-hunk": ("fallback", "no-copies", "per-hunk"),
 }
 
 

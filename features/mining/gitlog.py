@@ -201,22 +201,30 @@ class Repository:
         """The text of `path` at `rev`, or None where it does not exist there."""
         return self._try("show", f"{rev}:{path}")
 
-    def stream_patches(self, shas: list[str]) -> Iterator[tuple[str, str]]:
-        """(sha, patch text) of each commit: zero-context hunks, whitespace-only changes ignored."""
+    def stream_patches(self, shas: list[str], whitespace: bool = False) -> Iterator[tuple[str, str]]:
+        """(sha, patch text) of each commit: zero-context hunks, whitespace-only changes ignored unless
+        `whitespace` (a space inside a string literal can be the bug)."""
         if not shas:
             return
-        proc, drain, errors = self._start_log(shas, _PATCH_OPTIONS)
+        options = tuple(o for o in _PATCH_OPTIONS if o != "-w") if whitespace else _PATCH_OPTIONS
+        proc, drain, errors = self._start_log(shas, options)
         for record in _split_records(iter(lambda: _stdout(proc).read(1 << 16), b"")):
             sha, _, patch = record.partition("\n")
             yield sha.strip(), patch
         self._finish(proc, drain, errors)
 
     def blame_lines(
-        self, rev: str, path: str, lines: list[int], ignore_revs: tuple[str, ...] = ()
+        self,
+        rev: str,
+        path: str,
+        lines: list[int],
+        ignore_revs: tuple[str, ...] = (),
+        follow_copies: bool = True,
     ) -> dict[int, str]:
         """The commit that last wrote each of `lines` of `path` at `rev`, ignoring whitespace and following
         lines moved or copied within the file and from other files of the same commit (git blame -w -M -C).
-        A line last touched by one of `ignore_revs` is traced past it (git blame --ignore-rev)."""
+        A line last touched by one of `ignore_revs` is traced past it (git blame --ignore-rev). Without
+        `follow_copies`, a line moved or copied is blamed on the commit that moved it (git blame -w)."""
         from git.exc import GitCommandError
 
         # The whole file is blamed: restricted to a few lines (-L), git's move/copy detection misses
@@ -224,7 +232,8 @@ class Repository:
         wanted = set(lines)
         ignored = [f"--ignore-rev={sha}" for sha in ignore_revs]
         try:
-            out = self._git.repo.git.blame("-w", "-M", "-C", *ignored, "--porcelain", rev, "--", path)
+            copies = ("-M", "-C") if follow_copies else ()
+            out = self._git.repo.git.blame("-w", *copies, *ignored, "--porcelain", rev, "--", path)
         except GitCommandError as exc:
             raise UnreadableRepository(
                 f"{self.path}: git blame {rev} -- {path} failed: {_first_line(exc.stderr)}"

@@ -134,13 +134,15 @@ def find_candidates(
     return candidates, failures + [f for f in found if isinstance(f, FixFailure)]
 
 
-def _removed_lines(repository: Repository, shas: list[str]) -> tuple[list[RemovedLines], list[FixFailure]]:
+def _removed_lines(
+    repository: Repository, shas: list[str], whitespace: bool = False
+) -> tuple[list[RemovedLines], list[FixFailure]]:
     """The removed lines of each fix, read in one `git log -p` pass. git stops at the first commit it
     cannot diff (a missing object): the fixes from there on are read one by one, to tell which failed."""
     read: dict[str, list[RemovedLines]] = {}
     last: str | None = None
     try:
-        for sha, patch in repository.stream_patches(shas):
+        for sha, patch in repository.stream_patches(shas, whitespace):
             read[sha], last = list(parse_removed_lines(sha, patch)), sha
     except UnreadableRepository:
         if last is not None:
@@ -151,7 +153,9 @@ def _removed_lines(repository: Repository, shas: list[str]) -> tuple[list[Remove
             continue
         try:
             read[sha] = [
-                r for _, patch in repository.stream_patches([sha]) for r in parse_removed_lines(sha, patch)
+                r
+                for _, patch in repository.stream_patches([sha], whitespace)
+                for r in parse_removed_lines(sha, patch)
             ]
         except UnreadableRepository as exc:
             failures.append(FixFailure(sha, None, DIFF_UNREADABLE, _git_message(exc)))
@@ -194,8 +198,12 @@ def judge_fixes(
 # - "ignore-cosmetic": candidates whose diff is empty under -w (reformatting, pure renames) and the commits of
 #   the parent's .git-blame-ignore-revs are blamed through (git blame --ignore-rev);
 # - "per-hunk": the newest candidate of each run of adjacent removed lines, all of them kept;
-# - "most-lines": the candidate that wrote the most removed lines (the newest among equals).
-STRATEGIES = ("r-szz", "skip-fixes", "ignore-cosmetic", "per-hunk", "most-lines")
+# - "most-lines": the candidate that wrote the most removed lines (the newest among equals);
+# - "fallback": a fix with no candidate in source files is blamed on its test and documentation files (a fix
+#   of a broken test fixes a bug in the test), and then on whitespace changes (a space in a string literal).
+# - "no-copies": blame without move and copy detection (git blame -w, as PyDriller), so a line a refactor
+#   moved or copied is blamed on the refactor.
+STRATEGIES = ("r-szz", "skip-fixes", "ignore-cosmetic", "per-hunk", "most-lines", "fallback", "no-copies")
 _HUNK_GAP = 3  # removed lines further apart than this (old numbering) are independent hunks
 
 
@@ -216,7 +224,12 @@ def fix_inducing(
         ignore = _ignore_revs_file(repository, parents[0])
     cosmetic: dict[str, bool] = {}
     for _ in range(4):  # each pass blames through the cosmetic commits the last one found
-        alive = _alive_candidates(repository, fix_sha, parents[0], seq, ignore)
+        copies = "no-copies" not in strategies
+        alive = _alive_candidates(repository, fix_sha, parents[0], seq, ignore, copies)
+        if not alive and "fallback" in strategies:
+            alive = _alive_candidates(repository, fix_sha, parents[0], seq, ignore, copies, tests=True)
+        if not alive and "fallback" in strategies:
+            alive = _alive_candidates(repository, fix_sha, parents[0], seq, ignore, copies, True, True)
         if "ignore-cosmetic" not in strategies:
             break
         for sha in {c.candidate_sha for c in alive} - set(cosmetic):
@@ -234,15 +247,22 @@ def fix_inducing(
 
 
 def _alive_candidates(
-    repository: Repository, fix_sha: str, parent: str, seq: dict[str, int], ignore: tuple[str, ...]
+    repository: Repository,
+    fix_sha: str,
+    parent: str,
+    seq: dict[str, int],
+    ignore: tuple[str, ...],
+    follow_copies: bool = True,
+    tests: bool = False,
+    whitespace: bool = False,
 ) -> list[Candidate]:
-    removed, _ = _removed_lines(repository, [fix_sha])
+    removed, _ = _removed_lines(repository, [fix_sha], whitespace)
     out: list[Candidate] = []
     for task in removed:
-        if file_kind(task.path).is_test or file_kind(task.path).is_docs:
+        if not tests and (file_kind(task.path).is_test or file_kind(task.path).is_docs):
             continue
         try:
-            blamed = repository.blame_lines(parent, task.path, list(task.lines), ignore)
+            blamed = repository.blame_lines(parent, task.path, list(task.lines), ignore, follow_copies)
         except UnreadableRepository:
             continue
         out.extend(Candidate(fix_sha, sha, task.path, line) for line, sha in sorted(blamed.items()))
