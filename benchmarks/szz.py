@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from features.mining.gitlog import Repository  # noqa: E402
-from features.mining.szz import fix_inducing  # noqa: E402
+from features.mining.szz import DEFAULT_STRATEGIES, fix_inducing  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "szz"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -31,7 +31,7 @@ ROWS: dict[str, tuple[str, ...]] = {
     "awo ignore-cosmetic": ("ignore-cosmetic",),
     "awo per-hunk": ("per-hunk",),
     "awo most-lines": ("most-lines",),
-    "awo fallback": ("fallback",),
+    "awo r-szz + fallback (default now)": DEFAULT_STRATEGIES,
     "awo fallback + ignore-cosmetic": ("fallback", "ignore-cosmetic"),
     "awo fallback + skip-fixes": ("fallback", "skip-fixes"),
     "awo no-copies": ("no-copies",),

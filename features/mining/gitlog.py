@@ -202,11 +202,12 @@ class Repository:
         return self._try("show", f"{rev}:{path}")
 
     def stream_patches(self, shas: list[str], whitespace: bool = False) -> Iterator[tuple[str, str]]:
-        """(sha, patch text) of each commit: zero-context hunks, whitespace-only changes ignored unless
-        `whitespace` (a space inside a string literal can be the bug)."""
+        """(sha, patch text) of each commit: zero-context hunks, whitespace-only changes ignored; with
+        `whitespace`, only changes in the amount of whitespace are (-b, not -w): a space added inside a
+        string literal can be the bug, a re-indented line is not read as one."""
         if not shas:
             return
-        options = tuple(o for o in _PATCH_OPTIONS if o != "-w") if whitespace else _PATCH_OPTIONS
+        options = tuple("-b" if o == "-w" else o for o in _PATCH_OPTIONS) if whitespace else _PATCH_OPTIONS
         proc, drain, errors = self._start_log(shas, options)
         for record in _split_records(iter(lambda: _stdout(proc).read(1 << 16), b"")):
             sha, _, patch = record.partition("\n")

@@ -2,12 +2,15 @@
 
 Lines are taken from the fix's diff against its parent with whitespace-only changes ignored (`-w`); blank
 lines and comment-only lines (starting with `#`, `//`, `/*`, `*`, `--`, `<!--`, or a docstring quote) are
-skipped, and so are test and documentation files (a changed test line is not a defect). Each remaining
-line is blamed at the parent with move and copy detection (`git blame -w -M -C`), so a line moved by a
-refactor is traced to the commit that wrote it, not to the refactor. A fix that only adds lines has no
-candidates (a known limit of every SZZ variant). Submodule pointers (gitlinks, mode 160000) and binary files
-have no lines to blame and are skipped. A fix that git cannot read (its diff, or the blame of one of its
-files) is recorded as a failure with git's reason, and the run goes on with the other fixes.
+skipped, and so are test and documentation files (a changed test line is not a defect) unless the fix
+changes nothing else. Each remaining line is blamed at the parent with move and copy detection (`git blame
+-w -M -C`), so a line moved by a refactor is traced to the commit that wrote it, not to the refactor. A fix
+that only adds lines has no candidates (a known limit of every SZZ variant). Submodule pointers (gitlinks,
+mode 160000) and binary files have no lines to blame and are skipped. A fix whose source files give no
+candidate falls back to its test and documentation files, then to whitespace changed within a line (`-b`,
+a space in a string literal): measured on the developer-informed oracle by benchmarks/szz.py. A fix that git
+cannot read (its diff, or the blame of one of its files) is recorded as a failure with git's reason, and the
+run goes on with the other fixes.
 
 The candidates are judged by R-SZZ (features.labels.select_inducing). Nothing here reads the commits a
 message names: the developer-informed oracle the labels are measured against was built from them.
@@ -115,15 +118,53 @@ class SzzResult:
 
 
 def find_candidates(
-    repository: Repository, fix_shas: list[str], parents: dict[str, list[str]], workers: int = 2
+    repository: Repository,
+    fix_shas: list[str],
+    parents: dict[str, list[str]],
+    workers: int = 2,
+    fallback: bool = True,
+    ignore_revs: tuple[str, ...] = (),
+    follow_copies: bool = True,
 ) -> tuple[list[Candidate], list[FixFailure]]:
-    """SZZ candidates of every fix (fixes without a parent have none), and what could not be read."""
-    removed, failures = _removed_lines(repository, [sha for sha in fix_shas if parents.get(sha)])
-    tasks = [r for r in removed if not (file_kind(r.path).is_test or file_kind(r.path).is_docs)]
+    """SZZ candidates of every fix (fixes without a parent have none), and what could not be read. With
+    `fallback`, a fix whose source files give no candidate is blamed on its test and documentation files
+    too, and then on whitespace added or removed within a line (git diff -b): on the developer-informed
+    oracle such fixes are fixes of a broken test or of a space in a string literal (benchmarks/szz.py)."""
+    shas = [sha for sha in fix_shas if parents.get(sha)]
+    passes = [(False, False), (True, False), (True, True)] if fallback else [(False, False)]
+    candidates: list[Candidate] = []
+    failures: list[FixFailure] = []
+    for tests, whitespace in passes:
+        done = {c.fix_sha for c in candidates} | {f.fix_sha for f in failures}
+        rest = [sha for sha in shas if sha not in done]
+        if not rest:
+            break
+        found, failed = _blame_removed_lines(
+            repository, rest, parents, workers, tests, whitespace, ignore_revs, follow_copies
+        )
+        candidates += found
+        failures += failed
+    return candidates, failures
+
+
+def _blame_removed_lines(
+    repository: Repository,
+    shas: list[str],
+    parents: dict[str, list[str]],
+    workers: int,
+    tests: bool,
+    whitespace: bool,
+    ignore_revs: tuple[str, ...],
+    follow_copies: bool,
+) -> tuple[list[Candidate], list[FixFailure]]:
+    removed, failures = _removed_lines(repository, shas, whitespace)
+    tasks = [r for r in removed if tests or not (file_kind(r.path).is_test or file_kind(r.path).is_docs)]
 
     def blame(task: RemovedLines) -> list[Candidate] | FixFailure:
         try:
-            blamed = repository.blame_lines(parents[task.fix_sha][0], task.path, list(task.lines))
+            blamed = repository.blame_lines(
+                parents[task.fix_sha][0], task.path, list(task.lines), ignore_revs, follow_copies
+            )
         except UnreadableRepository as exc:
             return FixFailure(task.fix_sha, task.path, BLAME_FAILED, _git_message(exc), len(task.lines))
         return [Candidate(task.fix_sha, sha, task.path, line) for line, sha in sorted(blamed.items())]
@@ -200,10 +241,13 @@ def judge_fixes(
 # - "per-hunk": the newest candidate of each run of adjacent removed lines, all of them kept;
 # - "most-lines": the candidate that wrote the most removed lines (the newest among equals);
 # - "fallback": a fix with no candidate in source files is blamed on its test and documentation files (a fix
-#   of a broken test fixes a bug in the test), and then on whitespace changes (a space in a string literal).
+#   of a broken test fixes a bug in the test), and then on whitespace added or removed within a line (a
+#   space in a string literal; re-indentation still blames nothing).
 # - "no-copies": blame without move and copy detection (git blame -w, as PyDriller), so a line a refactor
 #   moved or copied is blamed on the refactor.
 STRATEGIES = ("r-szz", "skip-fixes", "ignore-cosmetic", "per-hunk", "most-lines", "fallback", "no-copies")
+# What judge_fixes does (find_candidates falls back by default, select_inducing keeps the newest).
+DEFAULT_STRATEGIES = ("r-szz", "fallback")
 _HUNK_GAP = 3  # removed lines further apart than this (old numbering) are independent hunks
 
 
@@ -224,20 +268,24 @@ def fix_inducing(
         ignore = _ignore_revs_file(repository, parents[0])
     cosmetic: dict[str, bool] = {}
     for _ in range(4):  # each pass blames through the cosmetic commits the last one found
-        copies = "no-copies" not in strategies
-        alive = _alive_candidates(repository, fix_sha, parents[0], seq, ignore, copies)
-        if not alive and "fallback" in strategies:
-            alive = _alive_candidates(repository, fix_sha, parents[0], seq, ignore, copies, tests=True)
-        if not alive and "fallback" in strategies:
-            alive = _alive_candidates(repository, fix_sha, parents[0], seq, ignore, copies, True, True)
+        found, _ = find_candidates(
+            repository,
+            [fix_sha],
+            {fix_sha: parents},
+            1,
+            "fallback" in strategies,
+            ignore,
+            "no-copies" not in strategies,
+        )
+        alive = _alive(repository, found, fix_sha, seq)
         if "ignore-cosmetic" not in strategies:
             break
         for sha in {c.candidate_sha for c in alive} - set(cosmetic):
             cosmetic[sha] = repository.is_cosmetic(sha)
-        found = tuple(sorted(sha for sha in {c.candidate_sha for c in alive} if cosmetic[sha]))
-        if not found:
+        skipped = tuple(sorted(sha for sha in {c.candidate_sha for c in alive} if cosmetic[sha]))
+        if not skipped:
             break
-        ignore = tuple(sorted({*ignore, *found}))
+        ignore = tuple(sorted({*ignore, *skipped}))
     if not alive:
         return []
     picked = _pick(alive, seq, strategies)
@@ -246,26 +294,10 @@ def fix_inducing(
     return picked
 
 
-def _alive_candidates(
-    repository: Repository,
-    fix_sha: str,
-    parent: str,
-    seq: dict[str, int],
-    ignore: tuple[str, ...],
-    follow_copies: bool = True,
-    tests: bool = False,
-    whitespace: bool = False,
+def _alive(
+    repository: Repository, out: list[Candidate], fix_sha: str, seq: dict[str, int]
 ) -> list[Candidate]:
-    removed, _ = _removed_lines(repository, [fix_sha], whitespace)
-    out: list[Candidate] = []
-    for task in removed:
-        if not tests and (file_kind(task.path).is_test or file_kind(task.path).is_docs):
-            continue
-        try:
-            blamed = repository.blame_lines(parent, task.path, list(task.lines), ignore, follow_copies)
-        except UnreadableRepository:
-            continue
-        out.extend(Candidate(fix_sha, sha, task.path, line) for line, sha in sorted(blamed.items()))
+    """The candidates judge_fixes would not drop: commits of `seq` earlier than the fix, not merges."""
     merges: dict[str, bool] = {}
     kept = []
     for c in out:
