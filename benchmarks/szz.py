@@ -37,6 +37,8 @@ ROWS: dict[str, tuple[str, ...]] = {
     "awo no-copies": ("no-copies",),
     "awo fallback + no-copies": ("fallback", "no-copies"),
     "awo fallback + no-copies + per-hunk": ("fallback", "no-copies", "per-hunk"),
+    "awo fallback + adjacent": ("fallback", "adjacent"),
+    "awo fallback + no-copies + adjacent": ("fallback", "no-copies", "adjacent"),
 }
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from features.mining.gitlog import Repository
-from features.mining.szz import DEFAULT_STRATEGIES, fix_inducing
+from features.mining.szz import DEFAULT_STRATEGIES, fix_inducing, parse_insertion_points
 from tests.conftest import DAY, T0
 
 ORACLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "szz"
@@ -102,3 +102,11 @@ def test_reindented_fix_still_blames_nothing(tiny_repo):
     fix = tiny_repo.commit("Fix indentation", at=T0 + DAY)
     seq = _seq(tiny_repo.path, fix)
     assert fix_inducing(Repository(tiny_repo.path), fix, seq, DEFAULT_STRATEGIES) == []
+
+
+def test_insertion_points_are_the_old_lines_around_each_added_block():
+    patch = (
+        "diff --git a/m.py b/m.py\nindex 1..2 100644\n--- a/m.py\n+++ b/m.py\n"
+        "@@ -4,0 +5,2 @@ def f():\n+    check()\n+    log()\n@@ -9 +11 @@\n-    x = 1\n+    x = 2\n"
+    )
+    assert [(r.path, r.lines) for r in parse_insertion_points("f", patch)] == [("m.py", (4, 5))]

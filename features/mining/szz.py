@@ -88,6 +88,28 @@ def parse_removed_lines(fix_sha: str, patch: str) -> Iterator[RemovedLines]:
     yield from flush()
 
 
+def parse_insertion_points(fix_sha: str, patch: str) -> Iterator[RemovedLines]:
+    """For a patch that only adds lines: the old lines just above and below each insertion, per old path
+    (the code the added lines complete)."""
+    path: str | None = None
+    found: list[int] = []
+    for text in patch.split("\n"):
+        if text.startswith("diff --git "):
+            if path is not None and found:
+                yield RemovedLines(fix_sha, path, tuple(sorted(set(found))))
+            path, found = None, []
+        elif text.startswith("--- ") and path is None and not found:
+            old = text[4:]
+            path = _old_path(old) if old != "/dev/null" else None
+        elif text.startswith("@@"):
+            match = _HUNK.match(text)
+            if match and match.group(2) == "0":
+                after = int(match.group(1))
+                found.extend(line for line in (after, after + 1) if line > 0)
+    if path is not None and found:
+        yield RemovedLines(fix_sha, path, tuple(sorted(set(found))))
+
+
 def _old_path(name: str) -> str:
     """The path of `--- a/NAME`. git ends the line with a tab when an unquoted name holds a space (for GNU
     patch); a name with a tab of its own is quoted, so the tab is never part of it."""
@@ -125,13 +147,18 @@ def find_candidates(
     fallback: bool = True,
     ignore_revs: tuple[str, ...] = (),
     follow_copies: bool = True,
+    adjacent: bool = False,
 ) -> tuple[list[Candidate], list[FixFailure]]:
     """SZZ candidates of every fix (fixes without a parent have none), and what could not be read. With
     `fallback`, a fix whose source files give no candidate is blamed on its test and documentation files
     too, and then on whitespace added or removed within a line (git diff -b): on the developer-informed
     oracle such fixes are fixes of a broken test or of a space in a string literal (benchmarks/szz.py)."""
     shas = [sha for sha in fix_shas if parents.get(sha)]
-    passes = [(False, False), (True, False), (True, True)] if fallback else [(False, False)]
+    passes: list[tuple[bool, bool | None]] = [(False, False)]
+    if fallback:
+        passes += [(True, False), (True, True)]
+    if adjacent:
+        passes.append((False, None))
     candidates: list[Candidate] = []
     failures: list[FixFailure] = []
     for tests, whitespace in passes:
@@ -153,10 +180,11 @@ def _blame_removed_lines(
     parents: dict[str, list[str]],
     workers: int,
     tests: bool,
-    whitespace: bool,
+    whitespace: bool | None,
     ignore_revs: tuple[str, ...],
     follow_copies: bool,
 ) -> tuple[list[Candidate], list[FixFailure]]:
+    """whitespace None: the lines around the insertions of a fix that only adds lines."""
     removed, failures = _removed_lines(repository, shas, whitespace)
     tasks = [r for r in removed if tests or not (file_kind(r.path).is_test or file_kind(r.path).is_docs)]
 
@@ -176,15 +204,16 @@ def _blame_removed_lines(
 
 
 def _removed_lines(
-    repository: Repository, shas: list[str], whitespace: bool = False
+    repository: Repository, shas: list[str], whitespace: bool | None = False
 ) -> tuple[list[RemovedLines], list[FixFailure]]:
     """The removed lines of each fix, read in one `git log -p` pass. git stops at the first commit it
     cannot diff (a missing object): the fixes from there on are read one by one, to tell which failed."""
+    parse = parse_insertion_points if whitespace is None else parse_removed_lines
     read: dict[str, list[RemovedLines]] = {}
     last: str | None = None
     try:
-        for sha, patch in repository.stream_patches(shas, whitespace):
-            read[sha], last = list(parse_removed_lines(sha, patch)), sha
+        for sha, patch in repository.stream_patches(shas, bool(whitespace)):
+            read[sha], last = list(parse(sha, patch)), sha
     except UnreadableRepository:
         if last is not None:
             del read[last]  # git may have printed part of it before failing
@@ -195,8 +224,8 @@ def _removed_lines(
         try:
             read[sha] = [
                 r
-                for _, patch in repository.stream_patches([sha], whitespace)
-                for r in parse_removed_lines(sha, patch)
+                for _, patch in repository.stream_patches([sha], bool(whitespace))
+                for r in parse(sha, patch)
             ]
         except UnreadableRepository as exc:
             failures.append(FixFailure(sha, None, DIFF_UNREADABLE, _git_message(exc)))
@@ -245,7 +274,17 @@ def judge_fixes(
 #   space in a string literal; re-indentation still blames nothing).
 # - "no-copies": blame without move and copy detection (git blame -w, as PyDriller), so a line a refactor
 #   moved or copied is blamed on the refactor.
-STRATEGIES = ("r-szz", "skip-fixes", "ignore-cosmetic", "per-hunk", "most-lines", "fallback", "no-copies")
+# - "adjacent": a fix that removes nothing is blamed on the lines around its insertions.
+STRATEGIES = (
+    "r-szz",
+    "skip-fixes",
+    "ignore-cosmetic",
+    "per-hunk",
+    "most-lines",
+    "fallback",
+    "no-copies",
+    "adjacent",
+)
 # What judge_fixes does (find_candidates falls back by default, select_inducing keeps the newest).
 DEFAULT_STRATEGIES = ("r-szz", "fallback")
 _HUNK_GAP = 3  # removed lines further apart than this (old numbering) are independent hunks
@@ -276,6 +315,7 @@ def fix_inducing(
             "fallback" in strategies,
             ignore,
             "no-copies" not in strategies,
+            "adjacent" in strategies,
         )
         alive = _alive(repository, found, fix_sha, seq)
         if "ignore-cosmetic" not in strategies:
