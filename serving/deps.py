@@ -27,8 +27,10 @@ class State:
         self.settings = settings
         self.store = open_store(settings)
         self.champions = Champions(settings)
-        self.predictions = PredictionLog(settings.data_dir / "predictions.db")
         self.telemetry = Telemetry()
+        self.predictions = PredictionLog(
+            settings.data_dir / "predictions.db", on_drop=self.telemetry.prediction_log_dropped.inc
+        )
         self.staleness = Staleness()
         self._stop = threading.Event()
 
@@ -55,6 +57,7 @@ class State:
 
     def stop(self) -> None:
         self._stop.set()
+        self.predictions.close()
 
 
 def get_state(request: Request) -> State:

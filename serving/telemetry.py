@@ -58,6 +58,11 @@ class Telemetry:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self.predictions = Counter("awo_predictions_total", "scores served", ["model", "band"], registry=r)
+        self.prediction_log_dropped = Counter(
+            "awo_prediction_log_dropped",
+            "scores not written to the prediction log because its queue was full (serving.predictions)",
+            registry=r,
+        )
         self.model_version = Gauge(
             "awo_model_version", "model version served", ["model"], registry=r, multiprocess_mode="livemax"
         )

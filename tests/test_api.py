@@ -277,3 +277,34 @@ def test_metrics_count_every_worker_of_a_multi_worker_server(world_store, tmp_pa
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_scores_are_answered_while_the_prediction_log_is_locked_and_written_at_shutdown(world_store):
+    import sqlite3
+    import time
+    from datetime import UTC, datetime
+
+    from serving.app import create_app
+
+    settings, _ = world_store
+    path = settings.data_dir / "predictions.db"
+    shas = list(_commits(world_store)["sha"].head(30))
+    # Rows of this app only: the module's client may still be writing rows of earlier tests.
+    since = datetime.now(UTC).isoformat()
+    with TestClient(create_app(settings)) as http:
+        # Another process holds the database: the responses must not wait for it (SQLite's timeout is 30 s).
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        started = time.perf_counter()
+        for sha in shas:
+            response = http.post(
+                "/v1/risk/commits", json={"commits": [{"repo": "demo", "sha": sha}]}, headers=_auth()
+            )
+            assert response.status_code == 200
+        assert time.perf_counter() - started < 10
+        blocker.execute("COMMIT")
+        blocker.close()
+    # The lifespan's end wrote every queued score: a clean shutdown loses nothing.
+    with sqlite3.connect(path) as db:
+        (written,) = db.execute("SELECT count(*) FROM predictions WHERE at >= ?", (since,)).fetchone()
+    assert written == len(shas)
