@@ -41,6 +41,11 @@ class ModelConfig(BaseModel):
     recency_weight: float = Field(default=1.0, ge=0, description="oldest row weighs exp(-this)")
     ratio_features: bool = Field(default=True, description="add Kamei-style relative churn ratios")
     seed: int = 0
+    refit: bool = Field(
+        default=True,
+        description="refit on every training row with the iteration count early stopping chose "
+        "(the calibrator stays the one fitted on held-out scores)",
+    )
 
 
 # Relative churn (Nagappan & Ball; Kamei et al. normalise la and ld by lt) and per-file ratios: trees
@@ -140,6 +145,13 @@ class RiskModel:
         held = np.concatenate([validation, calibration])  # rows the booster did not fit
         held_raw = np.asarray(self.booster_.predict(X.iloc[held], raw_score=True), dtype=float)
         self.reference_ = risk_reference(self.calibrator_.predict(held_raw), y[held])
+        if cfg.refit:  # the newest rows are the most like tomorrow's: train on them too
+            # the same number of passes per row as early stopping chose on the smaller training slice
+            best = self.booster_.best_iteration_ or cfg.n_estimators
+            iterations = max(1, round(best * len(y) / len(train)))
+            refit = lgb.LGBMClassifier(**{**self.booster_.get_params(), "n_estimators": iterations})
+            refit.fit(X, y, sample_weight=self._weights(y, len(y)))
+            self.booster_ = refit
         self.trained_rows_ = {
             "train": len(train),
             "validation": len(validation),

@@ -281,7 +281,7 @@ def test_benchmark_command_prints_models_baselines_and_published_numbers(tmp_pat
                                       str(tmp_path / "jit.json"), "--no-track"])  # fmt: skip
     assert result.exit_code == 0, result.output
     table = pd.read_json(tmp_path / "jit.json")
-    assert set(table["model"]) == {"awo (LightGBM)", "LApredict", "LR (14 metrics)"}
+    assert set(table["model"]) == {"awo (LightGBM)", "LApredict", "LR (14 metrics)", "LightGBM (untuned)"}
     rows = table[table["project"] == "qt"].set_index("model")
     assert rows.loc["LApredict", "published_auc"] == pytest.approx(0.744)  # the paper's qt figure, by name
     # LApredict is monotone in la, so its AUC is la's AUC on the test rows (the last 20% in time order).
