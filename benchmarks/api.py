@@ -1,17 +1,27 @@
-"""Risk API speed: the real server (`awo serve`, uvicorn on localhost) driven by a bounded load generator
-for a fixed time. Single-commit scoring at increasing concurrency and at a fixed 200 requests/s, batches
-of 100 and 1,000, and — in the same run — the in-process cost of one prediction (online feature lookup +
-model) as the floor. Targets on 2 cores: single-commit p99 < 25 ms at 200 requests/s; a batch of 1,000
-under 250 ms; server overhead within 5x the floor. The load generator shares the 2 cores with the server.
+"""Risk API speed, measured honestly: the real server (`awo serve --workers 1` and `--workers 2`, uvicorn
+on localhost) driven by `hey` (Debian package `hey`), a load generator in its own process, and — in the
+same run — the in-process floor: the serving core (`serving.core.score_commits`) scoring one commit and
+a batch of 1,000, with no HTTP. Every HTTP figure is also given as a ratio to that floor.
 
-Usage: python benchmarks/api.py   (writes benchmarks/results/api.json)"""
+`hey` is closed-loop: each of its `-c` connections sends its next request only when the previous one is
+answered. The fixed-rate levels cap each connection at `-q` requests/s (rate x connections); when the
+server falls behind, the rate sent falls too instead of a queue building (coordinated omission), so a
+level counts as held only when the rate reached is within 5% of the rate asked and p99 is under target.
+The generator shares the machine's cores with the server, as a CI runner calling the API would not.
+
+Targets (issue 14): in process ≤ 0.5 ms p50 for one commit; 2 workers hold 1,000 req/s with p99 < 25 ms;
+a batch of 1,000 ≤ 40 ms p50.
+
+Usage: python benchmarks/api.py   (writes benchmarks/results/api.json; about 2-3 minutes)"""
 
 from __future__ import annotations
 
-import asyncio
+import csv
+import io
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,60 +33,85 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DURATION = 5.0
+SECONDS = 5  # per load level
+CONNECTIONS = 10  # hey -c for the fixed-rate levels
+RATES = (200, 500, 1000)  # requests/s asked, single commit
+SATURATION_CONNECTIONS = 8
 
 
-def stats(latencies: list[float], seconds: float) -> dict[str, float]:
-    ms = np.array(latencies) * 1000
+def latency_stats(seconds: list[float]) -> dict[str, float]:
+    ms = np.array(seconds) * 1000
     return {
         "requests": len(ms),
-        "rps": round(len(ms) / seconds, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
     }
 
 
-async def closed_loop(url: str, headers: dict, bodies, concurrency: int, duration: float) -> dict:
+def hey(url: str, token: str, body: Path, *, connections: int, rate: int | None = None, requests: int = 0):
+    """One `hey` run: per-request latencies from its CSV output; the rate reached over the run."""
+    command = ["hey", "-c", str(connections), "-m", "POST", "-T", "application/json"]
+    command += ["-H", f"Authorization: Bearer {token}", "-D", str(body), "-o", "csv"]
+    command += ["-n", str(requests)] if requests else ["-z", f"{SECONDS}s"]
+    if rate:
+        command += ["-q", str(rate / connections)]
+    out = subprocess.run([*command, url], capture_output=True, text=True, check=True, timeout=120).stdout
+    rows = list(csv.DictReader(io.StringIO(out)))
+    statuses = {r["status-code"] for r in rows}
+    if statuses != {"200"}:
+        raise RuntimeError(f"non-200 answers: {statuses}")
+    latencies = [float(r["response-time"]) for r in rows]
+    # offset: when each request started, from the start of the run
+    span = max(float(r["offset"]) + float(r["response-time"]) for r in rows)
+    result = latency_stats(latencies)
+    result["rps"] = round(len(rows) / span, 1)
+    if rate:
+        result["rps_asked"] = rate
+    return result
+
+
+def profile(work) -> list[dict]:
+    """Where one-commit scoring spends its time: the top functions by own time (cProfile), as a share."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.runcall(work)
+    stats = pstats.Stats(profiler)
+    total = sum(row[2] for row in stats.stats.values())  # type: ignore[attr-defined]
+    top = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:12]  # type: ignore[attr-defined]
+    return [
+        {
+            "function": f"{Path(file).name}:{line}({name})",
+            "own_share": round(own / total, 3),
+            "cumulative_share": round(cumulative / total, 3),
+        }
+        for (file, line, name), (_, _, own, cumulative, _) in top
+    ]
+
+
+def serve(env: dict[str, str], workers: int) -> tuple[subprocess.Popen, str]:
     import httpx
 
-    latencies: list[float] = []
-    deadline = time.perf_counter() + duration
-    async with httpx.AsyncClient(timeout=30) as client:
-
-        async def worker(k: int) -> None:
-            i = k
-            while time.perf_counter() < deadline:
-                start = time.perf_counter()
-                response = await client.post(url, json=bodies[i % len(bodies)], headers=headers)
-                latencies.append(time.perf_counter() - start)
-                assert response.status_code == 200, response.text[:200]
-                i += concurrency
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-        return stats(latencies, time.perf_counter() - start)
-
-
-async def open_loop(url: str, headers: dict, bodies, rate: float, duration: float) -> dict:
-    """Requests sent at a fixed rate whatever the latency (bounded: rate x duration requests)."""
-    import httpx
-
-    latencies: list[float] = []
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200)) as client:
-
-        async def one(body) -> None:
-            start = time.perf_counter()
-            response = await client.post(url, json=body, headers=headers)
-            latencies.append(time.perf_counter() - start)
-            assert response.status_code == 200
-
-        tasks = []
-        start = time.perf_counter()
-        for i in range(int(rate * duration)):
-            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-            tasks.append(asyncio.create_task(one(bodies[i % len(bodies)])))
-        await asyncio.gather(*tasks)
-        return stats(latencies, time.perf_counter() - start)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "serve", "--port", str(port), "--workers", str(workers)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return server, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    server.terminate()
+    raise RuntimeError("the server did not become ready")
 
 
 def main() -> int:
@@ -84,14 +119,17 @@ def main() -> int:
     import yaml
 
     from features.settings import load_settings
-    from features.store import online_features
+    from features.store import open_store
     from models.registry import load
     from models.risk_model import ModelConfig
     from pipelines.demo_world import generate_world
     from pipelines.flow import prepare
     from pipelines.train import train
     from serving.auth import new_token
+    from serving.core import CommitRef, score_commits
 
+    if shutil.which("hey") is None:
+        raise SystemExit("benchmarks/api.py needs `hey` (apt-get install -y hey)")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         token, digest = new_token()
@@ -105,69 +143,80 @@ def main() -> int:
             )
         )
         settings = load_settings(data_dir=root)
-        world = generate_world(root / "world", seed=7, n_commits=2000)
-        store = prepare(world.repo, settings, root / "demo", name="demo", delivery=world.repo.parent)
+        load_at_start = round(os.getloadavg()[0], 2)
+        world = generate_world(
+            root / "world", seed=7, n_commits=1200
+        )  # enough for a batch of 1,000; the benchmark stays near 3 min
+        prepare(world.repo, settings, root / "demo", name="demo", delivery=world.repo.parent)
         train("change-risk", settings, root / "demo", ModelConfig())
         shas = list(pd.read_parquet(root / "demo" / "commits.parquet")["sha"])
 
-        # The floor: one prediction in-process (online feature lookup + model), no HTTP.
-        model = load("change-risk")
-        floor = []
-        for sha in shas[:500]:
+        # The floor: the serving core in process (online lookup + model + drivers), no HTTP.
+        model, store = load("change-risk"), open_store(settings)
+        refs = [CommitRef(repo="demo", sha=s) for s in shas]
+        single, batch = [], []
+        for ref in refs[:50]:  # warm-up
+            score_commits([ref], model, store, settings)
+        for ref in refs[:1000]:
             start = time.perf_counter()
-            rows = online_features(store, "change_risk_v1", [{"repo": "demo", "sha": sha}]).rows
-            model.model.predict_proba(pd.DataFrame(rows).astype(float))
-            floor.append(time.perf_counter() - start)
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env = {**os.environ, "AWO_DATA_DIR": str(root), "AWO_CONFIG": str(config)}
-        server = subprocess.Popen(
-            [sys.executable, "-m", "pipelines", "serve", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            score_commits([ref], model, store, settings)
+            single.append(time.perf_counter() - start)
+        for _ in range(10):
+            start = time.perf_counter()
+            score_commits(refs[:1000], model, store, settings)
+            batch.append(time.perf_counter() - start)
+        results: dict = {
+            "floor_in_process": {"single": latency_stats(single), "batch_1000": latency_stats(batch)}
+        }
+        results["floor_in_process"]["single_profile"] = profile(
+            lambda: [score_commits([ref], model, store, settings) for ref in refs[:500]]
         )
-        try:
-            import httpx
+        floor_single = results["floor_in_process"]["single"]["p50_ms"]
+        floor_batch = results["floor_in_process"]["batch_1000"]["p50_ms"]
 
-            base = f"http://127.0.0.1:{port}"
-            for _ in range(240):
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
-            url, headers = f"{base}/v1/risk/commits", {"Authorization": f"Bearer {token}"}
-            single = [{"commits": [{"repo": "demo", "sha": s}]} for s in shas]
-            results = {"floor_in_process": stats(floor, sum(floor))}
-            for concurrency in (1, 4, 16):
-                results[f"single_concurrency_{concurrency}"] = asyncio.run(
-                    closed_loop(url, headers, single, concurrency, DURATION)
+        one = root / "single.json"
+        one.write_text(json.dumps({"commits": [{"repo": "demo", "sha": shas[-1]}]}))
+        thousand = root / "batch.json"
+        thousand.write_text(json.dumps({"commits": [{"repo": "demo", "sha": s} for s in shas[:1000]]}))
+        env = {**os.environ, "AWO_DATA_DIR": str(root), "AWO_CONFIG": str(config)}
+        for workers in (1, 2):
+            server, base = serve(env, workers)
+            url = f"{base}/v1/risk/commits"
+            try:
+                hey(url, token, one, connections=2, requests=200)  # warm-up: every worker loads its model
+                level: dict = {}
+                for rate in RATES:
+                    level[f"single_at_{rate}_rps"] = hey(url, token, one, connections=CONNECTIONS, rate=rate)
+                level[f"single_saturated_c{SATURATION_CONNECTIONS}"] = hey(
+                    url, token, one, connections=SATURATION_CONNECTIONS
                 )
-            results["single_at_200_rps"] = asyncio.run(open_loop(url, headers, single, 200, DURATION))
-            for size in (100, 1000):
-                batches = [
-                    {"commits": [{"repo": "demo", "sha": s} for s in shas[i : i + size]]}
-                    for i in range(0, len(shas) - size + 1, size)
-                ]
-                results[f"batch_{size}"] = asyncio.run(closed_loop(url, headers, batches, 1, DURATION))
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-    results["overhead_vs_floor_p50"] = round(
-        results["single_concurrency_1"]["p50_ms"] / results["floor_in_process"]["p50_ms"], 2
+                level["single_c1"] = hey(url, token, one, connections=1)
+                level["batch_1000_c1"] = hey(url, token, thousand, connections=1, requests=30)
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+            for name, figures in level.items():
+                floor = floor_batch if name.startswith("batch") else floor_single
+                figures["p50_vs_floor"] = round(figures["p50_ms"] / floor, 2)
+                figures["p99_vs_floor"] = round(figures["p99_ms"] / floor, 2)
+                if "rps_asked" in figures:
+                    figures["held"] = figures["rps"] >= 0.95 * figures["rps_asked"] and figures["p99_ms"] < 25
+            results[f"workers_{workers}"] = level
+    results["method"] = (
+        f"hey {SECONDS} s per level in its own process, closed-loop: fixed-rate levels are {CONNECTIONS} "
+        "connections each capped at rate/connections req/s (held = rate reached within 5% and p99 < 25 ms); "
+        f"saturation is {SATURATION_CONNECTIONS} connections uncapped; batch_1000 is 30 requests on one "
+        "connection. The same body every request (one mined commit, or the first 1,000). Floor: "
+        "serving.core.score_commits in process, 1,000 single commits and 10 batches of 1,000."
     )
     results["targets"] = {
-        "single_at_200_rps_p99_ms": "< 25",
-        "batch_1000_p50_ms": "< 250",
-        "overhead_vs_floor_p50": "<= 5",
+        "floor_single_p50_ms": "<= 0.5",
+        "workers_2_single_at_1000_rps_p99_ms": "< 25",
+        "batch_1000_p50_ms": "<= 40",
     }
-    results["machine"] = (
-        f"{platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} cpus, 1 uvicorn worker"
-    )
+    # Other work on the machine skews every figure: say how busy it was.
+    results["load_average_1m"] = {"start": load_at_start, "end": round(os.getloadavg()[0], 2)}
+    results["machine"] = f"{platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} cpus"
     print(json.dumps(results, indent=2))
     (ROOT / "benchmarks" / "results" / "api.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0
