@@ -32,6 +32,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+# LightGBM's OpenMP threads, on a one-row prediction with the cores shared, cost more than the prediction
+# (in-process p50 16 ms with the default threads on a busy 2-core machine, 1.0 ms with one): pin them for
+# the floor and the servers alike (they inherit the environment), and say so in the results.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(ROOT))
 SECONDS = 5  # per load level
 CONNECTIONS = 10  # hey -c for the fixed-rate levels
@@ -215,6 +219,7 @@ def main() -> int:
         "batch_1000_p50_ms": "<= 40",
     }
     # Other work on the machine skews every figure: say how busy it was.
+    results["omp_num_threads"] = os.environ["OMP_NUM_THREADS"]
     results["load_average_1m"] = {"start": load_at_start, "end": round(os.getloadavg()[0], 2)}
     results["machine"] = f"{platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} cpus"
     print(json.dumps(results, indent=2))
