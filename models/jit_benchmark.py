@@ -80,7 +80,7 @@ def untuned_lightgbm(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
 
     model = LGBMClassifier(verbose=-1, random_state=0)
     model.fit(train[list(KAMEI_METRICS)], train["bug"])
-    return np.asarray(model.predict_proba(test[list(KAMEI_METRICS)])[:, 1])
+    return np.asarray(model.predict_proba(test[list(KAMEI_METRICS)]))[:, 1]
 
 
 def run_project(path: Path, config: ModelConfig | None = None) -> tuple[ProjectResult, RiskModel]:
