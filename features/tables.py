@@ -38,6 +38,7 @@ CANDIDATES_FILE = "szz_candidates.parquet"
 DEPLOYMENTS_FILE = "deployments.parquet"
 INCIDENTS_FILE = "incidents.parquet"
 TESTS_FILE = "tests.parquet"
+DIFFS_FILE = "diffs.parquet"
 
 # The feedback loop's folder under the data root: rollouts' outcomes and incidents as the agents recorded
 # them, as CSV in the ingestion schemas (agents.feedback writes them; pipelines.flow.prepare ingests them).
@@ -126,6 +127,28 @@ FILES_SCHEMA = pa.schema(
         ("is_ui_text", pa.bool_()),
         ("subsystem", pa.string()),
         ("service", pa.string()),
+    ]
+)
+
+
+# diffs.parquet: what the change-risk model reads of each mined commit's code (JITLine, MSR 2021, reads
+# the tokens of added and removed lines and the message): one row per row of commits.parquet. Binary files
+# have no lines; lock files written by package managers (`features.mining.gitlog.LOCK_FILES`) are left out.
+DIFF_MAX_LINES = 2_000  # added lines kept per commit, and as many removed lines; the rest is dropped
+DIFF_MAX_CHARS = 300  # a longer line is cut to its first 300 characters
+# The code columns of a change, as the change_risk_v2 feature service serves them.
+CODE_COLUMNS = ("added_lines", "removed_lines", "message")
+DIFFS_SCHEMA = pa.schema(
+    [
+        ("repo", pa.string()),
+        ("sha", pa.string()),
+        ("seq", pa.int64()),  # as in commits.parquet
+        ("committed_at", pa.timestamp("us", tz="UTC")),  # as in commits.parquet
+        ("message", pa.string()),  # the full commit message
+        ("added_lines", pa.list_(pa.string())),  # without the leading "+", in diff order
+        ("added_where", pa.list_(pa.string())),  # "path:line" of each added line in the new file
+        ("removed_lines", pa.list_(pa.string())),  # without the leading "-", in diff order
+        ("truncated", pa.bool_()),  # lines were dropped over DIFF_MAX_LINES or cut at DIFF_MAX_CHARS
     ]
 )
 

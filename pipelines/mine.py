@@ -1,4 +1,5 @@
-"""`awo mine`: per-commit change metrics and per-file rows of one repository, written incrementally.
+"""`awo mine`: per-commit change metrics, per-file rows and each commit's added and removed lines (the
+diffs table) of one repository, written incrementally.
 
 Point-in-time order. Commits are processed in order of `history_at` — the committer time raised, where
 clocks disagree, to the latest `history_at` of the parents (git's "corrected commit date") — then
@@ -40,6 +41,8 @@ from features.settings import Settings
 from features.tables import (
     COMMITS_FILE,
     COMMITS_SCHEMA,
+    DIFFS_FILE,
+    DIFFS_SCHEMA,
     FILES_FILE,
     FILES_SCHEMA,
     GRAPH_FILE,
@@ -104,6 +107,7 @@ def mine_repository(
 
         old_commits = read_table(out_dir / COMMITS_FILE, COMMITS_SCHEMA)
         old_files = read_table(out_dir / FILES_FILE, FILES_SCHEMA)
+        old_diffs = read_table(out_dir / DIFFS_FILE, DIFFS_SCHEMA)
         if old_commits is not None and old_files is None:
             raise AwoError(f"{out_dir / FILES_FILE} is missing beside {COMMITS_FILE}; remove both to re-mine")
         if old_commits is not None:
@@ -113,7 +117,16 @@ def mine_repository(
                     f"{out_dir} holds tables of repository {sorted(foreign)[0]!r}, not {repo_name!r}; "
                     "pass another --data directory"
                 )
+        if old_commits is not None and old_diffs is None:
+            # Tables mined before the diffs table existed: every commit is mined again, once.
+            message = f"{out_dir / DIFFS_FILE} is missing: mining every commit again to write it"
+            log.warning(message)
+            result.warnings.append(message)
+            old_commits = old_files = None
         kept_commits, kept_files, cut_ts = _rows_to_keep(old_commits, old_files, non_merge, order, result)
+        kept_diffs = None
+        if kept_commits is not None and old_diffs is not None:
+            kept_diffs = old_diffs[old_diffs["sha"].isin(set(kept_commits["sha"]))].reset_index(drop=True)
         kept_shas = set(kept_commits["sha"]) if kept_commits is not None else set()
         todo = [sha for sha in non_merge if sha not in kept_shas and order[sha].history_ts >= cut_ts]
         mined_before = set(old_commits["sha"]) if old_commits is not None else set()
@@ -135,21 +148,24 @@ def mine_repository(
         rows = CommitRows()
         seq = len(kept_shas)
         last_checkpoint = time.monotonic()
-        for done, raw in enumerate(repository.stream_commits(todo, workers), start=1):
+        # Two git passes side by side, both in `todo` order; a short one is caught by the count below.
+        code = repository.stream_code(todo, workers)
+        streams = zip(repository.stream_commits(todo, workers), code, strict=False)
+        for done, (raw, lines) in enumerate(streams, start=1):
             add_commit(
-                rows, raw, seq, order[raw.sha].history_ts, repo_name, history, settings, bots, services
+                rows, raw, lines, seq, order[raw.sha].history_ts, repo_name, history, settings, bots, services
             )
             seq += 1
             if on_progress:
                 on_progress(done, len(todo))
             if time.monotonic() - last_checkpoint > settings.checkpoint_seconds:
-                _write(out_dir, kept_commits, kept_files, rows, graph_table)
+                _write(out_dir, kept_commits, kept_files, kept_diffs, rows, graph_table)
                 last_checkpoint = time.monotonic()
                 # A resumed run starts from here; the kill-and-resume test waits for this line.
                 log.info("checkpoint: %d of %d commits saved in %s", seq, result.commits_total, out_dir)
         if len(rows) != len(todo):
             raise AwoError(f"{repository.path}: git returned {len(rows)} of {len(todo)} commits")
-        commits = _write(out_dir, kept_commits, kept_files, rows, graph_table)
+        commits = _write(out_dir, kept_commits, kept_files, kept_diffs, rows, graph_table)
 
     result.commits_mined = len(rows)
     result.files_mined = len(rows.files["sha"])
@@ -197,10 +213,11 @@ def _write(
     out_dir: Path,
     kept_commits: pd.DataFrame | None,
     kept_files: pd.DataFrame | None,
+    kept_diffs: pd.DataFrame | None,
     rows: CommitRows,
     graph: pd.DataFrame,
 ) -> pd.DataFrame:
-    new_commits, new_files = rows.frames()
+    new_commits, new_files, new_diffs = rows.frames()
     if kept_commits is not None:
         # Labels depend on the newest commit (maturity) and on new fixes: `awo label` recomputes them.
         kept_commits = kept_commits.drop(columns=list(LABEL_COLUMNS), errors="ignore")
@@ -208,12 +225,14 @@ def _write(
         new_commits if kept_commits is None else pd.concat([kept_commits, new_commits], ignore_index=True)
     )
     files = new_files if kept_files is None else pd.concat([kept_files, new_files], ignore_index=True)
+    diffs = new_diffs if kept_diffs is None else pd.concat([kept_diffs, new_diffs], ignore_index=True)
     write_tables(
         out_dir,
         {
             GRAPH_FILE: to_arrow(graph, GRAPH_SCHEMA, GRAPH_FILE),
             FILES_FILE: to_arrow(files, FILES_SCHEMA, FILES_FILE),
             COMMITS_FILE: to_arrow(commits, COMMITS_SCHEMA, COMMITS_FILE),
+            DIFFS_FILE: to_arrow(diffs, DIFFS_SCHEMA, DIFFS_FILE),
         },
     )
     return commits

@@ -1,5 +1,5 @@
-"""Point-in-time change metrics of commits: the order commits are processed in, the rows of the commits
-and files tables, and the history state replayed from stored rows. Pure functions over data read from
+"""Point-in-time change metrics of commits: the order commits are processed in, the rows of the commits,
+files and diffs tables, and the history state replayed from stored rows. Pure functions over data read from
 git (`features.mining.gitlog`); the incremental job that drives them is `pipelines.mine`."""
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from features.classify import (
     is_fix_message,
     subsystem_of,
 )
+from features.errors import UnreadableRepository
 from features.history import COMMIT_HISTORY_FEATURES, ChangedFile, CommitHistory, change_features
-from features.mining.gitlog import GraphNode, RawCommit
+from features.mining.gitlog import CommitCode, GraphNode, RawCommit
 from features.settings import Settings
-from features.tables import COMMITS_SCHEMA, FILES_SCHEMA, unix_seconds
+from features.tables import COMMITS_SCHEMA, DIFFS_SCHEMA, FILES_SCHEMA, unix_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +55,19 @@ class CommitRows:
     def __init__(self) -> None:
         self.commits: dict[str, list] = {name: [] for name in COMMITS_SCHEMA.names}
         self.files: dict[str, list] = {name: [] for name in FILES_SCHEMA.names}
+        self.diffs: dict[str, list] = {name: [] for name in DIFFS_SCHEMA.names}
 
     def __len__(self) -> int:
         return len(self.commits["sha"])
 
-    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """The new rows of commits.parquet, files.parquet and diffs.parquet."""
         commits = pd.DataFrame(self.commits)
         for col in ("committed_at", "history_at"):
             commits[col] = pd.to_datetime(commits[col], unit="s", utc=True)
-        return commits, pd.DataFrame(self.files)
+        diffs = pd.DataFrame(self.diffs)
+        diffs["committed_at"] = pd.to_datetime(diffs["committed_at"], unit="s", utc=True)
+        return commits, pd.DataFrame(self.files), diffs
 
 
 def replay_history(history: ChangeHistory, commits: pd.DataFrame, files: pd.DataFrame) -> None:
@@ -128,6 +133,7 @@ def unmined_history_features(
 def add_commit(
     rows: CommitRows,
     raw: RawCommit,
+    code: CommitCode,
     seq: int,
     history_ts: int,
     repo_name: str,
@@ -136,6 +142,8 @@ def add_commit(
     bots: BotRule,
     services: ServiceMap,
 ) -> None:
+    if code.sha != raw.sha:
+        raise UnreadableRepository(f"git gave the lines of {code.sha} beside the metrics of {raw.sha}")
     described = as_change(raw, history_ts, settings, bots)
     is_bot, ident, is_fix = described.is_bot, described.author_id, described.is_fix
     kinds = [file_kind(f.path) for f in raw.files]
@@ -174,6 +182,16 @@ def add_commit(
         f["is_ui_text"].append(kind.is_ui_text)
         f["subsystem"].append(subsystem_of(change.path))
         f["service"].append(services.service_of(change.path))
+    d = rows.diffs
+    d["repo"].append(repo_name)
+    d["sha"].append(raw.sha)
+    d["seq"].append(seq)
+    d["committed_at"].append(raw.committed_ts)
+    d["message"].append(raw.message)
+    d["added_lines"].append(list(code.added_lines))
+    d["added_where"].append(list(code.added_where))
+    d["removed_lines"].append(list(code.removed_lines))
+    d["truncated"].append(code.truncated)
 
 
 def graph_frame(graph: list[GraphNode]) -> pd.DataFrame:

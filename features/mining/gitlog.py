@@ -1,11 +1,14 @@
 """The repository seen through PyDriller: open and validate it, read its commit graph, and stream the
-diffs of chosen commits in one `git log --raw --numstat -z` pass through PyDriller's git handle.
+diffs of chosen commits in one `git log --raw --numstat -z` pass through PyDriller's git handle (and
+their added and removed lines in a `git log -p -U0` pass beside it).
 
 Reading `modified_files` commit by commit (PyDriller's `Repository`) costs a `git diff` per commit;
 one streamed pass costs about as much as plain `git log --numstat` (see benchmarks/mining.py)."""
 
 from __future__ import annotations
 
+import codecs
+import io
 import subprocess
 import tempfile
 import threading
@@ -23,6 +26,7 @@ from features.errors import (
     ShallowClone,
     UnreadableRepository,
 )
+from features.tables import DIFF_MAX_CHARS, DIFF_MAX_LINES
 
 _MARK = "\x1e\x1eAWO"
 _LOG_FORMAT = "%x1e%x1eAWO%H%x1f%P%x1f%aN%x1f%aE%x1f%ct%x1f%B"
@@ -34,7 +38,24 @@ _PATCH_OPTIONS = (
     "--no-walk=unsorted", "--stdin", "-M", "-p", "-w", "--unified=0", "--no-color", "--no-ext-diff",
     "--no-textconv", "--no-show-signature", "--format=%x1e%x1eAWO%H",
 )  # fmt: skip
+# The code pass: the real lines (no -w), zero context, renames followed, prefixes fixed whatever the
+# user's diff.noprefix / diff.mnemonicPrefix say.
+_CODE_DIFF = (
+    "-M", "-p", "--unified=0", "--no-color", "--no-ext-diff", "--no-textconv", "--src-prefix=a/",
+    "--dst-prefix=b/",
+)  # fmt: skip
+_CODE_OPTIONS = (
+    "--no-walk=unsorted", "--stdin", *_CODE_DIFF, "--no-show-signature", "--format=%x1e%x1eAWO%H",
+)  # fmt: skip
 _CHANGE_TYPES = {"A": ADD, "C": ADD, "D": DELETE, "R": RENAME}
+# Files written by package managers: thousands of generated lines that say nothing of the change's risk
+# and would fill a commit's line budget.
+LOCK_FILES = frozenset(
+    {
+        "package-lock.json", "yarn.lock", "pnpm-lock.yaml", "poetry.lock", "Pipfile.lock", "uv.lock",
+        "Cargo.lock", "Gemfile.lock", "composer.lock", "go.sum", "pdm.lock", "flake.lock",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +67,17 @@ class RawCommit:
     committed_ts: int
     message: str
     files: tuple[FileChange, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CommitCode:
+    """The lines a commit adds and removes, capped (see features.tables.DIFFS_SCHEMA)."""
+
+    sha: str
+    added_lines: tuple[str, ...]
+    added_where: tuple[str, ...]  # "path:line" of each added line in the new file
+    removed_lines: tuple[str, ...]
+    truncated: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +177,25 @@ class Repository:
                     yield from _parse_records(iter([output]))
                 except (ValueError, IndexError) as exc:
                     raise UnreadableRepository(f"{self.path}: unexpected git log output ({exc})") from exc
+
+    def stream_code(self, shas: list[str], workers: int = 1) -> Iterator[CommitCode]:
+        """The added and removed lines of `shas`, in that order (binary and lock files left out, capped at
+        DIFF_MAX_LINES lines of DIFF_MAX_CHARS characters each way). With several workers, chunks are
+        diffed by parallel git processes and yielded in order, as in `stream_commits`."""
+        if not shas:
+            return
+        if workers <= 1 or len(shas) < 2 * workers:
+            proc, drain, errors = self._start_log(shas, _CODE_OPTIONS)
+            yield from _code_records(io.TextIOWrapper(_stdout(proc), "utf-8", "replace", newline="\n"))
+            self._finish(proc, drain, errors)
+            return
+        size = -(-len(shas) // workers)
+        chunks = [shas[i : i + size] for i in range(0, len(shas), size)]
+        with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+            futures = [pool.submit(self._log_output, chunk, _CODE_OPTIONS) for chunk in chunks]
+            for future in futures:
+                output = future.result()
+                yield from _code_records(io.StringIO(output.decode("utf-8", "replace"), newline="\n"))
 
     def _start_log(
         self, shas: list[str], options: tuple[str, ...] = _DIFF_OPTIONS
@@ -247,8 +298,9 @@ class Repository:
                 blamed[int(head[2])] = head[0]
         return blamed
 
-    def _log_output(self, shas: list[str]) -> bytes:
-        proc, drain, errors = self._start_log(shas)
+    def _log_output(self, shas: list[str], options: tuple[str, ...] | None = None) -> bytes:
+        # No options: the numstat pass, started as `stream_commits` starts it.
+        proc, drain, errors = self._start_log(shas) if options is None else self._start_log(shas, options)
         out = _stdout(proc).read()
         self._finish(proc, drain, errors)
         return out
@@ -287,6 +339,105 @@ class Repository:
             return _parse_record(record), shas
         except (ValueError, IndexError) as exc:
             raise UnreadableRepository(f"{self.path}: unexpected git diff output ({exc})") from exc
+
+    def read_unmined_code(self, merge_base: str, head_sha: str) -> CommitCode:
+        """The added and removed lines of the diff from `merge_base` to `head_sha`, read and capped as the
+        miner reads a commit's (`stream_code`)."""
+        from git.exc import GitCommandError
+
+        try:
+            out = self._git.repo.git.execute(
+                ["git", "diff", *_CODE_DIFF, merge_base, head_sha], stdout_as_string=False
+            )
+        except GitCommandError as exc:
+            raise UnreadableRepository(f"{self.path}: git diff failed: {_first_line(exc.stderr)}") from None
+        text = out.decode("utf-8", "replace") if isinstance(out, bytes) else str(out)
+        reader = _CodeReader(head_sha)
+        for line in text.split("\n"):
+            reader.feed(line)
+        return reader.finish()
+
+
+def _code_records(lines: Iterable[str]) -> Iterator[CommitCode]:
+    """The CommitCode of each commit of a `git log -p -U0` stream in the `_CODE_OPTIONS` format."""
+    reader: _CodeReader | None = None
+    for line in lines:
+        if line.startswith(_MARK):
+            if reader is not None:
+                yield reader.finish()
+            reader = _CodeReader(line[len(_MARK) :].strip())
+        elif reader is not None:
+            reader.feed(line[:-1] if line.endswith("\n") else line)
+    if reader is not None:
+        yield reader.finish()
+
+
+class _CodeReader:
+    """Reads one commit's zero-context patch line by line. Hunk headers give how many removed and added
+    lines follow, so a line is never mistaken for a header (an added "++ x" reads "+++ x")."""
+
+    def __init__(self, sha: str) -> None:
+        self.sha = sha
+        self.added: list[str] = []
+        self.where: list[str] = []
+        self.removed: list[str] = []
+        self.truncated = False
+        self.path: str | None = None  # the new path of the file being read; None: skipped
+        self.old_left = 0  # removed lines still to come in the current hunk
+        self.new_left = 0  # added lines still to come
+        self.new_line = 0  # line number in the new file of the next added line
+
+    def feed(self, line: str) -> None:
+        if self.old_left and line.startswith("-"):
+            self.old_left -= 1
+            if self.path is not None:
+                self._keep(self.removed, line)
+        elif self.new_left and line.startswith("+"):
+            self.new_left -= 1
+            if self.path is not None and self._keep(self.added, line):
+                self.where.append(f"{self.path}:{self.new_line}")
+            self.new_line += 1
+        elif line.startswith("@@ "):
+            old, new = line.split(" ", 3)[1:3]
+            self.old_left = _hunk_count(old)
+            self.new_left = _hunk_count(new)
+            self.new_line = int(new[1:].split(",", 1)[0])
+        elif line.startswith("+++ "):
+            self.path = _patch_path(line[4:])
+        elif line.startswith("diff --git "):
+            self.path, self.old_left, self.new_left = None, 0, 0
+
+    def _keep(self, kept: list[str], line: str) -> bool:
+        if len(kept) >= DIFF_MAX_LINES:
+            self.truncated = True
+            return False
+        text = line[1:]
+        if len(text) > DIFF_MAX_CHARS:
+            text = text[:DIFF_MAX_CHARS]
+            self.truncated = True
+        kept.append(text)
+        return True
+
+    def finish(self) -> CommitCode:
+        return CommitCode(self.sha, tuple(self.added), tuple(self.where), tuple(self.removed), self.truncated)
+
+
+def _hunk_count(span: str) -> int:
+    """The line count of a hunk header's "-a,b" or "+c,d" (no ",b": one line)."""
+    _, comma, count = span.partition(",")
+    return int(count) if comma else 1
+
+
+def _patch_path(name: str) -> str | None:
+    """The new path of a "+++ b/PATH" line, unquoted; None for a deleted file or a lock file."""
+    name = name.rstrip("\t")  # git ends a name holding a space with a tab
+    if name.startswith('"') and name.endswith('"'):
+        # C-style quoting of unusual bytes: octal escapes of the UTF-8 bytes.
+        name = codecs.escape_decode(name[1:-1].encode())[0].decode("utf-8", "replace")
+    if not name.startswith("b/"):
+        return None  # /dev/null
+    path = name[2:]
+    return None if path.rsplit("/", 1)[-1] in LOCK_FILES else path
 
 
 def _stdout(proc: subprocess.Popen) -> IO[bytes]:
