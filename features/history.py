@@ -10,6 +10,8 @@ Produced tables (the Feast sources, see features/feature_repo/definitions.py):
 - change_risk_v1_vector (repo, sha, committed_at): both of the above packed into one array, in the
   feature service's order, for batch online lookups (Feast's SQLite store keeps one row per entity and
   feature: 100 commits x 44 features is 4,400 rows to decode, one vector per commit is 100).
+- commit_code (repo, sha, committed_at): the lines a commit adds (with "path:line" of each) and removes,
+  and its message, as `awo mine` kept them in diffs.parquet (the change_risk_v2 code columns).
 - author_history (author_id, event_at): an author's state after each of their commits (online lookups).
 - file_history (repo, path, event_at): a file's state after each change (online lookups).
 - deployment_change (deploy_id, started_at): what a deployment ships and its service's health before it.
@@ -29,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from features.change_metrics import KAMEI_METRICS
-from features.tables import unix_seconds
+from features.tables import CODE_COLUMNS, unix_seconds
 
 CHANGE_KINDS = ("fix", "feature", "refactor", "docs", "test", "chore")
 FILE_FLAGS = ("is_test", "is_docs", "is_config", "is_migration", "is_ui_text")
@@ -103,6 +105,11 @@ DEPLOYMENT_FEATURES = (
 
 # The change_risk_v1 feature service, in its order: the element order of its packed online vector.
 CHANGE_RISK_V1 = (*COMMIT_CHANGE_FEATURES, *COMMIT_HISTORY_FEATURES)
+# change_risk_v2: v1 and the code of the change (lists of lines, the message), the model's input in order.
+# Its feature service also serves `added_where`, the place of each added line, for line-level explanations.
+CHANGE_RISK_V2 = (*CHANGE_RISK_V1, *CODE_COLUMNS)
+ADDED_WHERE = "added_where"
+COMMIT_CODE_FEATURES = (*CODE_COLUMNS, ADDED_WHERE)
 SERVICE_HEALTH_FEATURES = DEPLOYMENT_FEATURES[-6:]
 AUTHOR_HISTORY_FEATURES = (
     "author_exp", "author_commits_30d_now", "author_commits_90d_now", "author_known_defects_now",
@@ -306,6 +313,12 @@ def commit_tables(commits: pd.DataFrame, files: pd.DataFrame) -> dict[str, pd.Da
         "author_history": _last_per_key(authors, ["author_id", "event_at"]),
         "file_history": _last_per_key(file_history, ["repo", "path", "event_at"]),
     }
+
+
+def commit_code_table(diffs: pd.DataFrame) -> pd.DataFrame:
+    """The commit_code source of one repository's diffs table: entity keys, event time, and the code
+    columns as lists of str (lines) and str (message)."""
+    return diffs[["repo", "sha", "committed_at", *COMMIT_CODE_FEATURES]].reset_index(drop=True)
 
 
 def _record(track: _Track, now: pd.Timestamp, churn: int, author: str, is_bot: bool) -> None:

@@ -13,9 +13,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from features.errors import AwoError, BadConfig
+from features.history import CHANGE_RISK_V1
 from features.settings import Settings
 
 if TYPE_CHECKING:
@@ -26,14 +28,20 @@ SOURCE_TABLES = (
     "commit_change",
     "change_risk_v1_vector",
     "commit_history",
+    "commit_code",
     "author_history",
     "file_history",
     "deployment_change",
     "service_health",
 )
-FEATURE_SERVICES = ("change_risk_v1", "deploy_failure_v1")
-# Feature services with a packed online vector: view name, field, and the element order.
-PACKED = {"change_risk_v1": ("change_risk_v1_vector", "change_risk_v1")}
+FEATURE_SERVICES = ("change_risk_v1", "change_risk_v2", "deploy_failure_v1")
+# Feature services read online through a packed vector: view name and field of the vector (its elements are
+# features.history.CHANGE_RISK_V1, in order). change_risk_v2 reads the same vector and, in the same call,
+# its code features (lists of lines and a message, which no numeric vector can hold).
+PACKED = {
+    "change_risk_v1": ("change_risk_v1_vector", "change_risk_v1"),
+    "change_risk_v2": ("change_risk_v1_vector", "change_risk_v1"),
+}
 
 
 class FeatureNotFound(AwoError):
@@ -233,6 +241,22 @@ def _service_and_names(store: FeatureStore, service_name: str) -> tuple[Any, lis
     return cached[service_name]
 
 
+def _packed_plan(store: FeatureStore, service_name: str) -> tuple[list[str], list[str]]:
+    """The feature references one online call of a packed service reads (the vector first), and the
+    service's features outside the vector, in the service's order; computed once per store."""
+    cached = _SERVICES.setdefault(store, {})
+    key = ("packed", service_name)
+    if key not in cached:
+        service, names = _service_and_names(store, service_name)
+        view, field_name = PACKED[service_name]
+        if list(names[: len(CHANGE_RISK_V1)]) != list(CHANGE_RISK_V1):
+            raise AwoError(f"feature service {service_name} does not start with change_risk_v1's features")
+        unpacked = list(names[len(CHANGE_RISK_V1) :])
+        where = {f.name: p.name for p in service.feature_view_projections for f in p.features}
+        cached[key] = ([f"{view}:{field_name}", *(f"{where[n]}:{n}" for n in unpacked)], unpacked)
+    return cached[key]
+
+
 @dataclass
 class OnlineResult:
     rows: list[dict[str, Any]]
@@ -252,15 +276,18 @@ def online_features(
     service, names = _service_and_names(store, service_name)
     if service_name in PACKED:
         view, field_name = PACKED[service_name]
-        response = store.get_online_features(
-            features=[f"{view}:{field_name}"], entity_rows=entity_rows
-        ).to_dict()
+        references, unpacked = _packed_plan(store, service_name)
+        response = store.get_online_features(features=references, entity_rows=entity_rows).to_dict()
         vectors = response[field_name]
-        if any(v is not None and len(v) != len(names) for v in vectors):
+        if any(v is not None and len(v) != len(CHANGE_RISK_V1) for v in vectors):
             raise AwoError(
                 f"{view} holds vectors of another length than {service_name}: run `awo features build`"
             )
-        rows = [dict(zip(names, v if v is not None else [None] * len(names), strict=True)) for v in vectors]
+        empty = [None] * len(CHANGE_RISK_V1)
+        rows = [dict(zip(CHANGE_RISK_V1, v if v is not None else empty, strict=True)) for v in vectors]
+        for name in unpacked:
+            for row, value in zip(rows, response[name], strict=True):
+                row[name] = value
     else:
         response = store.get_online_features(features=service, entity_rows=entity_rows).to_dict()
         rows = [{name: response[name][i] for name in names} for i in range(len(entity_rows))]
@@ -298,8 +325,10 @@ def newest_event(settings: Settings, table: str) -> pd.Timestamp | None:
     path = sources_dir(settings) / f"{table}.parquet"
     if not path.exists():
         return None
-    frame = pq.read_table(path).to_pandas()
-    ts_col = next(c for c in ("committed_at", "event_at", "started_at") if c in frame.columns)
+    # Only the time column: the commit_code source holds every mined line.
+    names = pq.read_schema(path).names
+    ts_col = next(c for c in ("committed_at", "event_at", "started_at") if c in names)
+    frame = pq.read_table(path, columns=[ts_col]).to_pandas()
     return frame[ts_col].max() if len(frame) else None
 
 
@@ -316,4 +345,27 @@ def training_set(store: FeatureStore, entities: pd.DataFrame, service_name: str)
             f"feature service {service_name!r} reads sources that are not built yet "
             f"({', '.join(str(p) for p in missing)}): run `awo features build --data DIR` first"
         )
-    return store.get_historical_features(entity_df=entities, features=service).to_df()
+    frame = store.get_historical_features(entity_df=entities, features=service).to_df()
+    # Feast's offline store gives array features as numpy arrays and a missing string as NaN: the code
+    # features come out as online reads give them (lists of str, str, None where the commit has none).
+    # Numeric services (v1) have no such fields and skip this.
+    for name in _non_numeric_features(service):
+        frame[name] = [
+            v.tolist() if isinstance(v, np.ndarray) else (v if isinstance(v, list | str) else None)
+            for v in frame[name]
+        ]
+    return frame
+
+
+def _non_numeric_features(service) -> list[str]:
+    """Names of a feature service's features that are not scalars of a numeric type (arrays, strings)."""
+    from feast.types import Array, PrimitiveFeastType
+
+    numeric = {PrimitiveFeastType.FLOAT64, PrimitiveFeastType.FLOAT32, PrimitiveFeastType.INT64,
+               PrimitiveFeastType.INT32, PrimitiveFeastType.BOOL}  # fmt: skip
+    return [
+        f.name
+        for p in service.feature_view_projections
+        for f in p.features
+        if isinstance(f.dtype, Array) or f.dtype not in numeric
+    ]

@@ -12,12 +12,13 @@ import pandas as pd
 import pyarrow as pa
 
 from features.errors import AwoError
-from features.history import commit_tables, deployment_tables
+from features.history import commit_code_table, commit_tables, deployment_tables
 from features.settings import Settings
 from features.store import mark_rebuilt, sources_dir
 from features.tables import (
     COMMITS_FILE,
     DEPLOYMENTS_FILE,
+    DIFFS_FILE,
     FILES_FILE,
     INCIDENTS_FILE,
     exclusive,
@@ -57,6 +58,9 @@ def build_features(settings: Settings, data: Path) -> BuildResult:
     repo = str(commits["repo"].iloc[0])
     result = BuildResult(repo=repo, labelled="bug_inducing" in commits.columns)
     tables = commit_tables(commits, files)
+    diffs = read_table(data / DIFFS_FILE)
+    if diffs is not None:  # tables mined before diffs.parquet existed serve change_risk_v1 only
+        tables["commit_code"] = commit_code_table(diffs)
     deployments = read_table(data / DEPLOYMENTS_FILE)
     if deployments is not None:
         incidents = read_table(data / INCIDENTS_FILE)

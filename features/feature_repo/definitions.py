@@ -8,7 +8,7 @@ history value in them is computed from data strictly before the row's event time
 from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
-from feast.types import Array, Float64
+from feast.types import Array, Float64, String
 
 from features.history import (
     AUTHOR_HISTORY_FEATURES,
@@ -53,6 +53,9 @@ change_risk_v1_vector_source = FileSource(
 commit_history_source = FileSource(
     name="commit_history", path="sources/commit_history.parquet", timestamp_field="committed_at"
 )
+commit_code_source = FileSource(
+    name="commit_code", path="sources/commit_code.parquet", timestamp_field="committed_at"
+)
 author_history_source = FileSource(
     name="author_history", path="sources/author_history.parquet", timestamp_field="event_at"
 )
@@ -93,6 +96,20 @@ change_risk_v1_vector = FeatureView(
     schema=[Field(name="change_risk_v1", dtype=Array(Float64))],
     description=f"{len(CHANGE_RISK_V1)} values in the order of change_risk_v1",
 )
+# The code of a commit as `awo mine` kept it (features.tables.DIFFS_SCHEMA): added and removed lines, the
+# message, and the "path:line" of each added line (for line-level explanations, not a model input).
+commit_code = FeatureView(
+    name="commit_code",
+    entities=[repo, commit],
+    ttl=FOREVER,
+    source=commit_code_source,
+    schema=[  # features.history.COMMIT_CODE_FEATURES
+        Field(name="added_lines", dtype=Array(String)),
+        Field(name="removed_lines", dtype=Array(String)),
+        Field(name="message", dtype=String),
+        Field(name="added_where", dtype=Array(String)),
+    ],
+)
 # An author's state after each of their commits: for changes that are not mined yet.
 author_history = FeatureView(
     name="author_history",
@@ -128,4 +145,5 @@ service_health = FeatureView(
 
 # --- feature services: one per model kind and feature-set version ---
 change_risk_v1 = FeatureService(name="change_risk_v1", features=[commit_change, commit_history])
+change_risk_v2 = FeatureService(name="change_risk_v2", features=[commit_change, commit_history, commit_code])
 deploy_failure_v1 = FeatureService(name="deploy_failure_v1", features=[deployment_change])
