@@ -39,6 +39,7 @@ ROWS: dict[str, tuple[str, ...]] = {
     "awo fallback + no-copies + per-hunk": ("fallback", "no-copies", "per-hunk"),
     "awo fallback + adjacent": ("fallback", "adjacent"),
     "awo fallback + no-copies + adjacent": ("fallback", "no-copies", "adjacent"),
+    "awo fallback + line-history": ("fallback", "line-history"),
 }
 
 

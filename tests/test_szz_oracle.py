@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from features.mining.gitlog import Repository
-from features.mining.szz import DEFAULT_STRATEGIES, fix_inducing, parse_insertion_points
+from features.mining.szz import (
+    DEFAULT_STRATEGIES,
+    fix_inducing,
+    only_moves,
+    parse_insertion_points,
+    parse_regions,
+    widen,
+)
 from tests.conftest import DAY, T0
 
 ORACLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "szz"
@@ -110,3 +117,37 @@ def test_insertion_points_are_the_old_lines_around_each_added_block():
         "@@ -4,0 +5,2 @@ def f():\n+    check()\n+    log()\n@@ -9 +11 @@\n-    x = 1\n+    x = 2\n"
     )
     assert [(r.path, r.lines) for r in parse_insertion_points("f", patch)] == [("m.py", (4, 5))]
+
+
+def test_regions_are_the_old_lines_of_each_hunk_and_say_whether_code_changed():
+    patch = (
+        "diff --git a/m.py b/m.py\nindex 1..2 100644\n--- a/m.py\n+++ b/m.py\n"
+        "@@ -4,0 +5,1 @@ def f():\n+    # note\n@@ -9,2 +10 @@\n-    x = 1\n-    y = 2\n+    x = 2\n"
+    )
+    regions = [(r.path, r.start, r.end, r.meaningful) for r in parse_regions("f", patch)]
+    assert regions == [("m.py", 4, 5, False), ("m.py", 9, 10, True)]
+    assert widen(1, 2, 4) == (1, 4) and widen(9, 10, 100) == (6, 13) and widen(1, 1, 0) is None
+
+
+def test_a_line_written_elsewhere_and_moved_is_a_move_a_new_line_is_not():
+    assert only_moves(["    return a + b", "# moved"], {"returna+b"})
+    assert not only_moves(["    return a + b", "    check()"], {"returna+b"})
+    assert not only_moves(["", "# comment"], set())
+
+
+def test_line_history_blames_the_commit_that_changed_the_code_around_the_fixed_line(tiny_repo):
+    tiny_repo.write("app.py", "import os\n\ndef run(cmd):\n    log(cmd)\n    return call(cmd)\n")
+    tiny_repo.commit("Add run", at=T0)
+    tiny_repo.write(
+        "app.py", "import os\n\ndef run(cmd):\n    log(cmd)\n    cmd = wrap(cmd)\n    return call(cmd)\n"
+    )
+    culprit = tiny_repo.commit("Wrap commands", at=T0 + DAY)
+    tiny_repo.write(
+        "app.py",
+        "import os\n\ndef run(cmd):\n    log(cmd)\n    cmd = wrap(cmd)\n    return call(cmd, shell=False)\n",
+    )
+    fix = tiny_repo.commit("Fix call", at=T0 + 2 * DAY)
+    seq = _seq(tiny_repo.path, fix)
+    repository = Repository(tiny_repo.path)
+    assert fix_inducing(repository, fix, seq, ("fallback", "line-history")) == [culprit]
+    assert fix_inducing(repository, fix, seq, DEFAULT_STRATEGIES) != [culprit]  # blame: "Add run"

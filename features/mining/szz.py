@@ -19,7 +19,8 @@ message names: the developer-informed oracle the labels are measured against was
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -40,6 +41,13 @@ _GIT_MESSAGE = re.compile(r"(?:fatal|error): .*")
 # Failure kinds, as counted in a label run's summary.
 DIFF_UNREADABLE = "diff unreadable"
 BLAME_FAILED = "blame failed"
+HISTORY_FAILED = "line history failed"
+
+# Line history: the lines of each hunk widened by git's default diff context, and how many of the newest
+# commits that changed them are read (the issue-date filter may have to walk past the newest).
+_CONTEXT = 3
+_HISTORY_DEPTH = 10
+_HISTORY_MARK = "\x1eAWO"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +118,82 @@ def parse_insertion_points(fix_sha: str, patch: str) -> Iterator[RemovedLines]:
         yield RemovedLines(fix_sha, path, tuple(sorted(set(found))))
 
 
+@dataclass(frozen=True, slots=True)
+class Region:
+    """The old lines `start`..`end` one hunk of a fix replaced (a hunk that only inserts: the lines around
+    the insertion), and whether it adds or removes a line of code (not blank, not a comment)."""
+
+    fix_sha: str
+    path: str  # path in the fix's parent
+    start: int
+    end: int
+    meaningful: bool
+
+
+def parse_regions(fix_sha: str, patch: str) -> Iterator[Region]:
+    """The old-side region of every hunk of one commit's zero-context patch (submodule pointers and new
+    files left out)."""
+    path: str | None = None
+    in_header = False
+    is_gitlink = False
+    hunk: list = []  # [start, end, meaningful] of the open hunk
+
+    def flush() -> Iterator[Region]:
+        if path is not None and hunk:
+            yield Region(fix_sha, path, hunk[0], hunk[1], hunk[2])
+
+    for text in patch.split("\n"):
+        if text.startswith("diff --git "):
+            yield from flush()
+            path, hunk, in_header, is_gitlink = None, [], True, False
+        elif in_header and text.startswith(_OLD_MODE_LINES):
+            is_gitlink = is_gitlink or text.endswith(_GITLINK_MODE)
+        elif in_header and text.startswith("--- "):
+            old = text[4:]
+            path = _old_path(old) if old != "/dev/null" and not is_gitlink else None
+        elif text.startswith("@@"):
+            yield from flush()
+            in_header = False
+            match = _HUNK.match(text)
+            start, count = (int(match.group(1)), int(match.group(2) or 1)) if match else (0, 0)
+            hunk = [start, start + 1, False] if count == 0 else [start, start + count - 1, False]
+        elif not in_header and hunk and text.startswith(("-", "+")):
+            hunk[2] = hunk[2] or is_meaningful(text[1:])
+    yield from flush()
+
+
+def widen(start: int, end: int, length: int, context: int = _CONTEXT) -> tuple[int, int] | None:
+    """`start`..`end` with `context` lines either side, inside a file of `length` lines (None if empty)."""
+    if length < 1:
+        return None
+    low = min(max(1, start - context), length)
+    return low, max(low, min(end + context, length))
+
+
+def parse_history(text: str) -> list[tuple[str, list[str]]]:
+    """(sha, lines it added inside the followed range) of each commit of `git log -L` output, newest
+    first; each commit's record starts with _HISTORY_MARK and its hash."""
+    out: list[tuple[str, list[str]]] = []
+    for record in text.split(_HISTORY_MARK)[1:]:
+        sha, _, patch = record.partition("\n")
+        added = [
+            line[1:] for line in patch.split("\n") if line.startswith("+") and not line.startswith("+++ ")
+        ]
+        out.append((sha.strip(), added))
+    return out
+
+
+def only_moves(added: list[str], removed: set[str]) -> bool:
+    """Whether every line of code a commit wrote in a range is one it deleted elsewhere (whitespace
+    ignored): a move, which blame's copy detection traces to the commit that first wrote the lines."""
+    code = [_squash(line) for line in added if is_meaningful(line)]
+    return bool(code) and all(line in removed for line in code)
+
+
+def _squash(line: str) -> str:
+    return "".join(line.split())
+
+
 def _old_path(name: str) -> str:
     """The path of `--- a/NAME`. git ends the line with a tab when an unquoted name holds a space (for GNU
     patch); a name with a tab of its own is quoted, so the tab is never part of it."""
@@ -148,11 +232,14 @@ def find_candidates(
     ignore_revs: tuple[str, ...] = (),
     follow_copies: bool = True,
     adjacent: bool = False,
+    line_history: bool = False,
 ) -> tuple[list[Candidate], list[FixFailure]]:
     """SZZ candidates of every fix (fixes without a parent have none), and what could not be read. With
     `fallback`, a fix whose source files give no candidate is blamed on its test and documentation files
     too, and then on whitespace added or removed within a line (git diff -b): on the developer-informed
-    oracle such fixes are fixes of a broken test or of a space in a string literal (benchmarks/szz.py)."""
+    oracle such fixes are fixes of a broken test or of a space in a string literal (benchmarks/szz.py).
+    With `line_history`, the commits that changed each hunk's lines and their context (git log -L) are
+    candidates too, moves left out."""
     shas = [sha for sha in fix_shas if parents.get(sha)]
     passes: list[tuple[bool, bool | None]] = [(False, False)]
     if fallback:
@@ -171,7 +258,91 @@ def find_candidates(
         )
         candidates += found
         failures += failed
+        if line_history and whitespace is not None:
+            found, failed = _history_candidates(
+                repository, rest, parents, workers, tests, whitespace, ignore_revs
+            )
+            candidates += found
+            failures += failed
     return candidates, failures
+
+
+def _history_candidates(
+    repository: Repository,
+    shas: list[str],
+    parents: dict[str, list[str]],
+    workers: int,
+    tests: bool,
+    whitespace: bool,
+    ignore_revs: tuple[str, ...],
+) -> tuple[list[Candidate], list[FixFailure]]:
+    """The newest commits that changed the lines of each hunk or the _CONTEXT lines around it (the line
+    history, `git log -L`, as in the "line history" SZZ variants), read at the fix's parent. A commit whose
+    lines in the range were all moved there from elsewhere is left out (blame's copy detection finds who
+    wrote them), and so is a fix whose hunks change only blank lines and comments. Each candidate's line
+    is the first line of its file's first range."""
+    regions, failures = _removed_lines(repository, shas, whitespace, parse_regions)
+    by_file: dict[tuple[str, str], list[Region]] = {}
+    for r in regions:
+        if tests or not (file_kind(r.path).is_test or file_kind(r.path).is_docs):
+            by_file.setdefault((r.fix_sha, r.path), []).append(r)
+    code = {fix for (fix, _), rs in by_file.items() if any(r.meaningful for r in rs)}
+    ignored = set(ignore_revs)
+
+    def follow(task: tuple[tuple[str, str], list[Region]]) -> list[Candidate] | FixFailure:
+        (fix, path), rs = task
+        rev = parents[fix][0]
+        length = _line_count(repository, rev, path)
+        spans = [s for s in (widen(r.start, r.end, length, _CONTEXT) for r in rs) if s]
+        if not spans:
+            return []
+        ranges = [f"-L{low},{high}:{path}" for low, high in spans]
+        try:
+            text = _git(repository, "log", "--no-merges", f"-n{_HISTORY_DEPTH}", "--no-color",
+                        f"--format={_HISTORY_MARK}%H", *ranges, rev)  # fmt: skip
+            history = [(sha, added) for sha, added in parse_history(text) if sha not in ignored]
+            removed = _removed_by(repository, [sha for sha, added in history if added])
+        except UnreadableRepository as exc:
+            lines = sum(high - low + 1 for low, high in spans)
+            return FixFailure(fix, path, HISTORY_FAILED, _git_message(exc), lines)
+        return [
+            Candidate(fix, sha, path, spans[0][0])
+            for sha, added in history
+            if not only_moves(added, removed.get(sha, set()))
+        ]
+
+    tasks = [(key, rs) for key, rs in by_file.items() if key[0] in code]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        found = list(pool.map(follow, tasks))
+    candidates = [c for f in found if isinstance(f, list) for c in f]
+    return candidates, failures + [f for f in found if isinstance(f, FixFailure)]
+
+
+def _line_count(repository: Repository, rev: str, path: str) -> int:
+    return len((repository.file_at(rev, path) or "").splitlines())
+
+
+def _removed_by(repository: Repository, shas: list[str]) -> dict[str, set[str]]:
+    """The lines each commit deleted (whitespace squashed), from one `git log -p -w` pass."""
+    out: dict[str, set[str]] = {}
+    for sha, patch in repository.stream_patches(shas):
+        out[sha] = {
+            _squash(line[1:])
+            for line in patch.split("\n")
+            if line.startswith("-") and not line.startswith("--- ")
+        }
+    return out
+
+
+def _git(repository: Repository, *args: str) -> str:
+    """git's output in the repository; UnreadableRepository with git's first line of error if it fails."""
+    done = subprocess.run(
+        ["git", "-C", str(repository.path), *args], capture_output=True, text=True, errors="replace"
+    )
+    if done.returncode != 0:
+        message = next((line for line in done.stderr.splitlines() if line.strip()), "no message")
+        raise UnreadableRepository(f"{repository.path}: git {args[0]} failed: {message}")
+    return done.stdout
 
 
 def _blame_removed_lines(
@@ -204,12 +375,14 @@ def _blame_removed_lines(
 
 
 def _removed_lines(
-    repository: Repository, shas: list[str], whitespace: bool | None = False
-) -> tuple[list[RemovedLines], list[FixFailure]]:
-    """The removed lines of each fix, read in one `git log -p` pass. git stops at the first commit it
-    cannot diff (a missing object): the fixes from there on are read one by one, to tell which failed."""
-    parse = parse_insertion_points if whitespace is None else parse_removed_lines
-    read: dict[str, list[RemovedLines]] = {}
+    repository: Repository, shas: list[str], whitespace: bool | None = False, parse: Callable | None = None
+) -> tuple[list, list[FixFailure]]:
+    """The removed lines of each fix (or what `parse` reads from its patch), read in one `git log -p`
+    pass. git stops at the first commit it cannot diff (a missing object): the fixes from there on are read
+    one by one, to tell which failed."""
+    if parse is None:
+        parse = parse_insertion_points if whitespace is None else parse_removed_lines
+    read: dict[str, list] = {}
     last: str | None = None
     try:
         for sha, patch in repository.stream_patches(shas, bool(whitespace)):
@@ -244,11 +417,12 @@ def judge_fixes(
     fix_shas: list[str],
     issue_opened: dict[str, pd.Timestamp] | None = None,
     workers: int = 2,
+    line_history: bool = False,
 ) -> SzzResult:
     """R-SZZ on `fix_shas`, mined commits of `commits` (commits.parquet: sha, seq, committed_at, parents).
     `issue_opened` maps issue ids to their open dates, for the issue-date filter."""
     parents = dict(zip(commits["sha"], commits["parents"].map(list), strict=True))
-    candidates, failures = find_candidates(repository, fix_shas, parents, workers)
+    candidates, failures = find_candidates(repository, fix_shas, parents, workers, line_history=line_history)
     seq = dict(zip(commits["sha"], commits["seq"], strict=True))
     committed = dict(zip(commits["sha"], commits["committed_at"], strict=True))
     fix_opened = (
@@ -275,6 +449,9 @@ def judge_fixes(
 # - "no-copies": blame without move and copy detection (git blame -w, as PyDriller), so a line a refactor
 #   moved or copied is blamed on the refactor.
 # - "adjacent": a fix that removes nothing is blamed on the lines around its insertions.
+# - "line-history": the commits that changed each hunk's lines or the 3 lines around it (git log -L) are
+#   candidates beside the blamed ones, commits that only moved those lines left out; R-SZZ's newest is then
+#   the last commit that changed the code the fix changed, not the last that wrote a line it removed.
 STRATEGIES = (
     "r-szz",
     "skip-fixes",
@@ -284,6 +461,7 @@ STRATEGIES = (
     "fallback",
     "no-copies",
     "adjacent",
+    "line-history",
 )
 # What judge_fixes does (find_candidates falls back by default, select_inducing keeps the newest).
 DEFAULT_STRATEGIES = ("r-szz", "fallback")
@@ -316,6 +494,7 @@ def fix_inducing(
             ignore,
             "no-copies" not in strategies,
             "adjacent" in strategies,
+            "line-history" in strategies,
         )
         alive = _alive(repository, found, fix_sha, seq)
         if "ignore-cosmetic" not in strategies:
