@@ -382,7 +382,8 @@ class _CodeReader:
         self.where: list[str] = []
         self.removed: list[str] = []
         self.truncated = False
-        self.path: str | None = None  # the new path of the file being read; None: skipped
+        self.path = ""  # the new path of the file being read
+        self.keep = True  # False for a lock file
         self.old_left = 0  # removed lines still to come in the current hunk
         self.new_left = 0  # added lines still to come
         self.new_line = 0  # line number in the new file of the next added line
@@ -390,11 +391,11 @@ class _CodeReader:
     def feed(self, line: str) -> None:
         if self.old_left and line.startswith("-"):
             self.old_left -= 1
-            if self.path is not None:
+            if self.keep:
                 self._keep(self.removed, line)
         elif self.new_left and line.startswith("+"):
             self.new_left -= 1
-            if self.path is not None and self._keep(self.added, line):
+            if self.keep and self._keep(self.added, line):
                 self.where.append(f"{self.path}:{self.new_line}")
             self.new_line += 1
         elif line.startswith("@@ "):
@@ -402,10 +403,14 @@ class _CodeReader:
             self.old_left = _hunk_count(old)
             self.new_left = _hunk_count(new)
             self.new_line = int(new[1:].split(",", 1)[0])
-        elif line.startswith("+++ "):
-            self.path = _patch_path(line[4:])
+        elif line.startswith(("--- ", "+++ ")):
+            path = _patch_path(line[4:])  # "--- a/OLD", "+++ b/NEW", or /dev/null when there is none
+            if path is not None and path.rsplit("/", 1)[-1] in LOCK_FILES:
+                self.keep = False
+            elif line[0] == "+" and path is not None:
+                self.path = path
         elif line.startswith("diff --git "):
-            self.path, self.old_left, self.new_left = None, 0, 0
+            self.path, self.keep, self.old_left, self.new_left = "", True, 0, 0
 
     def _keep(self, kept: list[str], line: str) -> bool:
         if len(kept) >= DIFF_MAX_LINES:
@@ -429,15 +434,12 @@ def _hunk_count(span: str) -> int:
 
 
 def _patch_path(name: str) -> str | None:
-    """The new path of a "+++ b/PATH" line, unquoted; None for a deleted file or a lock file."""
+    """The path of a "--- a/PATH" or "+++ b/PATH" line's name, unquoted; None for /dev/null."""
     name = name.rstrip("\t")  # git ends a name holding a space with a tab
     if name.startswith('"') and name.endswith('"'):
         # C-style quoting of unusual bytes: octal escapes of the UTF-8 bytes.
         name = codecs.escape_decode(name[1:-1].encode())[0].decode("utf-8", "replace")
-    if not name.startswith("b/"):
-        return None  # /dev/null
-    path = name[2:]
-    return None if path.rsplit("/", 1)[-1] in LOCK_FILES else path
+    return name[2:] if name.startswith(("a/", "b/")) else None
 
 
 def _stdout(proc: subprocess.Popen) -> IO[bytes]:
