@@ -239,12 +239,12 @@ def test_features_commands_print_what_they_did(small_world, tmp_path, monkeypatc
     mine_repository(small_world.repo, settings, tables, name="demo")
     runner = CliRunner()
     applied = runner.invoke(app, ["features", "apply"])
-    assert applied.exit_code == 0 and "7 feature views, 2 feature services" in applied.output
+    assert applied.exit_code == 0 and "8 feature views, 3 feature services" in applied.output
     built = runner.invoke(app, ["features", "build", "--data", str(tables)])
     assert built.exit_code == 0 and "commit_change 600" in built.output and "no labels yet" in built.output
     assert runner.invoke(app, ["features", "materialize", "--end", "not-a-time"]).exit_code == 2
     done = runner.invoke(app, ["features", "materialize"])
-    assert done.exit_code == 0 and "materialized 5 feature views" in done.output
+    assert done.exit_code == 0 and "materialized 6 feature views" in done.output
     assert "skipped (no data yet): deployment_change, service_health" in done.output
     commits = pd.read_parquet(tables / "commits.parquet").head(25)
     _entities(commits).to_csv(tmp_path / "entities.csv", index=False)
