@@ -1,0 +1,51 @@
+"""The code-reading change-risk model on the public OpenStack JIT data (JITLine's split and a time-ordered
+80/20 split), beside metrics-only models and JITLine's published predictions (models.jit_code_benchmark).
+
+Run as `python benchmarks/jit_code.py [--data DIR]`; writes benchmarks/results/jit_code.json and .txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.jit_code_benchmark import run_jit_code_benchmark  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "jit" / "openstack-jitline"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    table = run_jit_code_benchmark(args.data)
+    rows = json.loads(table.to_json(orient="records"))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "jit_code.json").write_text(
+        json.dumps({"data": str(args.data), "seconds": time.perf_counter() - started, "rows": rows}, indent=2)
+    )
+    lines = [f"JIT defect prediction with code on {args.data.name}"]
+    for row in rows:
+        tests = "; ".join(
+            f"{k[3:]} {v['auc_diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]"
+            for k, v in row.items()
+            if k.startswith("vs ") and isinstance(v, dict)
+        )
+        lines.append(
+            f"{row['split']:<20} {row['model']:<34} AUC {row['auc']:.3f}  F1 {row['f1']:.3f}  "
+            f"P {row['precision']:.3f}  R {row['recall']:.3f}  train {row['train_seconds']:.1f} s  {tests}"
+        )
+    (RESULTS / "jit_code.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
