@@ -1,6 +1,7 @@
 """The risk API: FastAPI app factory and error mapping (shared state and dependencies: serving.deps).
 
-Run it with `awo serve` (uvicorn); tests build it with `create_app(settings)`."""
+Run it with `awo serve` (uvicorn); tests build it with `create_app(settings)` (`fast_scoring=False`: the
+models' own methods instead of the compiled forests, serving.compiled)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from serving.deps import State
 from serving.telemetry import configure_json_logging, request_middleware
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, fast_scoring: bool = True) -> FastAPI:
     settings = settings or load_settings()
     configure_json_logging()
 
@@ -37,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "bands and the features that drove each score.",
         lifespan=lifespan,
     )
-    app.state.awo = State(settings)
+    app.state.awo = State(settings, fast_scoring)
     app.middleware("http")(request_middleware(app.state.awo.telemetry))
     install_error_handlers(app)
 

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 _PREDICT_RAW_SCORE = 1
 _PREDICT_CONTRIB = 3
 _FLOAT64 = 1
+COMPILED_DIR = "compiled"  # under the data root: one binary per model version and model text
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from features.settings import Settings
+from models.registry import LoadedModel
 from serving.champions import Champions
+from serving.compiled import COMPILED_DIR, PlainScorer, Scorer, fast_scorer
 from serving.predictions import PredictionLog
 from serving.scoring import Staleness
 from serving.telemetry import Telemetry
@@ -19,12 +21,16 @@ log = logging.getLogger(__name__)
 
 
 class State:
-    """What every request shares: settings, the feature store, the champions, the prediction log."""
+    """What every request shares: settings, the feature store, the champions and their fast scorers (the
+    forest compiled at load, serving.compiled; `fast_scoring=False`: the models' own methods), the
+    prediction log."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, fast_scoring: bool = True) -> None:
         from features.store import open_store
 
         self.settings = settings
+        self.fast_scoring = fast_scoring
+        self._scorers: dict[tuple[str, str], Scorer] = {}
         self.store = open_store(settings)
         self.champions = Champions(settings)
         self.telemetry = Telemetry()
@@ -53,7 +59,23 @@ class State:
         report = self.champions.reload()
         for name, version in report.loaded.items():
             self.telemetry.model_version.labels(name).set(float(version))
+        # compiled at load, not on a request; the versions no longer served are dropped
+        served = self.champions.models
+        self._scorers = {(m.name, m.version): self.scorer(m) for m in served.values()}
         return report
+
+    def scorer(self, loaded: LoadedModel) -> Scorer:
+        """The fast scorer of a served model version (built on first use if a reload has not built it)."""
+        key = (loaded.name, loaded.version)
+        found = self._scorers.get(key)
+        if found is None:
+            if self.fast_scoring:
+                cache = self.settings.data_dir / COMPILED_DIR
+                found = fast_scorer(loaded.model, cache, f"{loaded.name}-{loaded.version}")
+            else:
+                found = PlainScorer(loaded.model)
+            self._scorers = {**self._scorers, key: found}  # swapped in one assignment, as Champions.served
+        return found
 
     def stop(self) -> None:
         self._stop.set()

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from features.settings import Settings
 from models.registry import LoadedModel
+from serving.compiled import Scorer
 from serving.core import (
     CommitNotFound,
     CommitScore,
@@ -69,10 +70,11 @@ def commit_risks(
     stale: Staleness,
     top: int,
     logged: list[str] | None = None,
+    scorer: Scorer | None = None,
 ) -> tuple[list[CommitRisk], list[dict[str, float | None]]]:
     """The risk of each query, in order, and the values of the `logged` features of each (for the
-    prediction log's drift report; empty for unscored items)."""
-    results = score_commits(queries, loaded, store, settings, top=top, staleness=stale)
+    prediction log's drift report; empty for unscored items). `scorer`: the model's fast path."""
+    results = score_commits(queries, loaded, store, settings, top=top, staleness=stale, scorer=scorer)
     values = [
         {name: r.features[name] for name in logged or [] if name in r.features}
         if isinstance(r, CommitScore)
@@ -83,7 +85,11 @@ def commit_risks(
 
 
 def deployment_risk(
-    query: DeploymentQuery, loaded: LoadedModel, store: FeatureStore, settings: Settings
+    query: DeploymentQuery,
+    loaded: LoadedModel,
+    store: FeatureStore,
+    settings: Settings,
+    scorer: Scorer | None = None,
 ) -> DeploymentRisk:
     plan = DeploymentPlan(
         repo=query.repo,
@@ -93,7 +99,7 @@ def deployment_risk(
         strategy=query.strategy,
         started_at=query.started_at,
     )
-    result = score_deployment(plan, loaded, store, settings)
+    result = score_deployment(plan, loaded, store, settings, scorer=scorer)
     return DeploymentRisk(
         service=result.service,
         environment=result.environment,

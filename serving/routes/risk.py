@@ -58,7 +58,14 @@ def risk_commits(batch: CommitBatch, state: StateDep) -> CommitRiskResponse:
     loaded = _model(state, "change-risk")
     top = list(loaded.meta.get("reference", {}).get("features", {}))
     results, logged_features = commit_risks(
-        batch.commits, loaded, state.store, state.settings, state.staleness, batch.drivers, top
+        batch.commits,
+        loaded,
+        state.store,
+        state.settings,
+        state.staleness,
+        batch.drivers,
+        top,
+        state.scorer(loaded),
     )
     scored = [(r, f) for r, f in zip(results, logged_features, strict=True) if r.probability is not None]
     for r, _ in scored:
@@ -90,7 +97,7 @@ def risk_commits(batch: CommitBatch, state: StateDep) -> CommitRiskResponse:
 def risk_deployment(query: DeploymentQuery, state: StateDep) -> DeploymentRisk:
     _check_batch(state, len(query.commits))
     loaded = _model(state, "deploy-failure")
-    result = deployment_risk(query, loaded, state.store, state.settings)
+    result = deployment_risk(query, loaded, state.store, state.settings, state.scorer(loaded))
     state.telemetry.predictions.labels("deploy-failure", result.band).inc()
     state.predictions.record(
         [
