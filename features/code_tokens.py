@@ -1,21 +1,26 @@
 """Tokens of a commit's diff and message for the code-reading change-risk model (JITLine, Pornprasit &
-Tantithamthavorn, MSR 2021: a bag of the code tokens of added and removed lines). Pure functions, no
-heavy imports: the same caps and tokens serve training, mining and the API."""
+Tantithamthavorn, MSR 2021: a bag of the code tokens of added and removed lines). Pure functions: the
+same caps and tokens serve training, mining and the API."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-# A frame's code columns: `added_lines`/`removed_lines` are list[str] per commit (every file's lines in
-# diff order), `message` is the full commit message.
-CODE_COLUMNS = ("added_lines", "removed_lines", "message")
+# A frame's code columns, defined once with the mined table's schema: `added_lines`/`removed_lines` are
+# list[str] per commit (every file's lines in diff order), `message` is the full commit message.
+from features.tables import CODE_COLUMNS, DIFF_MAX_CHARS, DIFF_MAX_LINES
 
-# Caps applied identically in training and serving: a commit's first MAX_LINES added (and removed) lines,
-# each cut to MAX_LINE_CHARS characters. Generated files and vendored code would otherwise dominate the
-# bag of words and the time it takes to score one commit.
-MAX_LINES = 2000
-MAX_LINE_CHARS = 300
+# Caps applied identically in mining, training and serving (the mined table's own): a commit's first
+# MAX_LINES added (and removed) lines, each cut to MAX_LINE_CHARS characters. Generated files and vendored
+# code would otherwise dominate the bag of words and the time it takes to score one commit.
+MAX_LINES = DIFF_MAX_LINES
+MAX_LINE_CHARS = DIFF_MAX_CHARS
+
+__all__ = [
+    "CODE_COLUMNS", "MAX_LINES", "MAX_LINE_CHARS", "capped", "commit_text", "diff_lines", "line_tokens",
+    "message_tokens", "subtokens", "tokens",
+]  # fmt: skip
 
 # Prefixes keep the vocabularies of added lines, removed lines and the message apart in one bag of words:
 # `return` added and `return` removed say different things.
