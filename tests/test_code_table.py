@@ -160,6 +160,15 @@ def built_v2(tmp_path_factory):
     return store, commits, _diffs(tables).set_index("sha"), world.repo, settings, tables
 
 
+def test_the_miner_caps_and_names_the_code_as_the_tokenizer_reads_it():
+    from features import code_tokens
+
+    # Training reads diffs.parquet, serving reads an unmined change: both must be cut as the model's
+    # tokenizer cuts them, or the same commit would score differently mined and unmined.
+    assert CODE_COLUMNS == code_tokens.CODE_COLUMNS
+    assert (DIFF_MAX_LINES, DIFF_MAX_CHARS) == (code_tokens.MAX_LINES, code_tokens.MAX_LINE_CHARS)
+
+
 def test_change_risk_v2_is_v1_then_the_code_columns_and_v1_is_unchanged(built_v2):
     from features.store import feature_names
 
