@@ -77,7 +77,7 @@ def test_api_answers_the_same_with_and_without_the_compiled_fast_path(trained):
     from serving.app import create_app
     from serving.compiled import FastScorer, PlainScorer
 
-    loaded, base, root, settings, shas = trained
+    loaded, base, _, settings, shas = trained
     metrics = dict(zip(loaded.model.features, base[3].tolist(), strict=True))
     metrics.pop(loaded.model.features[1])  # a missing feature: scored as unknown
     bodies = [
@@ -100,6 +100,7 @@ def test_api_answers_the_same_with_and_without_the_compiled_fast_path(trained):
                 "service": "payments",
                 "environment": "production",
                 "commits": shas[:3],
+                "started_at": "2030-01-01T00:00:00Z",
             }
             answers[fast].append(http.post("/v1/risk/deployments", json=deployment, headers=headers).json())
     assert answers[True] == answers[False]
