@@ -123,6 +123,11 @@ class ModelSettings(BaseModel):
         ge=0,
         description="below this many mature positive labels: cross-project model (cold start)",
     )
+    change_risk_features: Literal["change_risk_v1", "change_risk_v2"] = Field(
+        default="change_risk_v1",
+        description="feature service of the change-risk model: v1 = change metrics and history; v2 = v1 "
+        "plus the code of the diff and the message (a model that reads the code)",
+    )
     public_jit_dir: Path = Field(
         default=PROJECT_ROOT.parent / "shared" / "data" / "jit" / "issta21",
         description="public JIT defect data (ISSTA'21 schema) for the cold-start model and the benchmark",

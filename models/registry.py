@@ -165,7 +165,8 @@ def log_model(
         "threshold": model.threshold_,
         "risk_reference": getattr(model, "reference_", None),  # the gate's training-period quantiles
     }
-    example = input_example[model.features].head(5)
+    # a code model reads the code columns beside its metric features
+    example = input_example[getattr(model, "input_columns", model.features)].head(5)
     output = pd.DataFrame({"probability": model.predict_proba(example)})
     signature = infer_signature(example, output, params={"contributions": False})
     with tempfile.TemporaryDirectory() as tmp:

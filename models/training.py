@@ -13,6 +13,7 @@ import pandas as pd
 
 from features.change_metrics import KAMEI_METRICS
 from features.errors import AwoError
+from features.tables import CODE_COLUMNS
 from models.evaluation import classification_metrics, rolling_windows, time_split
 from models.risk_model import ModelConfig, RiskModel, TooFewLabels
 
@@ -64,6 +65,17 @@ def held_out(data: TrainingData, gap_days: float) -> tuple[pd.DataFrame, pd.Data
     return data.frame.iloc[fit_rows], data.frame.iloc[split.test]
 
 
+def risk_model(features: list[str], config: ModelConfig | None = None, name: str = "risk"):
+    """The model for a feature list: a RiskModel on metrics, or a CodeRiskModel (the metrics model plus a
+    text model of the diff) when the list holds the code columns of a feature service like change_risk_v2."""
+    if not any(f in CODE_COLUMNS for f in features):
+        return RiskModel(features, config, name=name)
+    from models.code_model import CodeModelConfig, CodeRiskModel
+
+    metrics = [f for f in features if f not in CODE_COLUMNS]
+    return CodeRiskModel(metrics, CodeModelConfig(metrics=config or ModelConfig()), name=name)
+
+
 def rolling_evaluation(
     data: TrainingData, features: list[str], config: ModelConfig | None, gap_days: float
 ) -> pd.DataFrame:
@@ -78,7 +90,7 @@ def rolling_evaluation(
         if held["label"].nunique() < 2:
             continue
         try:
-            model = RiskModel(features, config).fit(train, train["label"], train["at"])
+            model = risk_model(features, config).fit(train, train["label"], train["at"])
         except TooFewLabels:
             continue
         m = classification_metrics(held["label"], model.predict_proba(held), held["effort"], model.threshold_)

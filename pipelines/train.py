@@ -19,16 +19,18 @@ import numpy as np
 import pandas as pd
 
 from features.errors import AwoError
+from features.history import ADDED_WHERE
 from features.settings import Settings
 from features.tables import DEPLOYMENTS_FILE, read_table
 from models.evaluation import classification_metrics, reference
-from models.risk_model import ModelConfig, RiskModel, TooFewLabels
+from models.risk_model import ModelConfig, TooFewLabels
 from models.training import (
     TrainingData,
     cross_project_model,
     held_out,
     immature_from,
     mature_labels,
+    risk_model,
     rolling_evaluation,
 )
 
@@ -47,10 +49,15 @@ class TrainResult:
 
 
 def change_risk_data(
-    settings: Settings, data_dir: Path, store, maturity_days: float | None = None
+    settings: Settings,
+    data_dir: Path,
+    store,
+    maturity_days: float | None = None,
+    service: str | None = None,
 ) -> TrainingData:
-    """Mature, labelled commits with their point-in-time features. `maturity_days`: the label maturity
-    window `awo label` used; by default read off the labels themselves (see models.training.mature_labels)."""
+    """Mature, labelled commits with their point-in-time features from `service` (default: the
+    `change_risk_features` setting). `maturity_days`: the label maturity window `awo label` used; by default
+    read off the labels themselves (see models.training.mature_labels)."""
     from features.store import feature_names, training_set
 
     commits = read_table(data_dir / "commits.parquet")
@@ -60,16 +67,17 @@ def change_risk_data(
         raise AwoError(
             f"{data_dir / 'commits.parquet'} has no labels: run `awo label REPO --data {data_dir}`"
         )
+    service = service or settings.change_risk_features
     mature = mature_labels(commits, maturity_days)
     entities = mature[["repo", "sha", "committed_at"]].rename(columns={"committed_at": "event_timestamp"})
-    frame = training_set(store, entities, "change_risk_v1")
+    frame = training_set(store, entities, service)
     frame = frame.merge(mature[["repo", "sha", "bug_inducing", "committed_at"]], on=["repo", "sha"])
     frame = frame.assign(label=frame["bug_inducing"].astype(bool).astype(int), at=frame["committed_at"])
     frame["effort"] = frame["la"] + frame["ld"]
     return TrainingData(
         "change-risk",
-        "change_risk_v1",
-        feature_names(store, "change_risk_v1"),
+        service,
+        [f for f in feature_names(store, service) if f != ADDED_WHERE],  # where lines are: not an input
         frame.sort_values("at", kind="stable").reset_index(drop=True),
         "mined, SZZ-labelled commits",
         immature_from(commits, maturity_days),
@@ -102,14 +110,19 @@ LOADERS = {"change-risk": change_risk_data, "deploy-failure": deploy_failure_dat
 
 
 def training_data(
-    kind: str, settings: Settings, data_dir: Path, store, maturity_days: float | None = None
+    kind: str,
+    settings: Settings,
+    data_dir: Path,
+    store,
+    maturity_days: float | None = None,
+    service: str | None = None,
 ) -> TrainingData:
-    """The training data of `kind`; label maturity applies to change-risk only (a deployment's failure is
-    known within the incident window, hours after it)."""
+    """The training data of `kind`; label maturity and a choice of feature service apply to change-risk
+    only (a deployment's failure is known within the incident window, hours after it)."""
     if kind not in LOADERS:
         raise AwoError(f"unknown model {kind!r}; one of {', '.join(LOADERS)}")
     if kind == "change-risk":
-        return change_risk_data(settings, data_dir, store, maturity_days)
+        return change_risk_data(settings, data_dir, store, maturity_days, service)
     return LOADERS[kind](settings, data_dir, store)
 
 
@@ -136,7 +149,7 @@ def train(
     try:
         if kind == "change-risk" and positives < settings.min_positive_labels:
             raise TooFewLabels(f"{positives} mature positive labels (< {settings.min_positive_labels})")
-        model = RiskModel(data.features, config, name=kind).fit(fit_rows, fit_rows["label"], fit_rows["at"])
+        model = risk_model(data.features, config, name=kind).fit(fit_rows, fit_rows["label"], fit_rows["at"])
     except TooFewLabels as exc:
         if kind != "change-risk":
             raise AwoError(f"cannot train {kind}: {exc}") from None
@@ -148,7 +161,8 @@ def train(
     )
     # Reference distributions of the score and the top features, for the API's drift report.
     reference_rows = fit_rows if model_kind.startswith("within") else test
-    top = [f for f in model.importance()["feature"] if f in model.features][:5]
+    booster_model = getattr(model, "risk_", model)  # a code model's metrics model holds the booster
+    top = [f for f in booster_model.importance()["feature"] if f in model.features][:5]
     drift_reference = {
         "probability": reference(model.predict_proba(reference_rows)),
         "features": {f: reference(reference_rows[f].to_numpy(dtype=float)) for f in top},
@@ -165,7 +179,7 @@ def train(
     ) as run:
         mlflow.log_params(
             {
-                **model.config.model_dump(),
+                **_flat(model.config.model_dump()),
                 "gap_days": gap_days,
                 "feature_service": data.service,
                 "model_kind": model_kind,
@@ -185,7 +199,7 @@ def train(
             (directory / "features.json").write_text(
                 json.dumps({"feature_service": data.service, "features": model.features}, indent=2)
             )
-            model.importance().to_csv(directory / "importance.csv", index=False)
+            booster_model.importance().to_csv(directory / "importance.csv", index=False)
             if len(rolling):
                 rolling.to_csv(directory / "rolling_evaluation.csv", index=False)
             mlflow.log_artifacts(str(directory), artifact_path="evaluation")
@@ -214,6 +228,17 @@ def train(
     )
 
 
+def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as flat MLflow parameters (`metrics.num_leaves`)."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def promote_model(
     kind: str,
     settings: Settings,
@@ -226,7 +251,10 @@ def promote_model(
     from features.store import open_store
     from models.registry import connect, promote
 
-    data = training_data(kind, settings, data_dir, open_store(settings), maturity_days)
+    # change_risk_v2 holds every column of v1: champion and challenger are scored on the same rows
+    # whichever service each was trained on.
+    service = "change_risk_v2" if kind == "change-risk" else None
+    data = training_data(kind, settings, data_dir, open_store(settings), maturity_days, service)
     connect(settings)
     _, test = held_out(data, gap_days)
 
