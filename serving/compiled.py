@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from models.risk_model import RiskModel
+from models.risk_model import RATIOS, RiskModel
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,11 @@ class FastScorer:
         )
         self._raw_row = _SingleRow(self._booster, _PREDICT_RAW_SCORE, self._iterations, columns, 1)
         self._knots = _isotonic_thresholds(model)
+        # the ratio columns after the features (RiskModel.design), as positions in the base matrix
+        position = {f: i for i, f in enumerate(model.features)}
+        pairs = [RATIOS[c] for c in model.columns_[len(model.features) :]]
+        self._numerators = np.array([position[num] for num, _ in pairs], dtype=np.intp)
+        self._denominators = np.array([position[den] for _, den in pairs], dtype=np.intp)
 
     def raw_score(self, design: np.ndarray) -> np.ndarray:
         if self.compiled is not None:
@@ -157,9 +162,18 @@ class FastScorer:
         return np.clip(stepped + 1e-6 / (1.0 + np.exp(-raw)), 0.0, 1.0)
 
     def score(self, base: np.ndarray) -> Scored:
-        design = np.ascontiguousarray(self.model.matrix(base), dtype=np.float64)
+        design = self.design(base)
         raw = self.raw_score(design)
         return Scored(design, raw, self.contribution_matrix(design), self.calibrated_probability(raw))
+
+    def design(self, base: np.ndarray) -> np.ndarray:
+        """RiskModel.matrix's design, the same floating-point operations, with the ratio columns taken in one
+        NumPy operation each instead of one per ratio (a tenth of one commit's scoring time)."""
+        base = np.atleast_2d(np.asarray(base, dtype=np.float64))
+        if not len(self._numerators):
+            return np.ascontiguousarray(base)
+        ratios = base[:, self._numerators] / (np.clip(base[:, self._denominators], 0, None) + 1.0)
+        return np.ascontiguousarray(np.concatenate([base, ratios], axis=1))
 
     def _predict(self, design: np.ndarray, **kwargs: Any) -> np.ndarray:
         return np.asarray(
