@@ -1,7 +1,7 @@
 """A change-risk model that reads the code: a linear model on the tokens of the diff and the message
-(JITLine, Pornprasit & Tantithamthavorn, MSR 2021) whose out-of-fold score, computed in time order, becomes
-the `code_risk` feature of the metrics LightGBM (stacking, Wolpert 1992); added lines are ranked by the
-linear model's token weights, as JITLine ranks lines."""
+(JITLine, Pornprasit & Tantithamthavorn, MSR 2021) blended with the metrics LightGBM by a logistic
+regression learned on time-ordered out-of-fold scores (stacking, Wolpert 1992); added lines are ranked by
+the linear model's token weights, as JITLine ranks lines."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from features.code_tokens import CODE_COLUMNS, commit_text, line_tokens
-from models.risk_model import Explanation, ModelConfig, RiskModel
+from features.errors import BadTable
+from models.evaluation import best_f1_threshold, risk_reference
+from models.risk_model import Explanation, ModelConfig, RiskModel, TooFewLabels
 
 CODE_RISK = "code_risk"
 
@@ -24,6 +26,9 @@ class CodeModelConfig(BaseModel):
     text_folds: int = Field(default=10, ge=2, le=50, description="time-ordered folds for out-of-fold scores")
     min_df: int = Field(default=3, ge=1, description="a token must occur in this many training commits")
     C: float = Field(default=1.0, gt=0, description="inverse L2 strength of the text logistic regression")
+    blend_share: float = Field(
+        default=0.2, gt=0, lt=0.5, description="newest training rows the blend weights are learned on"
+    )
 
 
 @dataclass(frozen=True)
@@ -44,9 +49,10 @@ def time_folds(n: int, folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def documents(frame: pd.DataFrame) -> list[str]:
+    """Each row's `commit_text` from its code columns (None reads as no lines / an empty message)."""
     missing = [c for c in CODE_COLUMNS if c not in frame.columns]
     if missing:
-        raise KeyError(f"input lacks code columns {missing}")
+        raise BadTable(f"input lacks code columns {missing}")
     return [
         commit_text(list(a) if a is not None else [], list(r) if r is not None else [], m or "")
         for a, r, m in zip(frame["added_lines"], frame["removed_lines"], frame["message"], strict=True)
@@ -54,13 +60,15 @@ def documents(frame: pd.DataFrame) -> list[str]:
 
 
 class TextRiskModel:
-    """TF-IDF (sublinear counts) of prefixed tokens and a class-balanced logistic regression."""
+    """A class-balanced logistic regression on TF-IDF (sublinear counts) of prefixed tokens and, when given,
+    the change metrics as signed log1p values standardised on the training rows: JITLine joins the metrics
+    to the token counts in one model, and Kamei et al. (2013) fit a logistic regression on log metrics."""
 
     def __init__(self, min_df: int = 3, C: float = 1.0) -> None:
         self.min_df = min_df
         self.C = C
 
-    def fit(self, texts: list[str], y: np.ndarray) -> TextRiskModel:
+    def fit(self, texts: list[str], y: np.ndarray, metrics: np.ndarray | None = None) -> TextRiskModel:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
 
@@ -70,11 +78,38 @@ class TextRiskModel:
         )
         X = self.vectorizer_.fit_transform(texts)
         self.vectorizer_.__dict__.pop("stop_words_", None)  # every pruned token: large, never used
-        self.logistic_ = LogisticRegression(C=self.C, solver="liblinear", class_weight="balanced").fit(X, y)
+        logs = _signed_log(metrics, len(texts))
+        self.center_ = np.nanmean(logs, axis=0) if logs.shape[1] else np.zeros(0)
+        self.scale_ = np.nanstd(logs, axis=0) + 1e-9 if logs.shape[1] else np.zeros(0)
+        self.logistic_ = LogisticRegression(C=self.C, solver="liblinear", class_weight="balanced").fit(
+            self._design(X, logs), y
+        )
         return self
 
-    def score(self, texts: list[str]) -> np.ndarray:
-        return np.asarray(self.logistic_.decision_function(self.vectorizer_.transform(texts)), dtype=float)
+    def _standardised(self, logs: np.ndarray) -> np.ndarray:
+        return np.nan_to_num((logs - self.center_) / self.scale_)  # a missing metric reads as the mean
+
+    def _design(self, X, logs: np.ndarray):
+        from scipy import sparse
+
+        return sparse.hstack([X, sparse.csr_matrix(self._standardised(logs))], format="csr")
+
+    def parts(self, texts: list[str], metrics: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(the tokens' share of each row's log-odds, each metric's share as a rows × metrics matrix); with
+        `intercept_` they sum to `score`."""
+        X = self.vectorizer_.transform(texts)
+        coef = self.logistic_.coef_[0]
+        words = np.asarray(X @ coef[: X.shape[1]], dtype=float).ravel()
+        terms = self._standardised(_signed_log(metrics, len(texts))) * coef[X.shape[1] :]
+        return words, terms
+
+    @property
+    def intercept_(self) -> float:
+        return float(self.logistic_.intercept_[0])
+
+    def score(self, texts: list[str], metrics: np.ndarray | None = None) -> np.ndarray:
+        words, terms = self.parts(texts, metrics)
+        return words + terms.sum(axis=1) + self.intercept_
 
     def line_scores(self, text: str, lines: list[str]) -> np.ndarray:
         """Each line's share of the commit's text score: a token's contribution (weight × tf-idf value in
@@ -95,8 +130,21 @@ class TextRiskModel:
         return scores
 
 
+def _signed_log(metrics: np.ndarray | None, rows: int) -> np.ndarray:
+    if metrics is None:
+        return np.zeros((rows, 0))
+    values = np.asarray(metrics, dtype=float)
+    return np.sign(values) * np.log1p(np.abs(values))
+
+
 class CodeRiskModel:
-    """Metrics + what the diff and message say; the public surface mirrors RiskModel's."""
+    """Metrics + what the diff and message say; the public surface mirrors RiskModel's.
+
+    Score (log-odds): `intercept_ + weights_[0] * metrics booster raw + weights_[1] * text score`, a
+    logistic regression over the two scores learned on the newest `blend_share` of the training rows,
+    where the booster was fitted on the older rows only and the text scores are time-ordered
+    out-of-fold; both models are then refitted on every training row. The blend is itself the calibrator
+    (Platt, 1999): the probability is the logistic of the score."""
 
     def __init__(self, features: list[str], config: CodeModelConfig | None = None, name: str = "risk-code"):
         self.features = list(features)
@@ -108,57 +156,123 @@ class CodeRiskModel:
         """Every column `predict_proba` reads: the metric features and the code columns."""
         return [*self.features, *CODE_COLUMNS]
 
-    def out_of_fold_scores(self, texts: list[str], y: np.ndarray) -> np.ndarray:
-        """Text scores of rows in time order, each from a text model fitted on older rows only (NaN for the
-        first block, which LightGBM treats as missing)."""
+    def out_of_fold_scores(
+        self, texts: list[str], y: np.ndarray, metrics: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Linear-model scores of rows in time order, each from a model fitted on older rows only (NaN for
+        the first block, and for blocks before both classes have been seen)."""
         scores = np.full(len(texts), np.nan)
         for fit_rows, score_rows in time_folds(len(texts), self.config.text_folds):
             if y[fit_rows].sum() == 0 or y[fit_rows].sum() == len(fit_rows):
                 continue  # one class only: no model to fit yet
             model = TextRiskModel(self.config.min_df, self.config.C).fit(
-                [texts[i] for i in fit_rows], y[fit_rows]
+                [texts[i] for i in fit_rows], y[fit_rows], None if metrics is None else metrics[fit_rows]
             )
-            scores[score_rows] = model.score([texts[i] for i in score_rows])
+            scores[score_rows] = model.score(
+                [texts[i] for i in score_rows], None if metrics is None else metrics[score_rows]
+            )
         return scores
 
     def fit(self, frame: pd.DataFrame, y: pd.Series | np.ndarray, times: pd.Series) -> CodeRiskModel:
+        from sklearn.linear_model import LogisticRegression
+
         order = np.argsort(pd.to_datetime(pd.Series(times)).to_numpy(), kind="stable")
         frame = frame.reset_index(drop=True).iloc[order].reset_index(drop=True)
         y = np.asarray(y, dtype=int)[order]
         times = pd.Series(times).reset_index(drop=True).iloc[order].reset_index(drop=True)
         texts = documents(frame)
-        oof = self.out_of_fold_scores(texts, y)
-        self.text_ = TextRiskModel(self.config.min_df, self.config.C).fit(texts, y)
-        self.risk_ = RiskModel([*self.features, CODE_RISK], self.config.metrics, name=self.name)
-        self.risk_.fit(frame[self.features].assign(**{CODE_RISK: oof}), y, times)
-        self.threshold_ = self.risk_.threshold_
-        self.reference_ = self.risk_.reference_
-        self.trained_rows_ = self.risk_.trained_rows_
+        metrics = self._metrics(frame)
+        oof = self.out_of_fold_scores(texts, y, metrics)
+        blend = np.arange(int(len(y) * (1 - self.config.blend_share)), len(y))
+        older = np.arange(blend[0])
+        early = RiskModel(self.features, self.config.metrics, name=self.name)
+        early.fit(frame.iloc[older], y[older], times.iloc[older])
+        pairs = np.column_stack([early.raw_score(frame.iloc[blend]), oof[blend]])
+        known = ~np.isnan(pairs[:, 1])
+        if y[blend][known].sum() < 5 or (1 - y[blend][known]).sum() < 5:
+            raise TooFewLabels(
+                f"{self.name}: {int(known.sum())} rows with out-of-fold scores in the blend slice hold "
+                f"{int(y[blend][known].sum())} positives; need 5 of each class"
+            )
+        # Nearly unregularised: two inputs and thousands of rows, the weights are what the data say.
+        blender = LogisticRegression(C=1e4).fit(pairs[known], y[blend][known])
+        self.weights_ = np.asarray(blender.coef_[0], dtype=float)
+        self.intercept_ = float(blender.intercept_[0])
+        blended = self.calibrated_probability(pairs[known] @ self.weights_ + self.intercept_)
+        self.threshold_ = best_f1_threshold(y[blend][known], blended)
+        self.reference_ = risk_reference(blended, y[blend][known])
+        self.text_ = TextRiskModel(self.config.min_df, self.config.C).fit(texts, y, metrics)
+        self.risk_ = RiskModel(self.features, self.config.metrics, name=self.name).fit(frame, y, times)
+        self.trained_rows_ = {**self.risk_.trained_rows_, "blend": int(known.sum())}
         return self
 
-    def code_risk(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.text_.score(documents(frame))
+    def _metrics(self, frame: pd.DataFrame) -> np.ndarray:
+        missing = [f for f in self.features if f not in frame.columns]
+        if missing:
+            raise BadTable(f"{self.name}: input lacks features {missing}")
+        return frame[self.features].to_numpy(dtype=float)
 
-    def design(self, frame: pd.DataFrame) -> pd.DataFrame:
-        return frame[self.features].astype(float).assign(**{CODE_RISK: self.code_risk(frame)})
+    def code_risk(self, frame: pd.DataFrame) -> np.ndarray:
+        """What the diff and message alone add to the linear model's log-odds (its tokens' share)."""
+        words, _ = self.text_.parts(documents(frame), self._metrics(frame))
+        return words
 
     def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.risk_.raw_score(self.design(frame))
+        """The blended log-odds; `calibrated_probability` turns it into the probability."""
+        return self._blend(
+            self.risk_.raw_score(frame), self.text_.score(documents(frame), self._metrics(frame))
+        )
+
+    def _blend(self, booster_raw: np.ndarray, text: np.ndarray) -> np.ndarray:
+        return self.intercept_ + self.weights_[0] * booster_raw + self.weights_[1] * text
+
+    def calibrated_probability(self, raw: np.ndarray) -> np.ndarray:
+        """The probability of a blended raw score (the logistic function: the blend is the calibrator)."""
+        return 1.0 / (1.0 + np.exp(-np.asarray(raw, dtype=float)))
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.risk_.predict_proba(self.design(frame))
+        return self.calibrated_probability(self.raw_score(frame))
 
-    def explain(self, frame: pd.DataFrame, top: int) -> Explanation:
-        """Feature drivers as RiskModel's, with the text score as the `code_risk` driver."""
-        return self.risk_.explain(self.design(frame), top)
+    def contribution_matrix(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(contributions in `feature_columns` order plus a last column, the bias; the tokens' shares).
+        Each model's contributions are scaled by its blend weight: a metric's column holds its booster
+        contribution plus its linear term, `code_risk` the tokens' share of the linear log-odds, the bias
+        both intercepts and the booster's bias. Every row sums to `raw_score`."""
+        w_booster, w_linear = self.weights_
+        matrix = self.risk_.contribution_matrix(frame) * w_booster
+        words, terms = self.text_.parts(documents(frame), self._metrics(frame))
+        matrix[:, : len(self.features)] += w_linear * terms
+        matrix[:, -1] += self.intercept_ + w_linear * self.text_.intercept_
+        code = (w_linear * words).reshape(-1, 1)
+        return np.hstack([matrix[:, :-1], code, matrix[:, -1:]]), words
 
     def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
-        out = self.risk_.contributions(self.design(frame).set_axis(frame.index))
-        return out
+        """Per-column contributions to the blended log-odds, `code_risk` (the diff and message) and
+        `bias`; rows sum to raw_score."""
+        matrix, _ = self.contribution_matrix(frame)
+        return pd.DataFrame(matrix, columns=[*self.feature_columns, "bias"], index=frame.index)
+
+    def explain(self, frame: pd.DataFrame, top: int) -> Explanation:
+        """The `top` drivers of each row's blended log-odds by absolute contribution, the `code_risk`
+        driver's value being the tokens' share of the linear log-odds; with every column, bias + Σ =
+        raw_score."""
+        matrix, text = self.contribution_matrix(frame)
+        bias, contributions = matrix[:, -1], matrix[:, :-1]
+        values = np.column_stack([self.risk_.matrix(frame), text])
+        columns = self.feature_columns
+        order = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, :top]
+        return Explanation(
+            bias=bias,
+            drivers=[
+                [(columns[j], float(values[i, j]), float(contributions[i, j])) for j in order[i]]
+                for i in range(len(values))
+            ],
+        )
 
     def explain_lines(self, frame: pd.DataFrame, top: int) -> list[list[LineDriver]]:
         """Per commit, the `top` added lines that push the text score up most, highest first (lines with
-        no positive contribution are left out)."""
+        no positive contribution are left out); scores are the text model's log-odds, before the blend
+        weight (which scales every line alike)."""
         out = []
         for text, added in zip(documents(frame), frame["added_lines"], strict=True):
             lines = [str(x) for x in (added if added is not None else [])]
@@ -167,6 +281,21 @@ class CodeRiskModel:
             out.append([LineDriver(int(i), lines[i], float(scores[i])) for i in ranked if scores[i] > 0])
         return out
 
+    def importance(self) -> pd.DataFrame:
+        """The booster's per-column importance (`gain`, `splits`), then the linear model's 20 tokens or
+        standardised metrics of largest absolute weight (`coefficient`); `blend_weight` is each model's
+        weight in the score."""
+        booster = self.risk_.importance().assign(model="metrics", blend_weight=self.weights_[0])
+        coef = self.text_.logistic_.coef_[0]
+        names = np.concatenate([self.text_.vectorizer_.get_feature_names_out(), self.features])
+        strongest = np.argsort(-np.abs(coef), kind="stable")[:20]
+        text = pd.DataFrame(
+            {"feature": names[strongest], "coefficient": coef[strongest], "model": "linear",
+             "blend_weight": self.weights_[1]}
+        )  # fmt: skip
+        return pd.concat([booster, text], ignore_index=True)
+
     @property
     def feature_columns(self) -> list[str]:
-        return self.risk_.feature_columns
+        """The booster's columns (features, then ratios) and `code_risk`."""
+        return [*self.risk_.feature_columns, CODE_RISK]

@@ -15,8 +15,8 @@ import pandas as pd
 
 from features.change_metrics import KAMEI_METRICS
 from features.code_tokens import diff_lines
-from features.errors import BadTable
-from models.code_model import CodeRiskModel
+from features.errors import BadConfig, BadTable
+from models.code_model import CodeModelConfig, CodeRiskModel
 from models.evaluation import classification_metrics
 from models.risk_model import RiskModel
 
@@ -61,14 +61,16 @@ def lightgbm_300(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
     return np.asarray(model.predict_proba(test[list(KAMEI_METRICS)]))[:, 1]
 
 
-def paired_bootstrap(y: np.ndarray, a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, float]:
+def paired_bootstrap(
+    y: np.ndarray, a: np.ndarray, b: np.ndarray, resamples: int = BOOTSTRAP, seed: int = 0
+) -> dict[str, float]:
     """AUC(a) - AUC(b) on the same rows, with a 95% percentile interval over resamples of the rows."""
     from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(seed)
     n = len(y)
     diffs = []
-    for _ in range(BOOTSTRAP):
+    for _ in range(resamples):
         i = rng.integers(0, n, n)
         if y[i].min() == y[i].max():
             continue
@@ -79,17 +81,24 @@ def paired_bootstrap(y: np.ndarray, a: np.ndarray, b: np.ndarray, seed: int = 0)
 
 
 def _evaluate(
-    split: str, train: pd.DataFrame, test: pd.DataFrame, jitline: pd.Series | None
+    split: str,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    jitline: pd.Series | None,
+    config: CodeModelConfig,
+    bootstrap: int,
 ) -> tuple[list[dict], dict[str, np.ndarray], dict[str, float]]:
     metrics = list(KAMEI_METRICS)
     scores: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    code = CodeRiskModel(metrics, name="jit-code").fit(train, train["bug"], train["committed_at"])
+    code = CodeRiskModel(metrics, config, name="jit-code").fit(train, train["bug"], train["committed_at"])
     seconds[AWO_CODE] = time.perf_counter() - started
     scores[AWO_CODE] = code.predict_proba(test)
     started = time.perf_counter()
-    plain = RiskModel(metrics, name="jit-metrics").fit(train, train["bug"], train["committed_at"])
+    plain = RiskModel(metrics, config.metrics, name="jit-metrics").fit(
+        train, train["bug"], train["committed_at"]
+    )
     seconds[AWO_METRICS] = time.perf_counter() - started
     scores[AWO_METRICS] = plain.predict_proba(test)
     started = time.perf_counter()
@@ -124,13 +133,22 @@ def _evaluate(
         )
     for name in scores:
         if name != AWO_CODE:
-            rows[0][f"vs {name}"] = paired_bootstrap(y, scores[AWO_CODE], scores[name])
+            rows[0][f"vs {name}"] = paired_bootstrap(y, scores[AWO_CODE], scores[name], bootstrap)
     return rows, scores, seconds
 
 
-def run_jit_code_benchmark(dataset: Path, out: Path | None = None) -> pd.DataFrame:
+def run_jit_code_benchmark(
+    dataset: Path,
+    out: Path | None = None,
+    bootstrap: int = BOOTSTRAP,
+    config: CodeModelConfig | None = None,
+) -> pd.DataFrame:
     """Rows per split ("published", "time-ordered 80/20") and model; the awo code model's row carries
-    `vs MODEL` paired-bootstrap intervals of its AUC difference to each other model."""
+    `vs MODEL` paired-bootstrap intervals (`bootstrap` resamples) of its AUC difference to each other
+    model. `config` sets the code model (its `metrics` part also sets the metrics-only model)."""
+    if bootstrap < 10:
+        raise BadConfig(f"bootstrap: {bootstrap} resamples; need at least 10 for a 95% interval")
+    config = config or CodeModelConfig()
     data = load_commits(dataset)
     if "repo" not in data.columns:
         data["repo"] = Path(dataset).name
@@ -142,9 +160,10 @@ def run_jit_code_benchmark(dataset: Path, out: Path | None = None) -> pd.DataFra
             raise BadTable(f"{Path(dataset) / JITLINE}: missing columns {missing}")
         jitline = published.set_index("sha")["prob"]
     train, test = data[data["split"] == "train"], data[data["split"] == "test"]
-    rows, _, _ = _evaluate("published", train, test, jitline)
+    rows, _, _ = _evaluate("published", train, test, jitline, config, bootstrap)
     n_train = int(len(data) * 0.8)
-    time_rows, _, _ = _evaluate("time-ordered 80/20", data.iloc[:n_train], data.iloc[n_train:], None)
+    later = data.iloc[n_train:]
+    time_rows, _, _ = _evaluate("time-ordered 80/20", data.iloc[:n_train], later, None, config, bootstrap)
     table = pd.DataFrame([*rows, *time_rows])
     if out is not None:
         Path(out).write_text(table.to_json(orient="records", indent=2))

@@ -1,9 +1,11 @@
-"""The code-reading change-risk model, its tokens and `awo benchmark jit-code`, on a slice of the public
-OpenStack JIT data (../shared/data/jit/openstack-jitline)."""
+"""The code-reading change-risk model, its tokens and `awo benchmark jit-code`, on samples of the public
+OpenStack JIT data (../shared/data/jit/openstack-jitline) spread over its whole history (its first commits
+have almost no bug-inducing ones)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import joblib
@@ -14,18 +16,30 @@ from typer.testing import CliRunner
 
 from features.change_metrics import KAMEI_METRICS
 from features.code_tokens import MAX_LINE_CHARS, MAX_LINES, commit_text, tokens
-from models.code_model import CodeModelConfig, CodeRiskModel, time_folds
-from models.jit_code_benchmark import load_commits
+from models.code_model import CODE_RISK, CodeModelConfig, CodeRiskModel, documents, time_folds
+from models.jit_code_benchmark import JITLINE, load_commits
+from models.risk_model import ModelConfig
 from pipelines.cli import app
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "jit" / "openstack-jitline"
 pytestmark = pytest.mark.skipif(not (DATA / "commits.parquet").is_file(), reason="public JIT data absent")
-FAST = CodeModelConfig(text_folds=3, metrics={"n_estimators": 200, "early_stopping_rounds": 30})
+FAST = CodeModelConfig(text_folds=3, metrics=ModelConfig(n_estimators=200, early_stopping_rounds=30))
+
+
+def sample(folder: Path, rows: int, jitline: bool = False) -> Path:
+    """A folder like DATA holding `rows` commits drawn at random from the whole history."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.read_parquet(DATA / "commits.parquet").sample(rows, random_state=0).to_parquet(
+        folder / "commits.parquet"
+    )
+    if jitline:
+        shutil.copy(DATA / JITLINE, folder / JITLINE)
+    return folder
 
 
 @pytest.fixture(scope="module")
-def commits() -> pd.DataFrame:
-    return load_commits(DATA).iloc[:1500].reset_index(drop=True)
+def commits(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    return load_commits(sample(tmp_path_factory.mktemp("jit"), 1500))
 
 
 @pytest.fixture(scope="module")
@@ -57,22 +71,59 @@ def test_out_of_fold_folds_only_fit_on_older_rows() -> None:
 
 def test_out_of_fold_scores_do_not_change_when_the_future_changes(commits: pd.DataFrame) -> None:
     model = CodeRiskModel(list(KAMEI_METRICS), FAST)
-    from models.code_model import documents
-
-    texts = documents(commits)
-    y = commits["bug"].to_numpy()
+    first = commits.iloc[:600]
+    texts, y, metrics = documents(first), first["bug"].to_numpy(), first[list(KAMEI_METRICS)].to_numpy(float)
     flipped = y.copy()
-    flipped[1000:] = 1 - flipped[1000:]  # rows 1000+ are the last fold: scored, never fitted on
-    before, after = model.out_of_fold_scores(texts, y), model.out_of_fold_scores(texts, flipped)
-    assert np.isnan(before[:500]).all()
-    np.testing.assert_array_equal(before[:1000], after[:1000])
+    flipped[400:] = 1 - flipped[400:]  # rows 400+ are the last of 3 folds: scored, never fitted on
+    before = model.out_of_fold_scores(texts, y, metrics)
+    after = model.out_of_fold_scores(texts, flipped, metrics)
+    assert np.isnan(before[:200]).all() and np.isfinite(before[200:]).all()
+    np.testing.assert_array_equal(before[:400], after[:400])
 
 
-def test_model_scores_and_explains_with_the_code_risk_driver(fitted: CodeRiskModel, commits) -> None:
-    p = fitted.predict_proba(commits.iloc[:50])
-    assert p.shape == (50,) and ((p >= 0) & (p <= 1)).all()
-    names = {name for row in fitted.explain(commits.iloc[:50], top=20).drivers for name, _, _ in row}
-    assert "code_risk" in names
+def test_score_blends_the_booster_and_the_text_model_with_the_learned_weights(
+    fitted: CodeRiskModel, commits
+) -> None:
+    rows = commits.iloc[:50]
+    expected = (
+        fitted.intercept_
+        + fitted.weights_[0] * fitted.risk_.raw_score(rows)
+        + fitted.weights_[1] * fitted.text_.score(documents(rows), rows[list(KAMEI_METRICS)].to_numpy(float))
+    )
+    np.testing.assert_allclose(fitted.raw_score(rows), expected, rtol=0, atol=1e-12)
+    assert fitted.weights_[1] > 0  # the linear model adds to the booster on this history
+    p = fitted.predict_proba(rows)
+    np.testing.assert_array_equal(p, fitted.calibrated_probability(fitted.raw_score(rows)))
+    assert ((p > 0) & (p < 1)).all()
+
+
+def test_explanations_sum_to_the_score_they_explain(fitted: CodeRiskModel, commits) -> None:
+    rows = commits.iloc[:30]
+    raw = fitted.raw_score(rows)
+    contributions = fitted.contributions(rows)
+    assert list(contributions.columns) == [*fitted.feature_columns, "bias"]
+    np.testing.assert_allclose(contributions.sum(axis=1).to_numpy(), raw, atol=1e-9)
+    explanation = fitted.explain(rows, top=len(fitted.feature_columns))
+    totals = [
+        bias + sum(c for _, _, c in row)
+        for bias, row in zip(explanation.bias, explanation.drivers, strict=True)
+    ]
+    np.testing.assert_allclose(totals, raw, atol=1e-9)
+    code = [v for row in explanation.drivers for name, v, _ in row if name == CODE_RISK]
+    words, _ = fitted.text_.parts(documents(rows), rows[list(KAMEI_METRICS)].to_numpy(float))
+    np.testing.assert_allclose(code, words, atol=1e-12)
+    np.testing.assert_allclose(contributions[CODE_RISK], fitted.weights_[1] * words, atol=1e-12)
+
+
+def test_importance_lists_the_booster_columns_and_the_strongest_linear_terms(fitted: CodeRiskModel) -> None:
+    table = fitted.importance()
+    booster, linear = table[table["model"] == "metrics"], table[table["model"] == "linear"]
+    assert set(booster["feature"]) == set(fitted.risk_.feature_columns) and booster["gain"].max() > 0
+    assert len(linear) == 20 and linear["coefficient"].abs().is_monotonic_decreasing
+    tokens_or_metrics = linear["feature"].str[:2].isin(["a:", "r:", "m:"]) | linear["feature"].isin(
+        KAMEI_METRICS
+    )
+    assert tokens_or_metrics.all() and linear["feature"].str[:2].isin(["a:", "r:", "m:"]).any()
 
 
 def test_explain_lines_ranks_the_line_with_the_riskiest_token_first(fitted: CodeRiskModel, commits) -> None:
@@ -109,13 +160,22 @@ def test_cli_names_the_missing_column(tmp_path: Path) -> None:
 
 
 def test_cli_out_writes_rows_with_the_documented_keys(tmp_path: Path) -> None:
-    frame = pd.read_parquet(DATA / "commits.parquet").iloc[:1500]
-    frame = frame.assign(split=np.where(np.arange(len(frame)) % 5 == 0, "test", "train"))
-    frame.to_parquet(tmp_path / "commits.parquet")
+    folder = sample(tmp_path / "data", 700, jitline=True)
     out = tmp_path / "rows.json"
-    result = CliRunner().invoke(app, ["benchmark", "jit-code", "--dataset", str(tmp_path), "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["benchmark", "jit-code", "--dataset", str(folder), "--out", str(out), "--bootstrap", "50"]
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
     assert {"project", "model", "auc", "f1", "precision", "recall", "train_seconds", "split"} <= set(rows[0])
     assert rows[0]["model"].startswith("awo") and "vs LightGBM 300 trees (14 metrics)" in rows[0]
+    assert "vs JITLine (published predictions)" in rows[0]  # the sample's test commits are in its file
+    test = rows[0]["vs JITLine (published predictions)"]
+    assert test["ci_low"] <= test["auc_diff"] <= test["ci_high"]
     assert {r["split"] for r in rows} == {"published", "time-ordered 80/20"}
+
+
+def test_cli_rejects_too_few_bootstrap_resamples(tmp_path: Path) -> None:
+    folder = sample(tmp_path, 200)
+    result = CliRunner().invoke(app, ["benchmark", "jit-code", "--dataset", str(folder), "--bootstrap", "3"])
+    assert result.exit_code != 0 and "bootstrap" in result.output

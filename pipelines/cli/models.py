@@ -189,6 +189,7 @@ def benchmark_jit_code(
         Path, typer.Option(help="folder with a commits.parquet in the openstack-jitline schema")
     ],
     out: Annotated[Path | None, typer.Option(help="write the rows as JSON here too")] = None,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples of each paired AUC difference")] = 2000,
 ) -> None:
     """The code-reading model on the published split and a time-ordered 80/20 split, beside metrics-only
     models and JITLine's published predictions, with paired bootstrap intervals of the AUC differences."""
@@ -196,7 +197,7 @@ def benchmark_jit_code(
 
     from models.jit_code_benchmark import run_jit_code_benchmark
 
-    table = run_jit_code_benchmark(dataset, out)
+    table = run_jit_code_benchmark(dataset, out, bootstrap=bootstrap)
     view = Table(title=f"JIT defect prediction with code, {dataset}")
     for column in (
         "split",
