@@ -21,7 +21,7 @@ import pandas as pd
 from features.errors import AwoError
 from features.history import ADDED_WHERE
 from features.settings import Settings
-from features.tables import DEPLOYMENTS_FILE, read_table
+from features.tables import CODE_COLUMNS, DEPLOYMENTS_FILE, read_table
 from models.evaluation import classification_metrics, reference
 from models.risk_model import ModelConfig, TooFewLabels
 from models.training import (
@@ -144,12 +144,13 @@ def train(
     data = training_data(kind, settings, data_dir, open_store(settings), maturity_days)
     fit_rows, test = held_out(data, gap_days)
     notes: list[str] = []
+    service = data.service
     model_kind = f"within-project ({data.source})"
     positives = int(fit_rows["label"].sum())
     try:
         if kind == "change-risk" and positives < settings.min_positive_labels:
             raise TooFewLabels(f"{positives} mature positive labels (< {settings.min_positive_labels})")
-        model = risk_model(data.features, config, name=kind).fit(fit_rows, fit_rows["label"], fit_rows["at"])
+        model, service = _within_project(data, fit_rows, config, notes)
     except TooFewLabels as exc:
         if kind != "change-risk":
             raise AwoError(f"cannot train {kind}: {exc}") from None
@@ -181,7 +182,7 @@ def train(
             {
                 **_flat(model.config.model_dump()),
                 "gap_days": gap_days,
-                "feature_service": data.service,
+                "feature_service": service,
                 "model_kind": model_kind,
                 **{f"rows_{k}": v for k, v in model.trained_rows_.items()},
                 "rows_test": len(test),
@@ -197,7 +198,7 @@ def train(
             directory = Path(tmp)
             save_evaluation_plots(test["label"], model.predict_proba(test), test["effort"], directory, kind)
             (directory / "features.json").write_text(
-                json.dumps({"feature_service": data.service, "features": model.features}, indent=2)
+                json.dumps({"feature_service": service, "features": model.features}, indent=2)
             )
             booster_model.importance().to_csv(directory / "importance.csv", index=False)
             if len(rolling):
@@ -206,7 +207,7 @@ def train(
         version = log_model(
             model,
             kind,
-            data.service,
+            service,
             test,
             {
                 "model_kind": model_kind,
@@ -226,6 +227,26 @@ def train(
         time.perf_counter() - started,
         notes,
     )
+
+
+def _within_project(
+    data: TrainingData, fit_rows: pd.DataFrame, config: ModelConfig | None, notes: list[str]
+) -> tuple[Any, str]:
+    """The within-project model and the feature service it reads: the code-reading model when the data
+    has the code, falling back to the metrics alone (change_risk_v1) when it has too few labels for the
+    code model's slices. Raises TooFewLabels when even the metrics model cannot be trained."""
+
+    def fit(features: list[str]):
+        return risk_model(features, config, name=data.kind).fit(fit_rows, fit_rows["label"], fit_rows["at"])
+
+    metrics = [f for f in data.features if f not in CODE_COLUMNS]
+    try:
+        return fit(data.features), data.service
+    except TooFewLabels as exc:
+        if metrics == data.features:
+            raise
+        notes.append(f"the code-reading model was not trained ({exc}): the metrics alone (change_risk_v1)")
+        return fit(metrics), "change_risk_v1"
 
 
 def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:

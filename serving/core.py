@@ -53,6 +53,16 @@ class Driver:
 
 
 @dataclass(frozen=True)
+class LineDriver:
+    """An added line that drives a code-reading model's risk: where it is (`path:line`, None when the
+    caller gave lines without places), its text and its share of the text model's log-odds."""
+
+    where: str | None
+    line: str
+    score: float
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     version: str
@@ -72,11 +82,14 @@ class CommitInput(Protocol):
 
 @dataclass(frozen=True)
 class CommitRef:
-    """The plain CommitInput, for in-process callers: exactly one of `sha` and `metrics`."""
+    """The plain CommitInput, for in-process callers: exactly one of `sha` and `metrics`; `code` (the
+    change_risk_v2 code columns: added_lines, removed_lines, message, added_where) beside metrics, for a
+    code-reading model."""
 
     repo: str
     sha: str | None = None
     metrics: Mapping[str, float] | None = None
+    code: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if problem := _sha_or_metrics(self):
@@ -105,6 +118,7 @@ class CommitScore:
     drivers: list[Driver]  # with every feature: base_value + Σ contribution = raw_score
     features: dict[str, float | None]  # the model's input, by feature name (None: missing)
     warnings: list[str] = field(default_factory=list)
+    lines: list[LineDriver] = field(default_factory=list)  # code-reading models: the riskiest added lines
 
 
 @dataclass
@@ -211,6 +225,41 @@ def _explained(
     return scored.raw, scored.probability, scored.contributions[:, -1], drivers
 
 
+def is_code_model(model: Any) -> bool:
+    """Whether `model` reads the code of a change (models.code_model.CodeRiskModel) besides its metrics."""
+    return hasattr(model, "explain_lines")
+
+
+def _explained_code(
+    model: Any, matrix: np.ndarray, codes: list[Mapping[str, Any] | None], top: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[Driver]], list[list[LineDriver]]]:
+    """`_explained` for a code-reading model, through its own methods on a frame of the metrics and the
+    code columns (a row without code is scored as an empty diff); plus each row's top added lines."""
+    frame = pd.DataFrame(matrix, columns=model.features)
+    frame["added_lines"] = [_strings(c, "added_lines") for c in codes]
+    frame["removed_lines"] = [_strings(c, "removed_lines") for c in codes]
+    frame["message"] = [str((c or {}).get("message") or "") for c in codes]
+    raw = np.asarray(model.raw_score(frame), dtype=float)
+    probability = np.asarray(model.predict_proba(frame), dtype=float)
+    explanation = model.explain(frame, top)
+    drivers = [
+        [Driver(feature, _finite(value), float(contribution)) for feature, value, contribution in row]
+        for row in explanation.drivers
+    ]
+    lines = []
+    for code, row in zip(codes, model.explain_lines(frame, top), strict=True):
+        where = _strings(code, "added_where")
+        lines.append(
+            [LineDriver(where[d.index] if d.index < len(where) else None, d.line, d.score) for d in row]
+        )
+    return raw, probability, np.asarray(explanation.bias, dtype=float), drivers, lines
+
+
+def _strings(code: Mapping[str, Any] | None, column: str) -> list[str]:
+    value = (code or {}).get(column)
+    return [] if value is None else [str(x) for x in value]
+
+
 def _plain(matrix: np.ndarray) -> list[list[float | None]]:
     """The rows of `matrix` as Python floats, None where a value is not finite (as `_finite`)."""
     cells = matrix.astype(object)
@@ -239,8 +288,10 @@ def score_commits(
         if problem := _sha_or_metrics(c):
             raise ValueError(f"commit {i} (of {c.repo}): {problem}")
     names = loaded.model.features
+    reads_code = is_code_model(loaded.model)
     results: list[CommitScore | CommitNotFound | None] = [None] * len(commits)
     rows: list[list[float]] = []
+    codes: list[Mapping[str, Any] | None] = []  # code columns of each row (code-reading models)
     positions: list[int] = []
     notes: list[list[str]] = []
     by_sha = [(i, c, c.sha) for i, c in enumerate(commits) if c.sha is not None]
@@ -256,6 +307,7 @@ def score_commits(
                 results[i] = CommitNotFound(repo=c.repo, sha=sha, message=message)
                 continue
             rows.append([np.nan if values.get(n) is None else values[n] for n in names])
+            codes.append(values if reads_code else None)
             positions.append(i)
             notes.append([])
     for i, c in enumerate(commits):
@@ -269,11 +321,22 @@ def score_commits(
         if missing:
             item.append(f"missing features scored as unknown: {len(missing)} of {len(names)}")
         rows.append([float(c.metrics.get(n, np.nan)) for n in names])
+        code = getattr(c, "code", None)
+        codes.append(code)
+        if reads_code and code is None:
+            item.append(
+                f"{loaded.feature_service} reads the code: scored without it (as an empty diff); "
+                "ask by sha, or score the change with `awo risk --base`"
+            )
         positions.append(i)
         notes.append(item)
     if rows:
         matrix = np.array(rows, dtype=float)
-        raw, probabilities, bias, drivers = _explained(loaded, matrix, top, scorer)
+        lines: list[list[LineDriver]] = [[] for _ in rows]
+        if reads_code:
+            raw, probabilities, bias, drivers, lines = _explained_code(loaded.model, matrix, codes, top)
+        else:
+            raw, probabilities, bias, drivers = _explained(loaded, matrix, top, scorer)
         inputs = _plain(matrix)
         store_notes = (
             staleness.warnings(store, settings, loaded.feature_service)
@@ -295,6 +358,7 @@ def score_commits(
                 drivers=drivers[k],
                 features=dict(zip(names, inputs[k], strict=True)),
                 warnings=notes[k] + (store_notes if c.sha else []),
+                lines=lines[k],
             )
     return [r for r in results if r is not None]
 
@@ -327,7 +391,15 @@ def score_unmined_change(
     unlabelled = [n for n in names if n in change.unknown]
     beyond = [n for n in names if n not in vector]
     metrics = {n: vector.get(n, math.nan) for n in names}
-    score = score_commits([CommitRef(repo=change.repo, metrics=metrics)], loaded, None, settings, top=top)
+    code = {
+        "added_lines": change.added_lines,
+        "removed_lines": change.removed_lines,
+        "message": change.message,
+        "added_where": change.added_where,
+    }
+    score = score_commits(
+        [CommitRef(repo=change.repo, metrics=metrics, code=code)], loaded, None, settings, top=top
+    )
     result = score[0]
     if not isinstance(result, CommitScore):  # a metrics query is always scored
         raise TypeError(f"unexpected result {result!r}")

@@ -13,6 +13,7 @@ from features.settings import Settings
 from models.registry import LoadedModel
 from serving.champions import Champions
 from serving.compiled import COMPILED_DIR, PlainScorer, Scorer, fast_scorer
+from serving.core import is_code_model
 from serving.predictions import PredictionLog
 from serving.scoring import Staleness
 from serving.telemetry import Telemetry
@@ -69,7 +70,7 @@ class State:
         key = (loaded.name, loaded.version)
         found = self._scorers.get(key)
         if found is None:
-            if self.fast_scoring:
+            if self.fast_scoring and not is_code_model(loaded.model):  # a code model scores itself
                 cache = self.settings.data_dir / COMPILED_DIR
                 found = fast_scorer(loaded.model, cache, f"{loaded.name}-{loaded.version}")
             else:

@@ -77,6 +77,12 @@ class Driver(BaseModel):
     contribution: float = Field(description="log-odds contribution to the raw score")
 
 
+class LineDriver(BaseModel):
+    where: str | None = Field(description="path:line of the added line in the new file (None: not known)")
+    line: str
+    score: float = Field(description="the line's share of the code model's log-odds (JITLine-style)")
+
+
 class ModelRef(BaseModel):
     name: str
     version: str
@@ -98,6 +104,10 @@ class CommitRisk(BaseModel):
     raw_score: float | None = Field(default=None, description="log-odds before calibration")
     base_value: float | None = Field(default=None, description="log-odds of an average commit (the bias)")
     drivers: list[Driver] = Field(default=[], description="with all drivers: base_value + Σ = raw_score")
+    lines: list[LineDriver] = Field(
+        default=[],
+        description="code-reading models (change_risk_v2): the added lines that raise the risk most",
+    )
     warnings: list[str] = []
     error: ItemError | None = None
 

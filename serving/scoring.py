@@ -25,6 +25,7 @@ from serving.schemas import (
     DeploymentRisk,
     Driver,
     ItemError,
+    LineDriver,
     ModelRef,
 )
 
@@ -58,6 +59,7 @@ def _commit_risk(result: CommitScore | CommitNotFound) -> CommitRisk:
         raw_score=result.raw_score,
         base_value=result.base_value,
         drivers=_drivers(result.drivers),
+        lines=[LineDriver(where=d.where, line=d.line, score=d.score) for d in result.lines],
         warnings=result.warnings,
     )
 
