@@ -32,19 +32,27 @@ def main() -> None:
     (RESULTS / "jit_code.json").write_text(
         json.dumps({"data": str(args.data), "seconds": time.perf_counter() - started, "rows": rows}, indent=2)
     )
-    lines = [f"JIT defect prediction with code on {args.data.name}"]
+    lines = render(rows, args.data.name)
+    (RESULTS / "jit_code.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def render(rows: list[dict], dataset: str) -> list[str]:
+    """The text report: one line per split and model, the awo code model's with its paired intervals."""
+    lines = [f"JIT defect prediction with code on {dataset}"]
     for row in rows:
         tests = "; ".join(
             f"{k[3:]} {v['auc_diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]"
             for k, v in row.items()
             if k.startswith("vs ") and isinstance(v, dict)
         )
+        seconds = row.get("train_seconds")
+        trained = f"train {seconds:.1f} s" if isinstance(seconds, float) else "train n/a"
         lines.append(
-            f"{row['split']:<20} {row['model']:<34} AUC {row['auc']:.3f}  F1 {row['f1']:.3f}  "
-            f"P {row['precision']:.3f}  R {row['recall']:.3f}  train {row['train_seconds']:.1f} s  {tests}"
+            f"{row['split']:<20} {row['model']:<34} AUC {row['auc']:.4f}  F1 {row['f1']:.3f}  "
+            f"P {row['precision']:.3f}  R {row['recall']:.3f}  {trained:<14} {tests}"
         )
-    (RESULTS / "jit_code.txt").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return lines
 
 
 if __name__ == "__main__":
