@@ -257,6 +257,59 @@ def _packed_plan(store: FeatureStore, service_name: str) -> tuple[list[str], lis
     return cached[key]
 
 
+COMMIT_KEYS = ("repo", "sha")  # the join keys of every view a packed service reads (entities repo, commit)
+
+
+def _read_online(store: FeatureStore, references: list[str], entity_rows: list[dict[str, Any]]) -> dict:
+    """Values of `references` ("view:field") per entity row, by field name, read through the store's own
+    online store (`Provider.online_read`, SQLite or Redis alike) with the entity keys serialized once:
+    Feast's `get_online_features` answers the same but spends most of a one-commit lookup preparing the
+    request and the response (0.33 of 0.58 ms in the API benchmark's floor). Rows that are not all and
+    only the commit keys take Feast's general path."""
+    if any(row.keys() != set(COMMIT_KEYS) for row in entity_rows):
+        return store.get_online_features(features=references, entity_rows=entity_rows).to_dict()
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+    from feast.type_map import feast_value_type_to_python_type
+
+    keys = [
+        EntityKey(
+            join_keys=list(COMMIT_KEYS), entity_values=[Value(string_val=str(row[k])) for k in COMMIT_KEYS]
+        )
+        for row in entity_rows
+    ]
+    fields_by_view: dict[str, list[str]] = {}
+    for reference in references:
+        view, _, name = reference.partition(":")
+        fields_by_view.setdefault(view, []).append(name)
+    provider = store._get_provider()
+    out: dict[str, list[Any]] = {}
+    for view_name, names in fields_by_view.items():
+        found = provider.online_read(
+            config=store.config,
+            table=_feature_view(store, view_name),
+            entity_keys=keys,
+            requested_features=names,
+        )
+        for name in names:
+            out[name] = [
+                None
+                if values is None or name not in values
+                else feast_value_type_to_python_type(values[name])
+                for _, values in found
+            ]
+    return out
+
+
+def _feature_view(store: FeatureStore, name: str):
+    """A feature view of the registry, looked up once per store."""
+    cached = _SERVICES.setdefault(store, {})
+    key = ("view", name)
+    if key not in cached:
+        cached[key] = store.get_feature_view(name)
+    return cached[key]
+
+
 @dataclass
 class OnlineResult:
     rows: list[dict[str, Any]]
@@ -277,7 +330,7 @@ def online_features(
     if service_name in PACKED:
         view, field_name = PACKED[service_name]
         references, unpacked = _packed_plan(store, service_name)
-        response = store.get_online_features(features=references, entity_rows=entity_rows).to_dict()
+        response = _read_online(store, references, entity_rows)
         vectors = response[field_name]
         if any(v is not None and len(v) != len(CHANGE_RISK_V1) for v in vectors):
             raise AwoError(

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import features.store as features_store
 from features.change_metrics import KAMEI_METRICS
 from features.history import commit_tables
 from features.settings import load_settings
@@ -252,3 +253,26 @@ def test_features_commands_print_what_they_did(small_world, tmp_path, monkeypatc
                                  "--out", str(tmp_path / "train.parquet")])  # fmt: skip
     assert result.exit_code == 0 and "25 rows x 44 features of change_risk_v1" in result.output
     assert len(pd.read_parquet(tmp_path / "train.parquet")) == 25
+
+
+def test_the_direct_online_read_answers_as_feasts_get_online_features(built):
+    """online_features reads through the online store's own `online_read` (keys serialized once); for v1
+    and v2, known and unknown commits, it answers exactly what Feast's general path answers."""
+    from features.store import _packed_plan
+
+    _, store, commits, _ = built
+    rows = [{"repo": "demo", "sha": s} for s in commits["sha"].tail(30)]
+    rows += [{"repo": "demo", "sha": "0" * 40}, {"repo": "elsewhere", "sha": commits["sha"].iloc[-1]}]
+    for service in ("change_risk_v1", "change_risk_v2"):
+        references, _ = _packed_plan(store, service)
+        direct = features_store._read_online(store, references, rows)
+        general = store.get_online_features(features=references, entity_rows=rows).to_dict()
+        for name in direct:  # a missing value inside a vector may be NaN or None: both mean "unknown"
+            assert [_unknown_as_none(v) for v in direct[name]] == [_unknown_as_none(v) for v in general[name]]
+        assert direct[references[0].split(":")[1]][-2:] == [None, None]  # unknown commits: nothing
+
+
+def _unknown_as_none(value):
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_unknown_as_none(v) for v in value]
+    return None if isinstance(value, float) and np.isnan(value) else value
