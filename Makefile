@@ -53,6 +53,7 @@ bench: install
 	$(PY) benchmarks/features.py
 	$(PY) benchmarks/api.py
 	$(VENV)/bin/awo benchmark jit --out benchmarks/results/jit.json
+	$(PY) benchmarks/jit_code.py
 	$(PY) benchmarks/szz.py
 	$(PY) benchmarks/gating.py
 	$(PY) benchmarks/test_allocation.py
