@@ -62,38 +62,45 @@ def is_meaningful(line: str) -> bool:
     return bool(stripped) and not stripped.startswith(_COMMENT_PREFIXES)
 
 
-def parse_removed_lines(fix_sha: str, patch: str) -> Iterator[RemovedLines]:
-    """Removed lines per old path of one commit's zero-context patch (submodule pointers left out)."""
+def _file_patches(patch: str) -> Iterator[tuple[str, list[str]]]:
+    """(old path, lines from its first hunk header on) of each file of one commit's zero-context patch;
+    new files and submodule pointers left out."""
     path: str | None = None
     in_header = False
     is_gitlink = False
-    old_line = 0
-    found: list[int] = []
-
-    def flush() -> Iterator[RemovedLines]:
-        if path is not None and found:
-            yield RemovedLines(fix_sha, path, tuple(found))
-
+    body: list[str] = []
     for text in patch.split("\n"):
         if text.startswith("diff --git "):
-            yield from flush()
-            path, found, in_header, is_gitlink = None, [], True, False
-        elif in_header and text.startswith(_OLD_MODE_LINES):
+            if path is not None:
+                yield path, body
+            path, body, in_header, is_gitlink = None, [], True, False
+        elif not in_header or text.startswith("@@"):
+            in_header = False
+            body.append(text)
+        elif text.startswith(_OLD_MODE_LINES):
             is_gitlink = is_gitlink or text.endswith(_GITLINK_MODE)
-        elif in_header and text.startswith("--- "):
+        elif text.startswith("--- "):
             old = text[4:]
             path = _old_path(old) if old != "/dev/null" and not is_gitlink else None
-        elif text.startswith("@@"):
-            in_header = False
-            match = _HUNK.match(text)
-            old_line = int(match.group(1)) if match else 0
-        elif in_header:
-            continue
-        elif text.startswith("-"):
-            if is_meaningful(text[1:]):
-                found.append(old_line)
-            old_line += 1
-    yield from flush()
+    if path is not None:
+        yield path, body
+
+
+def parse_removed_lines(fix_sha: str, patch: str) -> Iterator[RemovedLines]:
+    """Removed lines per old path of one commit's zero-context patch (submodule pointers left out)."""
+    for path, body in _file_patches(patch):
+        old_line = 0
+        found: list[int] = []
+        for text in body:
+            if text.startswith("@@"):
+                match = _HUNK.match(text)
+                old_line = int(match.group(1)) if match else 0
+            elif text.startswith("-"):
+                if is_meaningful(text[1:]):
+                    found.append(old_line)
+                old_line += 1
+        if found:
+            yield RemovedLines(fix_sha, path, tuple(found))
 
 
 def parse_insertion_points(fix_sha: str, patch: str) -> Iterator[RemovedLines]:
@@ -133,33 +140,19 @@ class Region:
 def parse_regions(fix_sha: str, patch: str) -> Iterator[Region]:
     """The old-side region of every hunk of one commit's zero-context patch (submodule pointers and new
     files left out)."""
-    path: str | None = None
-    in_header = False
-    is_gitlink = False
-    hunk: list = []  # [start, end, meaningful] of the open hunk
-
-    def flush() -> Iterator[Region]:
-        if path is not None and hunk:
+    for path, body in _file_patches(patch):
+        hunk: list = []  # [start, end, meaningful] of the open hunk
+        for text in body:
+            if text.startswith("@@"):
+                if hunk:
+                    yield Region(fix_sha, path, hunk[0], hunk[1], hunk[2])
+                match = _HUNK.match(text)
+                start, count = (int(match.group(1)), int(match.group(2) or 1)) if match else (0, 0)
+                hunk = [start, start + 1, False] if count == 0 else [start, start + count - 1, False]
+            elif hunk and text.startswith(("-", "+")):
+                hunk[2] = hunk[2] or is_meaningful(text[1:])
+        if hunk:
             yield Region(fix_sha, path, hunk[0], hunk[1], hunk[2])
-
-    for text in patch.split("\n"):
-        if text.startswith("diff --git "):
-            yield from flush()
-            path, hunk, in_header, is_gitlink = None, [], True, False
-        elif in_header and text.startswith(_OLD_MODE_LINES):
-            is_gitlink = is_gitlink or text.endswith(_GITLINK_MODE)
-        elif in_header and text.startswith("--- "):
-            old = text[4:]
-            path = _old_path(old) if old != "/dev/null" and not is_gitlink else None
-        elif text.startswith("@@"):
-            yield from flush()
-            in_header = False
-            match = _HUNK.match(text)
-            start, count = (int(match.group(1)), int(match.group(2) or 1)) if match else (0, 0)
-            hunk = [start, start + 1, False] if count == 0 else [start, start + count - 1, False]
-        elif not in_header and hunk and text.startswith(("-", "+")):
-            hunk[2] = hunk[2] or is_meaningful(text[1:])
-    yield from flush()
 
 
 def widen(start: int, end: int, length: int, context: int = _CONTEXT) -> tuple[int, int] | None:
