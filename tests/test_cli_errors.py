@@ -119,7 +119,9 @@ def test_features_list_shows_services_with_their_features_and_the_views(applied_
     assert any(
         ln.startswith("  commit_change (keys repo, sha; 25 features, source not built yet)") for ln in lines
     )
-    assert lines[-1].startswith("2 feature services, 7 feature views, ")
+    code = next(ln for ln in lines if ln.startswith("  change_risk_v2 ("))
+    assert "added_lines, removed_lines, message" in code  # v1's features, then the code of the diff
+    assert lines[-1].startswith("3 feature services, 8 feature views, ")
 
 
 def test_features_list_before_apply_says_what_to_run(tmp_path, monkeypatch):
