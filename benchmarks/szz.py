@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from features.mining.gitlog import Repository  # noqa: E402
-from features.mining.szz import DEFAULT_STRATEGIES, fix_inducing  # noqa: E402
+from features.mining.szz import DEFAULT_STRATEGIES, fix_inducing, topological_seq  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "szz"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -53,17 +53,6 @@ def clone(data: Path, fix: dict, into: Path) -> Path:
     return target
 
 
-def point_in_time_order(path: Path, fix_sha: str) -> dict[str, int]:
-    """The ancestors of the fix in topological order (oldest first), as the miner's `seq`."""
-    shas = subprocess.run(
-        ["git", "-C", str(path), "rev-list", "--topo-order", "--reverse", fix_sha],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    return {sha: i for i, sha in enumerate(shas)}
-
-
 def pydriller_szz(path: Path, fix_sha: str) -> list[str]:
     from pydriller import Git
 
@@ -89,7 +78,7 @@ def committer_dates(path: Path, shas: set[str]) -> dict[str, datetime]:
 
 def run_fix(data: Path, fix: dict, into: Path) -> dict:
     path = clone(data, fix, into)
-    seq = point_in_time_order(path, fix["fix_commit"])
+    seq = topological_seq(Repository(path), fix["fix_commit"])
     repository = Repository(path)
     predicted: dict[str, list[str]] = {}
     seconds: dict[str, float] = {}

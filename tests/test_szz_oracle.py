@@ -16,6 +16,7 @@ from features.mining.szz import (
     only_moves,
     parse_insertion_points,
     parse_regions,
+    topological_seq,
     widen,
 )
 from tests.conftest import DAY, T0
@@ -33,16 +34,6 @@ KNOWN = [
 NEEDS_FALLBACK = {"jantman/versionfinder", "fau-fablab/kastenwesen"}
 
 
-def _order(path: Path, sha: str) -> dict[str, int]:
-    shas = subprocess.run(
-        ["git", "-C", str(path), "rev-list", "--topo-order", "--reverse", sha],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    return {s: i for i, s in enumerate(shas)}
-
-
 @pytest.mark.skipif(not (ORACLE / "oracle.json").exists(), reason=f"the SZZ oracle is not at {ORACLE}")
 @pytest.mark.parametrize(("repo", "fix_prefix"), KNOWN)
 def test_szz_finds_the_commit_the_developers_named(repo, fix_prefix, tmp_path):
@@ -51,15 +42,11 @@ def test_szz_finds_the_commit_the_developers_named(repo, fix_prefix, tmp_path):
     path = tmp_path / "clone"
     bundle = ORACLE / "repos" / fix["bundle"]
     subprocess.run(["git", "clone", "-q", "-b", fix["branch"], str(bundle), str(path)], check=True)
-    seq = _order(path, fix["fix_commit"])
+    seq = topological_seq(Repository(path), fix["fix_commit"])
     found = fix_inducing(Repository(path), fix["fix_commit"], seq, DEFAULT_STRATEGIES)
     assert found == fix["bug_inducing_commits"]
     without_fallback = fix_inducing(Repository(path), fix["fix_commit"], seq, ("r-szz",))
     assert (without_fallback == []) == (repo in NEEDS_FALLBACK)
-
-
-def _seq(repo_path: Path, head: str) -> dict[str, int]:
-    return _order(repo_path, head)
 
 
 def test_fix_that_changes_only_a_test_blames_the_commit_that_wrote_the_test_line(tiny_repo):
@@ -70,7 +57,7 @@ def test_fix_that_changes_only_a_test_blames_the_commit_that_wrote_the_test_line
     culprit = tiny_repo.commit("Check more totals", at=T0 + DAY)
     tiny_repo.write("tests/test_cart.py", "def test_total():\n    assert total(1, 2) == 3\n")
     fix = tiny_repo.commit("Fix broken test", at=T0 + 2 * DAY)
-    seq = _seq(tiny_repo.path, fix)
+    seq = topological_seq(Repository(tiny_repo.path), fix)
     assert fix_inducing(Repository(tiny_repo.path), fix, seq, DEFAULT_STRATEGIES) == [culprit]
     assert fix_inducing(Repository(tiny_repo.path), fix, seq, ("r-szz",)) == []
 
@@ -82,7 +69,7 @@ def test_space_added_inside_a_string_blames_the_commit_that_wrote_the_string(tin
     culprit = tiny_repo.commit("Remove containers on exit", at=T0 + DAY)
     tiny_repo.write("run.py", 'CMD = "docker run" \\\n    " --rm"\n')
     fix = tiny_repo.commit("Fix missing space", at=T0 + 2 * DAY)
-    seq = _seq(tiny_repo.path, fix)
+    seq = topological_seq(Repository(tiny_repo.path), fix)
     assert fix_inducing(Repository(tiny_repo.path), fix, seq, DEFAULT_STRATEGIES) == [culprit]
     assert fix_inducing(Repository(tiny_repo.path), fix, seq, ("r-szz",)) == []
 
@@ -98,7 +85,7 @@ def test_fix_with_a_source_candidate_does_not_blame_its_test_changes(tiny_repo):
     tiny_repo.write("shop/cart.py", "def total(a, b):\n    return a + b\n")
     tiny_repo.write("tests/test_cart.py", "def test_total():\n    assert total(1, 2) == 3\n")
     fix = tiny_repo.commit("Fix total", at=T0 + 3 * DAY)
-    seq = _seq(tiny_repo.path, fix)
+    seq = topological_seq(Repository(tiny_repo.path), fix)
     assert fix_inducing(Repository(tiny_repo.path), fix, seq, DEFAULT_STRATEGIES) == [culprit]
 
 
@@ -107,7 +94,7 @@ def test_reindented_fix_still_blames_nothing(tiny_repo):
     tiny_repo.commit("Add cart", at=T0)
     tiny_repo.write("shop/cart.py", "def total(a, b):\n        return a + b\n")
     fix = tiny_repo.commit("Fix indentation", at=T0 + DAY)
-    seq = _seq(tiny_repo.path, fix)
+    seq = topological_seq(Repository(tiny_repo.path), fix)
     assert fix_inducing(Repository(tiny_repo.path), fix, seq, DEFAULT_STRATEGIES) == []
 
 
@@ -147,7 +134,7 @@ def test_line_history_blames_the_commit_that_changed_the_code_around_the_fixed_l
         "import os\n\ndef run(cmd):\n    log(cmd)\n    cmd = wrap(cmd)\n    return call(cmd, shell=False)\n",
     )
     fix = tiny_repo.commit("Fix call", at=T0 + 2 * DAY)
-    seq = _seq(tiny_repo.path, fix)
+    seq = topological_seq(Repository(tiny_repo.path), fix)
     repository = Repository(tiny_repo.path)
     assert fix_inducing(repository, fix, seq, ("fallback", "line-history")) == [culprit]
     assert fix_inducing(repository, fix, seq, DEFAULT_STRATEGIES) != [culprit]  # blame: "Add run"

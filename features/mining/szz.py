@@ -338,6 +338,13 @@ def _git(repository: Repository, *args: str) -> str:
     return done.stdout
 
 
+def topological_seq(repository: Repository, head: str) -> dict[str, int]:
+    """The ancestors of `head` in topological order, oldest first, as positions: a `seq` for
+    `fix_inducing` on a repository that is not mined (the oracle's bundles, a test's repository)."""
+    shas = _git(repository, "rev-list", "--topo-order", "--reverse", head).split()
+    return {sha: i for i, sha in enumerate(shas)}
+
+
 def _blame_removed_lines(
     repository: Repository,
     shas: list[str],
