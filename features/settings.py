@@ -223,6 +223,10 @@ class AgentSettings(BaseModel):
     llm_samples: int = Field(
         default=1, ge=1, le=9, description="self-consistency: LLM samples that must agree"
     )
+    config_root: Path = Field(
+        default=Path("config"),
+        description="per-environment configuration: <config_root>/<environment>/<service>.yaml|json|env",
+    )
 
 
 class Settings(DataSettings, ModelSettings, ServingSettings, AgentSettings, BaseSettings):
