@@ -27,7 +27,7 @@ lint: install
 
 # Real services the tests start: installed from Debian when missing and we may (root with apt);
 # otherwise the tests that need them skip with the reason.
-DEBIAN_SERVICES := redis-server:redis-server prometheus:prometheus hey:hey
+DEBIAN_SERVICES := redis-server:redis-server prometheus:prometheus hey:hey chromium:chromium
 services:
 	@for pair in $(DEBIAN_SERVICES); do \
 	  bin=$${pair%%:*}; pkg=$${pair##*:}; \
