@@ -14,8 +14,10 @@ from agents.assemble import ChangeRef, RiskScorer, scorer_for
 from agents.audit import AuditLog
 from agents.decision import Decision
 from agents.engine import OverrideRefused, audit_log, decide_change, explain_text, override, policy_of
+from agents.pages import pages_router
 from agents.policy import Policy
 from agents.vocabulary import Gate
+from agents.webhooks import WebhookHandler, webhook_receiver
 from features.errors import AwoError, BadConfig
 from features.settings import ApiToken, Settings, load_settings
 from serving.admission import AdmittedRoute, caller
@@ -160,16 +162,25 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def create_agent_app(settings: Settings | None = None) -> FastAPI:
+def create_agent_app(
+    settings: Settings | None = None, webhook_handler: WebhookHandler | None = None
+) -> FastAPI:
+    """The service; with a `webhook_handler` and a host's webhook secret also POST /webhooks/<host>, whose
+    queue's worker runs for the app's lifespan (agents.webhooks)."""
     settings = settings or load_settings()
+    webhooks = webhook_receiver(settings, webhook_handler)
     app = FastAPI(
         title="awo agents service",
         version="1",
         description="Decisions for changes: gate, test plan and rollout plan, explained and audited.",
+        lifespan=webhooks.lifespan if webhooks else None,
     )
     app.state.awo = AgentState(settings)
     install_error_handlers(app)
     app.include_router(health)
     app.include_router(router)
+    app.include_router(pages_router())  # /ui: the decisions page for people in the loop
+    if webhooks:
+        app.include_router(webhooks.router)
     check_admitted(app)
     return app

@@ -62,7 +62,14 @@ class ApiToken(BaseModel):
     name: str = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     scopes: list[
-        Literal["risk:read", "models:reload", "decisions:read", "decisions:write", "decisions:override"]
+        Literal[
+            "risk:read",
+            "models:reload",
+            "decisions:read",
+            "decisions:write",
+            "decisions:override",
+            "decisions:approve",  # the decisions page's approve and override forms (agents.pages)
+        ]
     ] = Field(min_length=1)
 
 
@@ -229,7 +236,43 @@ class AgentSettings(BaseModel):
     )
 
 
-class Settings(DataSettings, ModelSettings, ServingSettings, AgentSettings, BaseSettings):
+class HostSettings(BaseModel):
+    """Git hosts: the webhook secrets (a host without one has no webhook route) and the REST APIs that the
+    decision goes back to as a commit status."""
+
+    github_webhook_secret: SecretStr | None = Field(
+        default=None, description="GitHub webhook secret (X-Hub-Signature-256); none: no /webhooks/github"
+    )
+    gitlab_webhook_token: SecretStr | None = Field(
+        default=None, description="GitLab webhook secret token (X-Gitlab-Token); none: no /webhooks/gitlab"
+    )
+    bitbucket_webhook_secret: SecretStr | None = Field(
+        default=None, description="Bitbucket Cloud webhook secret (X-Hub-Signature); none: no route"
+    )
+    github_api_url: str = Field(
+        default="https://api.github.com", description="GitHub REST API (Enterprise: https://HOST/api/v3)"
+    )
+    github_token: SecretStr | None = Field(default=None, description="GitHub token with commit status write")
+    gitlab_api_url: str = Field(
+        default="https://gitlab.com/api/v4", description="GitLab REST API (self-managed: https://HOST/api/v4)"
+    )
+    gitlab_token: SecretStr | None = Field(default=None, description="GitLab token with the api scope")
+    bitbucket_api_url: str = Field(
+        default="https://api.bitbucket.org", description="Bitbucket Cloud REST API"
+    )
+    bitbucket_token: SecretStr | None = Field(
+        default=None, description="Bitbucket repository access token (repository:write)"
+    )
+    webhook_attempts: int = Field(
+        default=3, ge=1, le=20, description="a webhook job that fails this many times is given up (recorded)"
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8100",
+        description="where users reach the agents service: commit statuses link to the decision there",
+    )
+
+
+class Settings(DataSettings, ModelSettings, ServingSettings, AgentSettings, HostSettings, BaseSettings):
     """Everything configurable. Environment: `AWO_<NAME>`; file: the YAML named by `AWO_CONFIG`."""
 
     model_config = SettingsConfigDict(env_prefix="AWO_", extra="forbid")

@@ -241,18 +241,33 @@ def agent_serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8100,
 ) -> None:
-    """Start the agents service (decisions, explanations, overrides, audit check) with uvicorn."""
+    """Start the agents service (decisions, explanations, overrides, audit check, and the git hosts' webhooks
+    for those with a secret) with uvicorn."""
     import uvicorn
 
     from agents.service import create_agent_app
+    from agents.webhooks import configured_hosts
 
     settings = load_settings()
     if not settings.api_tokens:
         err_console.print(
             styled("warning:", "yellow", " no API tokens configured: every call will get 401 (`awo token`)")
         )
+    hosts = configured_hosts(settings)
+    handler = None
+    if hosts:
+        from pipelines.webhook_job import webhook_handler
+
+        handler = webhook_handler(settings)
+        console.print(
+            f"webhooks: {', '.join(f'/webhooks/{h}' for h in hosts)} for {len(settings.repositories)} "
+            f"repositories; queue {settings.data_dir / 'webhooks.db'}",
+            highlight=False,
+        )
     console.print(f"agents service on http://{host}:{port}", highlight=False)
-    uvicorn.run(create_agent_app(settings), host=host, port=port, log_level="warning")
+    uvicorn.run(
+        create_agent_app(settings, webhook_handler=handler), host=host, port=port, log_level="warning"
+    )
 
 
 @app.command()
