@@ -14,6 +14,7 @@ from agents.assemble import ChangeRef, RiskScorer, scorer_for
 from agents.audit import AuditLog
 from agents.decision import Decision
 from agents.engine import OverrideRefused, audit_log, decide_change, explain_text, override, policy_of
+from agents.pages import pages_router
 from agents.policy import Policy
 from agents.vocabulary import Gate
 from agents.webhooks import WebhookHandler, webhook_receiver
@@ -178,6 +179,7 @@ def create_agent_app(
     install_error_handlers(app)
     app.include_router(health)
     app.include_router(router)
+    app.include_router(pages_router())  # /ui: the decisions page for people in the loop
     if webhooks:
         app.include_router(webhooks.router)
     check_admitted(app)

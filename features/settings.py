@@ -62,7 +62,14 @@ class ApiToken(BaseModel):
     name: str = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     scopes: list[
-        Literal["risk:read", "models:reload", "decisions:read", "decisions:write", "decisions:override"]
+        Literal[
+            "risk:read",
+            "models:reload",
+            "decisions:read",
+            "decisions:write",
+            "decisions:override",
+            "decisions:approve",  # the decisions page's approve and override forms (agents.pages)
+        ]
     ] = Field(min_length=1)
 
 
