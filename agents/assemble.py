@@ -1,7 +1,7 @@
 """The edge where a change's context is gathered: its commits and files (mined tables, or git for a range
 not mined yet), its risk (the scoring core in process, or the risk API over HTTP), the test history, the
-service map and production's state. Failures to reach a scorer are recorded, not raised: `decide` then
-applies the policy's `on_error` gate (fail closed)."""
+service map, production's state and the change's Terraform plan. Failures to reach a scorer are recorded,
+not raised: `decide` then applies the policy's `on_error` gate (fail closed); a bad plan file is an error."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pandas as pd
 
 from agents.context import ChangeContext, ChangedFile, Risk, RiskDriver
 from agents.policy import Policy
+from agents.terraform import TerraformPlan, is_plan_file, parse_plan_text, read_plan
 from features.classify import ServiceMap
 from features.errors import AwoError
 from features.settings import Settings
@@ -315,6 +316,30 @@ def _test_history(runs_key: tuple[str, int, int], files_key: tuple[str, int, int
     return TestHistory.from_runs(runs, files_by_sha)
 
 
+def terraform_plan_of(
+    ref: ChangeRef, change: MeasuredChange, policy: Policy, given: Path | None
+) -> TerraformPlan | None:
+    """The plan given on the command line, else the plan files the change commits (by the policy's
+    `terraform.plan_files` names), read as of its newest commit; several are read as one plan."""
+    if given is not None:
+        return read_plan(given)
+    from features.mining.gitlog import Repository
+
+    names = [p for p, _, _ in change.files if is_plan_file(p, policy.terraform.plan_files)]
+    plans = []
+    for name in sorted(names):
+        text = Repository(ref.repo_path).file_at(change.shas[0], name)
+        if text is not None:  # None: the change deletes it
+            plans.append(parse_plan_text(text, f"{change.shas[0][:12]}:{name}"))
+    if not plans:
+        return None
+    return TerraformPlan(
+        source=", ".join(p.source for p in plans),
+        format_version=plans[0].format_version,
+        changes=[c for p in plans for c in p.changes],
+    )
+
+
 def assemble(
     ref: ChangeRef,
     settings: Settings,
@@ -325,12 +350,14 @@ def assemble(
     environment: str = "production",
     scorer: RiskScorer | None = None,
     topology: Topology | None = None,
+    terraform_plan: Path | None = None,
 ) -> ChangeContext:
     from agents.environment import MetricsUnavailable, read_metrics_file, read_prometheus, service_states
 
     at = as_utc(now).to_pydatetime()
     topology = topology if topology is not None else load_topology(settings.service_map)
     change = measure(ref, settings, at)
+    terraform = terraform_plan_of(ref, change, policy, terraform_plan)
     risk, risk_error = assess(change, ref, scorer or scorer_for(settings))
     service_map = ServiceMap(topology.path_rules())
     files = [ChangedFile.of(p, service_map.service_of(p), la, ld) for p, la, ld in change.files]
@@ -375,5 +402,6 @@ def assemble(
         topology=topology,
         service_states=states,
         warnings=warnings,
+        terraform=terraform,
         now=at,
     )

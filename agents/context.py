@@ -1,5 +1,6 @@
-"""What a decision is made from: the change (commits, files, risk), its services and their state, the test
-history, and the time. Plain data, assembled at the edges (agents/assemble.py) and read by `decide`."""
+"""What a decision is made from: the change (commits, files, risk, Terraform plan), its services and their
+state, the test history, and the time. Plain data, assembled at the edges (agents/assemble.py), read by
+`decide`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from agents.terraform import TerraformPlan
 from agents.vocabulary import FileKindName
 from features.classify import file_kind
 from features.topology import Topology
@@ -162,6 +164,10 @@ class ChangeContext(BaseModel):
     topology: Topology = Field(default_factory=Topology)
     service_states: dict[str, ServiceState] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list, description="inputs that could not be read")
+    terraform: TerraformPlan | None = Field(
+        default=None,
+        description="the change's Terraform plan (`--terraform-plan`, or a plan file it commits)",
+    )
     now: datetime
 
     @field_validator("now")

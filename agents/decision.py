@@ -14,6 +14,7 @@ from agents.context import ChangeContext
 from agents.gating import RiskSignal, band_of
 from agents.policy import Policy, Rule
 from agents.rollout import RolloutPlan, plan_rollout
+from agents.terraform import stateful_changes
 from agents.test_plan import TestPlan, plan_tests
 from agents.vocabulary import BANDS, Band, Gate, gate_level, tighter
 from features.topology import CRITICALITY_LEVEL
@@ -22,7 +23,9 @@ EXIT_CODES: dict[Gate, int] = {"fast_track": 0, "standard": 0, "senior_review": 
 
 
 class Reason(BaseModel):
-    kind: Literal["band", "driver", "rule", "environment", "schedule", "error", "llm", "override"]
+    kind: Literal[
+        "band", "driver", "rule", "environment", "infrastructure", "schedule", "error", "llm", "override"
+    ]
     code: str = Field(description="stable identifier: the rule name, the feature, the guardrail")
     message: str
 
@@ -172,6 +175,22 @@ def decide(context: ChangeContext, policy: Policy) -> Decision:
                     code="error_budget_spent",
                     message=f"{service} has spent its error budget ({state.error_budget_left:.0%} left): "
                     f"at least {env.budget_exhausted_gate}",
+                )
+            )
+
+    plan = context.terraform
+    if plan is not None:
+        reasons.append(Reason(kind="infrastructure", code="terraform-plan", message=plan.summary()))
+        lost = stateful_changes(plan, policy.terraform.stateful_types)
+        if lost:
+            gate = tighter(gate, policy.terraform.stateful_gate)
+            reasons.append(
+                Reason(
+                    kind="infrastructure",
+                    code="terraform-stateful",
+                    message="the plan destroys or replaces stateful resources "
+                    + ", ".join(f"{c.address} ({c.action})" for c in lost)
+                    + f": at least {policy.terraform.stateful_gate}",
                 )
             )
 

@@ -304,6 +304,109 @@ class Monitoring(_Strict):
     )
 
 
+def _stateful_types() -> list[str]:
+    return [
+        "aws_db_instance",
+        "aws_rds_*",
+        "aws_dynamodb_table",
+        "aws_elasticache_*",
+        "aws_ebs_volume",
+        "aws_efs_file_system",
+        "aws_s3_bucket",
+        "google_sql_database*",
+        "google_bigtable_instance",
+        "google_spanner_*",
+        "google_compute_disk",
+        "google_storage_bucket",
+        "azurerm_*_database",
+        "azurerm_*_server",
+        "azurerm_managed_disk",
+        "azurerm_storage_account",
+        "kubernetes_persistent_volume*",
+    ]
+
+
+class TerraformPolicy(_Strict):
+    """Terraform plans (`terraform show -json`): where a change carries one, and which resources hold data
+    whose destroy or replacement needs a person."""
+
+    plan_files: list[str] = Field(
+        default_factory=lambda: ["*.tfplan.json", "terraform-plan.json"],
+        description="file-name globs of a plan committed in the change (when --terraform-plan is not given)",
+    )
+    stateful_types: list[str] = Field(
+        default_factory=_stateful_types, description="resource type globs that hold data"
+    )
+    stateful_gate: Gate = Field(
+        default="senior_review",
+        description="at least this gate when a stateful resource is destroyed or replaced",
+    )
+    review_resource: str = Field(default="infra-review", min_length=1, description="who reviews the plan")
+
+
+class AnsiblePolicy(_Strict):
+    """Ansible: which changed files are playbooks and roles, and the check-mode run they get."""
+
+    paths: list[str] = Field(
+        default_factory=lambda: [
+            "playbooks/*",
+            "roles/*",
+            "ansible/*",
+            "*.playbook.yml",
+            "*.playbook.yaml",
+            "site.yml",
+        ],
+        description="globs of playbook and role files (fnmatch: `*` crosses folders)",
+    )
+    site_playbook: str = Field(
+        default="site.yml", min_length=1, description="the playbook checked when a role or vars file changes"
+    )
+    inventory: str | None = Field(default=None, description="`-i` of the check run (none: ansible's default)")
+    connection: str | None = Field(default=None, description="`-c` of the check run (`local` for localhost)")
+    resource: str = Field(default="ansible-runner", min_length=1)
+
+
+def _must_equal() -> list[str]:
+    return [
+        "*timeout*",
+        "*retries",
+        "*retry*",
+        "feature_flags.*",
+        "features.*",
+        "*schema_version",
+        "*api_version",
+    ]
+
+
+def _may_differ() -> list[str]:
+    return ["*host", "*hosts", "*url", "*endpoint", "*replicas", "*pool.size", "log_level", "*.log_level"]
+
+
+def _reference_values() -> list[str]:
+    return ["${*}", "$(*)", "{{*}}", "vault:*", "ref+*", "secretRef:*", "arn:aws:secretsmanager:*", "sm://*"]
+
+
+class ConfigRules(_Strict):
+    """`awo config diff|check`: which keys must be equal in every environment, which may differ, which may be
+    missing, and what is not a plain-text secret. Globs over flattened keys (`db.pool.size`)."""
+
+    must_equal: list[str] = Field(default_factory=_must_equal, description="keys whose values must match")
+    may_differ: list[str] = Field(
+        default_factory=_may_differ, description="keys allowed to differ (wins over must_equal)"
+    )
+    may_be_missing: list[str] = Field(default_factory=list, description="keys an environment may leave out")
+    reference_values: list[str] = Field(
+        default_factory=_reference_values, description="values that point at a secret store: never secrets"
+    )
+    reference_keys: list[str] = Field(
+        default_factory=lambda: ["secretRef", "secretKeyRef", "valueFrom", "existingSecret"],
+        description="a key part that makes the value a reference (`password.secretRef`)",
+    )
+    not_secret_keys: list[str] = Field(
+        default_factory=list, description="keys whose values are never reported as secrets (checksums, ids)"
+    )
+
+
 class Policy(_Strict):
     version: Annotated[str, Field(min_length=1, max_length=64, description="recorded with every decision")]
     risk_bands: RiskBands = Field(default_factory=RiskBands)
@@ -319,6 +422,9 @@ class Policy(_Strict):
     top_drivers: int = Field(default=3, ge=0, le=20, description="risk drivers quoted in the reasons")
     repair: RepairPolicy = Field(default_factory=RepairPolicy)
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    terraform: TerraformPolicy = Field(default_factory=TerraformPolicy)
+    ansible: AnsiblePolicy = Field(default_factory=AnsiblePolicy)
+    config: ConfigRules = Field(default_factory=ConfigRules)
 
     @field_validator("rollout")
     @classmethod

@@ -1,15 +1,19 @@
 """What a change is tested with: the suites its files, band and the policy's rules call for, where they run,
 and, from the test history, which tests in which order within the band's time budget, with flaky tests
-retried and reported rather than blocking."""
+retried and reported rather than blocking; and the infrastructure checks (Terraform plan review, Ansible
+check mode) its files call for."""
 
 from __future__ import annotations
 
 import fnmatch
+from pathlib import PurePosixPath
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from agents.context import ChangeContext
-from agents.policy import Policy
+from agents.policy import AnsiblePolicy, Policy
+from agents.terraform import stateful_changes
 from agents.vocabulary import Band
 
 
@@ -33,8 +37,22 @@ class PlannedTest(BaseModel):
     reasons: list[str] = Field(default_factory=list)
 
 
+class PlannedCheck(BaseModel):
+    """A check beside the test suites: a person reviewing a Terraform plan, or a command a runner executes."""
+
+    name: str = Field(examples=["plan-review", "ansible-check:playbooks/web.yml"])
+    kind: Literal["plan-review", "ansible-check"]
+    resource: str
+    command: list[str] = Field(default_factory=list, description="argv to run (empty: a person does it)")
+    blocking: bool = Field(description="the change waits for it")
+    why: list[str]
+
+
 class TestPlan(BaseModel):
     suites: list[PlannedSuite]
+    checks: list[PlannedCheck] = Field(
+        default_factory=list, description="infrastructure checks: Terraform plan review, Ansible check mode"
+    )
     tests: list[PlannedTest]
     budget_s: float
     planned_s: float = Field(
@@ -80,12 +98,95 @@ def scheduled_suites(
     return sorted(chosen.values(), key=lambda s: (policy.suites[s.name].cost_s, s.name))
 
 
+# Folders of a role or of inventory variables: a YAML file under one is not a playbook of its own.
+_NOT_PLAYBOOK_PARTS = frozenset(
+    {
+        "roles",
+        "group_vars",
+        "host_vars",
+        "vars",
+        "defaults",
+        "tasks",
+        "handlers",
+        "templates",
+        "files",
+        "meta",
+    }
+)
+
+
+def ansible_playbooks(paths: list[str], ansible: AnsiblePolicy) -> list[str]:
+    """The playbooks a change's files call to be checked: each changed playbook itself, and the site playbook
+    for a change to a role, to variables or to anything else under the Ansible paths (a role runs only
+    through a playbook that uses it, and the site playbook is the one that uses them all)."""
+    playbooks: list[str] = []
+    site = False
+    for path in paths:
+        if not any(fnmatch.fnmatchcase(path, p) for p in ansible.paths):
+            continue
+        pure = PurePosixPath(path)
+        if pure.suffix in (".yml", ".yaml") and not _NOT_PLAYBOOK_PARTS & set(pure.parts[:-1]):
+            playbooks.append(path)
+        else:
+            site = True
+    if site and ansible.site_playbook not in playbooks:
+        playbooks.append(ansible.site_playbook)
+    return sorted(set(playbooks))
+
+
+def ansible_command(playbook: str, ansible: AnsiblePolicy) -> list[str]:
+    command = ["ansible-playbook", "--check", "--diff"]
+    if ansible.inventory is not None:
+        command += ["-i", ansible.inventory]
+    if ansible.connection is not None:
+        command += ["-c", ansible.connection]
+    return [*command, playbook]
+
+
+def planned_checks(context: ChangeContext, policy: Policy) -> list[PlannedCheck]:
+    """A `plan-review` of the change's Terraform plan when it changes anything (blocking when it destroys or
+    replaces a stateful resource), and an `ansible-playbook --check --diff` per playbook to check."""
+    checks: list[PlannedCheck] = []
+    plan = context.terraform
+    if plan is not None and plan.changes:
+        lost = stateful_changes(plan, policy.terraform.stateful_types)
+        why = [plan.summary()]
+        if lost:
+            why.append(
+                "stateful resources destroyed or replaced: "
+                + ", ".join(f"{c.address} ({c.action})" for c in lost)
+            )
+        checks.append(
+            PlannedCheck(
+                name="plan-review",
+                kind="plan-review",
+                resource=policy.terraform.review_resource,
+                blocking=bool(lost),
+                why=why,
+            )
+        )
+    changed = {f.path for f in context.files}
+    for playbook in ansible_playbooks(sorted(changed), policy.ansible):
+        checks.append(
+            PlannedCheck(
+                name=f"ansible-check:{playbook}",
+                kind="ansible-check",
+                resource=policy.ansible.resource,
+                command=ansible_command(playbook, policy.ansible),
+                blocking=True,
+                why=["changed playbook" if playbook in changed else "changed roles or variables"],
+            )
+        )
+    return checks
+
+
 def plan_tests(
     context: ChangeContext, band: Band, policy: Policy, rule_suites: dict[str, list[str]]
 ) -> TestPlan:
     from agents.test_allocation import rank_tests, select_within_budget
 
     suites = scheduled_suites(context, band, policy, rule_suites)
+    checks = planned_checks(context, policy)
     names = [s.name for s in suites]
     mandatory = {s.name for s in suites if s.mandatory}
     budget = policy.tests.budget_s[band]
@@ -94,6 +195,7 @@ def plan_tests(
         planned = sum(policy.suites[n].cost_s for n in names)
         return TestPlan(
             suites=suites,
+            checks=checks,
             tests=[],
             budget_s=budget,
             planned_s=planned,
@@ -134,6 +236,7 @@ def plan_tests(
     unknown = [n for n in names if n not in {s for _, s in in_suites}]  # scheduled, no history yet
     return TestPlan(
         suites=suites,
+        checks=checks,
         tests=tests,
         budget_s=budget,
         planned_s=sum(t.duration_s for t in tests) + sum(policy.suites[n].cost_s for n in unknown),

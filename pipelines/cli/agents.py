@@ -84,19 +84,54 @@ def decide(
     as_json: Annotated[
         bool, typer.Option("--json", help="print the decision as JSON (docs/schemas)")
     ] = False,
+    terraform_plan: Annotated[
+        Path | None,
+        typer.Option(
+            "--terraform-plan",
+            help="the change's plan as `terraform show -json` writes it (default: a *.tfplan.json or "
+            "terraform-plan.json the change commits)",
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Decide how a change is gated, tested and shipped. Exit 0: proceed; 3: senior review; 4: block."""
-    from agents.assemble import ChangeRef
-    from agents.engine import decide_change, policy_of
+    from agents.assemble import ChangeRef, assemble
+    from agents.decision import decide as decide_context
+    from agents.engine import audit_log, decide_change, policy_of, record
+    from agents.terraform import read_plan
 
     settings = load_settings()
     rules = policy_of(settings, policy)
     ref = ChangeRef(repo_path=repo, repo="", sha=sha, base=base, head=head)  # checks the options first
+    if terraform_plan is not None:
+        read_plan(terraform_plan)  # a bad plan file fails before any mining
     repo_name = _ensure_mined(repo, name, settings)
     ref = ChangeRef(repo_path=repo, repo=repo_name, sha=sha, base=base, head=head)
-    recorded = decide_change(
-        ref, settings, rules, services=service, environment=environment, now=now, reviewer=_reviewer(settings)
-    )
+    if terraform_plan is None:
+        recorded = decide_change(
+            ref,
+            settings,
+            rules,
+            services=service,
+            environment=environment,
+            now=now,
+            reviewer=_reviewer(settings),
+        )
+    else:  # decide_change's steps, with the plan given to the context
+        context = assemble(
+            ref,
+            settings,
+            rules,
+            now=now,
+            services=service,
+            environment=environment,
+            terraform_plan=terraform_plan,
+        )
+        decision = decide_context(context, rules)
+        reviewer = _reviewer(settings)
+        if reviewer is not None:
+            decision = reviewer.review(decision, context, rules)
+        recorded = record(decision, context, audit_log(settings))
     if as_json:
         body = recorded.decision.model_dump(mode="json")
         body["audit_head"] = recorded.audit_head
@@ -129,6 +164,13 @@ def print_decision(recorded: Recorded) -> None:
         f"{plan.skipped_over_budget} left out",
         highlight=False,
     )
+    for check in plan.checks:
+        command = f" `{' '.join(check.command)}`" if check.command else ""
+        console.print(
+            f"  check {check.name}@{check.resource}{' (blocking)' if check.blocking else ''}{command}: "
+            f"{'; '.join(check.why)}",
+            highlight=False,
+        )
     for t in plan.tests[:5]:
         flaky = f", flaky {t.flake_rate:.0%} → {t.retries} retries, not blocking" if not t.blocking else ""
         console.print(
