@@ -1,6 +1,6 @@
-"""Tokens of a commit's diff and message for the code-reading change-risk model (JITLine, Pornprasit &
-Tantithamthavorn, MSR 2021: a bag of the code tokens of added and removed lines). Pure functions: the
-same caps and tokens serve training, mining and the API."""
+"""Tokens of a commit's diff, changed paths and message for the code-reading change-risk model (JITLine,
+Pornprasit & Tantithamthavorn, MSR 2021: a bag of the code tokens of added and removed lines). Pure
+functions: the same caps and tokens serve training, mining and the API."""
 
 from __future__ import annotations
 
@@ -18,13 +18,20 @@ MAX_LINES = DIFF_MAX_LINES
 MAX_LINE_CHARS = DIFF_MAX_CHARS
 
 __all__ = [
-    "CODE_COLUMNS", "MAX_LINES", "MAX_LINE_CHARS", "capped", "commit_text", "diff_lines", "line_tokens",
-    "message_tokens", "subtokens", "tokens",
+    "ADDED_WHERE", "CHANGED_PATHS", "CODE_COLUMNS", "MAX_LINES", "MAX_LINE_CHARS", "capped", "changed_paths",
+    "commit_text", "diff_lines", "diff_paths", "line_tokens", "message_tokens", "path_tokens", "subtokens",
+    "tokens", "where_paths",
 ]  # fmt: skip
 
+# Where a frame carries a commit's changed paths (list[str] per row): `changed_paths`, every changed file
+# (the public JIT data's `files[*].path`, delete-only files included), else the mined table's and the
+# change_risk_v2 service's `added_where` ("path:line" per added line: files with added lines only).
+CHANGED_PATHS = "changed_paths"
+ADDED_WHERE = "added_where"
+
 # Prefixes keep the vocabularies of added lines, removed lines and the message apart in one bag of words:
-# `return` added and `return` removed say different things.
-ADDED, REMOVED, MESSAGE = "a:", "r:", "m:"
+# `return` added and `return` removed say different things; `p:` words are those of the changed paths.
+ADDED, REMOVED, MESSAGE, PATH = "a:", "r:", "m:", "p:"
 
 _STRING = re.compile(r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
 _TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+(?:\.\d+)?|==|!=|<=|>=|\*\*|//|->|[^\sA-Za-z0-9_]")
@@ -83,12 +90,32 @@ def message_tokens(message: str) -> list[str]:
     return [t for t in tokens(_CHANGE_ID.sub("", message or "")) if t[0].isalnum() or t[0] == "<"]
 
 
-def commit_text(added_lines: Sequence[str], removed_lines: Sequence[str], message: str) -> str:
-    """One commit as a space-separated bag of prefixed tokens (`a:…`, `r:…`, `m:…`), the document the text
-    vectoriser reads with a whitespace token pattern; the line caps are applied here."""
+def path_tokens(paths: Iterable[str]) -> list[str]:
+    """Words of a commit's changed paths, each distinct path once: its directory and file names, their
+    camelCase/snake_case words and the extension (`nova/compute/rpcApi.py` → nova, compute, rpcapi, rpc,
+    api, py). Which component a change touches is a known defect predictor (Kamei 2013's subsystems)."""
+    return [
+        t
+        for path in dict.fromkeys(str(p) for p in paths)
+        for t in tokens(path)
+        if t[0].isalnum() or t[0] == "<"
+    ]
+
+
+def where_paths(added_where: Iterable[str]) -> list[str]:
+    """The distinct paths of "path:line" entries (`added_where`), in first-seen order."""
+    return list(dict.fromkeys(str(w).rpartition(":")[0] for w in added_where))
+
+
+def commit_text(
+    added_lines: Sequence[str], removed_lines: Sequence[str], message: str, paths: Iterable[str] = ()
+) -> str:
+    """One commit as a space-separated bag of prefixed tokens (`a:…`, `r:…`, `m:…`, `p:…`), the document
+    the text vectoriser reads with a whitespace token pattern; the line caps are applied here."""
     words = [ADDED + t for line in capped(added_lines) for t in tokens(line)]
     words += [REMOVED + t for line in capped(removed_lines) for t in tokens(line)]
     words += [MESSAGE + t for t in message_tokens(message)]
+    words += [PATH + t for t in path_tokens(paths)]
     return " ".join(words)
 
 
@@ -106,3 +133,20 @@ def diff_lines(files: Iterable[Mapping]) -> tuple[list[str], list[str]]:
         added.extend(str(x) for x in entry["added"])
         removed.extend(str(x) for x in entry["removed"])
     return added, removed
+
+
+def diff_paths(files: Iterable[Mapping]) -> list[str]:
+    """Every changed path of a commit from per-file `{path, added, removed}` records (delete-only and
+    binary files included)."""
+    return [str(entry["path"]) for entry in files]
+
+
+def changed_paths(changed: Iterable[str] | None, added_where: Iterable[str] | None) -> list[str]:
+    """A commit's changed paths from one row's `changed_paths` (every file) when it has them, else from
+    its `added_where` (files with added lines); none from neither (a row without paths is scored on its
+    lines and message alone). A missing cell (None or a float NaN) counts as absent."""
+    if changed is not None and not isinstance(changed, float):
+        return [str(p) for p in changed]
+    if added_where is not None and not isinstance(added_where, float):
+        return where_paths(added_where)
+    return []

@@ -11,7 +11,14 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from features.code_tokens import CODE_COLUMNS, commit_text, line_tokens
+from features.code_tokens import (
+    ADDED_WHERE,
+    CHANGED_PATHS,
+    CODE_COLUMNS,
+    changed_paths,
+    commit_text,
+    line_tokens,
+)
 from features.errors import BadTable
 from models.evaluation import best_f1_threshold, risk_reference
 from models.risk_model import Explanation, ModelConfig, RiskModel, TooFewLabels
@@ -28,6 +35,9 @@ class CodeModelConfig(BaseModel):
     C: float = Field(default=1.0, gt=0, description="inverse L2 strength of the text logistic regression")
     blend_share: float = Field(
         default=0.2, gt=0, lt=0.5, description="newest training rows the blend weights are learned on"
+    )
+    path_tokens: bool = Field(
+        default=True, description="read the words of the changed paths (`changed_paths` or `added_where`)"
     )
 
 
@@ -48,14 +58,28 @@ def time_folds(n: int, folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.arange(0, edges[k]), np.arange(edges[k], edges[k + 1])) for k in range(1, folds)]
 
 
-def documents(frame: pd.DataFrame) -> list[str]:
-    """Each row's `commit_text` from its code columns (None reads as no lines / an empty message)."""
+def path_column(frame: pd.DataFrame) -> str | None:
+    """The column a frame's changed paths are read from: `changed_paths` (every changed file), else
+    `added_where` (files with added lines), else None."""
+    return next((c for c in (CHANGED_PATHS, ADDED_WHERE) if c in frame.columns), None)
+
+
+def documents(frame: pd.DataFrame, paths: bool = True) -> list[str]:
+    """Each row's `commit_text` from its code columns (None reads as no lines / an empty message) and,
+    with `paths`, the words of its changed paths (none when the frame has no path column)."""
     missing = [c for c in CODE_COLUMNS if c not in frame.columns]
     if missing:
         raise BadTable(f"input lacks code columns {missing}")
+    none = [None] * len(frame)
+    changed = frame[CHANGED_PATHS] if paths and CHANGED_PATHS in frame.columns else none
+    where = frame[ADDED_WHERE] if paths and ADDED_WHERE in frame.columns else none
     return [
-        commit_text(list(a) if a is not None else [], list(r) if r is not None else [], m or "")
-        for a, r, m in zip(frame["added_lines"], frame["removed_lines"], frame["message"], strict=True)
+        commit_text(
+            list(a) if a is not None else [], list(r) if r is not None else [], m or "", changed_paths(c, w)
+        )
+        for a, r, m, c, w in zip(
+            frame["added_lines"], frame["removed_lines"], frame["message"], changed, where, strict=True
+        )
     ]
 
 
@@ -153,8 +177,15 @@ class CodeRiskModel:
 
     @property
     def input_columns(self) -> list[str]:
-        """Every column `predict_proba` reads: the metric features and the code columns."""
-        return [*self.features, *CODE_COLUMNS]
+        """Every column `predict_proba` reads: the metric features, the code columns and, when the
+        training frame had one, its path column (a frame without it is scored without path words)."""
+        paths = getattr(self, "path_column_", None)
+        return [*self.features, *CODE_COLUMNS, *([paths] if paths else [])]
+
+    def documents(self, frame: pd.DataFrame) -> list[str]:
+        """The text model's documents of `frame` to score: with path words when the model was trained on
+        them (`documents`)."""
+        return documents(frame, getattr(self, "path_column_", None) is not None)
 
     def out_of_fold_scores(
         self, texts: list[str], y: np.ndarray, metrics: np.ndarray | None = None
@@ -180,7 +211,8 @@ class CodeRiskModel:
         frame = frame.reset_index(drop=True).iloc[order].reset_index(drop=True)
         y = np.asarray(y, dtype=int)[order]
         times = pd.Series(times).reset_index(drop=True).iloc[order].reset_index(drop=True)
-        texts = documents(frame)
+        self.path_column_ = path_column(frame) if self.config.path_tokens else None
+        texts = self.documents(frame)
         metrics = self._metrics(frame)
         oof = self.out_of_fold_scores(texts, y, metrics)
         blend = np.arange(int(len(y) * (1 - self.config.blend_share)), len(y))
@@ -214,13 +246,13 @@ class CodeRiskModel:
 
     def code_risk(self, frame: pd.DataFrame) -> np.ndarray:
         """What the diff and message alone add to the linear model's log-odds (its tokens' share)."""
-        words, _ = self.text_.parts(documents(frame), self._metrics(frame))
+        words, _ = self.text_.parts(self.documents(frame), self._metrics(frame))
         return words
 
     def raw_score(self, frame: pd.DataFrame) -> np.ndarray:
         """The blended log-odds; `calibrated_probability` turns it into the probability."""
         return self._blend(
-            self.risk_.raw_score(frame), self.text_.score(documents(frame), self._metrics(frame))
+            self.risk_.raw_score(frame), self.text_.score(self.documents(frame), self._metrics(frame))
         )
 
     def _blend(self, booster_raw: np.ndarray, text: np.ndarray) -> np.ndarray:
@@ -240,7 +272,7 @@ class CodeRiskModel:
         both intercepts and the booster's bias. Every row sums to `raw_score`."""
         w_booster, w_linear = self.weights_
         matrix = self.risk_.contribution_matrix(frame) * w_booster
-        words, terms = self.text_.parts(documents(frame), self._metrics(frame))
+        words, terms = self.text_.parts(self.documents(frame), self._metrics(frame))
         matrix[:, : len(self.features)] += w_linear * terms
         matrix[:, -1] += self.intercept_ + w_linear * self.text_.intercept_
         code = (w_linear * words).reshape(-1, 1)
@@ -274,7 +306,7 @@ class CodeRiskModel:
         no positive contribution are left out); scores are the text model's log-odds, before the blend
         weight (which scales every line alike)."""
         out = []
-        for text, added in zip(documents(frame), frame["added_lines"], strict=True):
+        for text, added in zip(self.documents(frame), frame["added_lines"], strict=True):
             lines = [str(x) for x in (added if added is not None else [])]
             scores = self.text_.line_scores(text, lines)
             ranked = np.argsort(-scores, kind="stable")[:top]

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from features.change_metrics import KAMEI_METRICS
-from features.code_tokens import diff_lines
+from features.code_tokens import CHANGED_PATHS, diff_lines, diff_paths
 from features.errors import BadConfig, BadTable
 from models.code_model import CodeModelConfig, CodeRiskModel
 from models.evaluation import classification_metrics
@@ -31,8 +31,8 @@ BOOTSTRAP = 2000
 
 
 def load_commits(dataset: Path) -> pd.DataFrame:
-    """The folder's commits in time order with `added_lines`/`removed_lines` lists; a clear error names
-    the file and what is missing or wrong."""
+    """The folder's commits in time order with `added_lines`/`removed_lines` lists and `changed_paths`
+    (every file's path); a clear error names the file and what is missing or wrong."""
     path = Path(dataset) / COMMITS
     if not path.is_file():
         raise BadTable(f"{path}: no such file (expected a folder with {COMMITS})")
@@ -47,6 +47,7 @@ def load_commits(dataset: Path) -> pd.DataFrame:
     lines = [diff_lines(files) for files in frame["files"]]
     frame["added_lines"] = [a for a, _ in lines]
     frame["removed_lines"] = [r for _, r in lines]
+    frame[CHANGED_PATHS] = [diff_paths(files) for files in frame["files"]]
     frame[list(KAMEI_METRICS)] = frame[list(KAMEI_METRICS)].astype(float)
     frame["bug"] = frame["bug"].astype(int)
     frame["committed_at"] = pd.to_datetime(frame["committed_at"], utc=True)

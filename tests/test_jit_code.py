@@ -15,7 +15,15 @@ import pytest
 from typer.testing import CliRunner
 
 from features.change_metrics import KAMEI_METRICS
-from features.code_tokens import MAX_LINE_CHARS, MAX_LINES, commit_text, tokens
+from features.code_tokens import (
+    CHANGED_PATHS,
+    MAX_LINE_CHARS,
+    MAX_LINES,
+    changed_paths,
+    commit_text,
+    path_tokens,
+    tokens,
+)
 from models.code_model import CODE_RISK, CodeModelConfig, CodeRiskModel, documents, time_folds
 from models.jit_code_benchmark import JITLINE, load_commits
 from models.risk_model import ModelConfig
@@ -59,6 +67,44 @@ def test_commit_text_prefixes_vocabularies_and_caps_lines() -> None:
     assert text.split() == ["a:x", "a:=", "a:<num>", "r:x", "r:=", "r:<num>", "m:fix", "m:x"]
     long = commit_text(["y" * 1000] * (MAX_LINES + 5), [], "")
     assert long.split() == ["a:" + "y" * MAX_LINE_CHARS] * MAX_LINES
+
+
+def test_path_tokens_are_the_words_of_each_distinct_path_once() -> None:
+    paths = ["nova/compute/rpcApi.py", "nova/compute/rpcApi.py", "etc/nova.conf"]
+    assert path_tokens(paths) == ["nova", "compute", "rpcapi", "rpc", "api", "py", "etc", "nova", "conf"]
+    text = commit_text(["x = 1"], [], "", paths=["nova/api.py"])
+    assert text.split() == ["a:x", "a:=", "a:<num>", "p:nova", "p:api", "p:py"]
+
+
+def test_changed_paths_prefer_every_file_then_the_paths_of_added_lines() -> None:
+    assert changed_paths(["a/b.py", "gone.txt"], ["a/b.py:3"]) == ["a/b.py", "gone.txt"]
+    assert changed_paths(None, ["x/y.py:1", "x/y.py:2", "z.cfg:9", "odd:name.py:4"]) == [
+        "x/y.py", "z.cfg", "odd:name.py",
+    ]  # fmt: skip
+    assert changed_paths(None, None) == [] and changed_paths(float("nan"), None) == []
+
+
+def test_load_commits_keeps_the_paths_of_delete_only_files(commits: pd.DataFrame) -> None:
+    removed_only = [
+        (paths, str(f["path"]))
+        for files, paths in zip(commits["files"], commits[CHANGED_PATHS], strict=True)
+        for f in files
+        if len(f["added"]) == 0 and len(f["removed"]) > 0
+    ]
+    assert removed_only  # the sample holds such files
+    assert all(path in paths for paths, path in removed_only)
+    assert (commits[CHANGED_PATHS].map(len) == commits["files"].map(len)).all()
+
+
+def test_documents_read_the_same_path_words_from_both_input_shapes(commits: pd.DataFrame) -> None:
+    rows = commits.iloc[:40]
+    as_mined = rows.drop(columns=[CHANGED_PATHS]).assign(
+        added_where=[[f"{p}:1" for p in paths] for paths in rows[CHANGED_PATHS]]
+    )
+    from_files, from_where = documents(rows), documents(as_mined)
+    assert from_files == from_where and all(" p:" in d for d in from_files)
+    bare = documents(rows.drop(columns=[CHANGED_PATHS]))
+    assert not any(" p:" in d for d in bare) and bare == documents(rows, paths=False)
 
 
 def test_out_of_fold_folds_only_fit_on_older_rows() -> None:
@@ -120,10 +166,9 @@ def test_importance_lists_the_booster_columns_and_the_strongest_linear_terms(fit
     booster, linear = table[table["model"] == "metrics"], table[table["model"] == "linear"]
     assert set(booster["feature"]) == set(fitted.risk_.feature_columns) and booster["gain"].max() > 0
     assert len(linear) == 20 and linear["coefficient"].abs().is_monotonic_decreasing
-    tokens_or_metrics = linear["feature"].str[:2].isin(["a:", "r:", "m:"]) | linear["feature"].isin(
-        KAMEI_METRICS
-    )
-    assert tokens_or_metrics.all() and linear["feature"].str[:2].isin(["a:", "r:", "m:"]).any()
+    families = ["a:", "r:", "m:", "p:"]
+    tokens_or_metrics = linear["feature"].str[:2].isin(families) | linear["feature"].isin(KAMEI_METRICS)
+    assert tokens_or_metrics.all() and linear["feature"].str[:2].isin(families).any()
 
 
 def test_explain_lines_ranks_the_line_with_the_riskiest_token_first(fitted: CodeRiskModel, commits) -> None:
@@ -140,6 +185,23 @@ def test_explain_lines_ranks_the_line_with_the_riskiest_token_first(fitted: Code
     [drivers] = fitted.explain_lines(row, top=3)
     assert drivers[0].index == 1 and drivers[0].line == riskiest[2:] and drivers[0].score > 0
     assert all(d.score > 0 for d in drivers)
+
+
+def test_a_model_trained_on_paths_reads_them_in_either_shape_and_scores_a_frame_without_them(
+    fitted: CodeRiskModel, commits
+) -> None:
+    rows = commits.iloc[:200]
+    assert fitted.input_columns[-1] == CHANGED_PATHS
+    assert any(t.startswith("p:") for t in fitted.text_.vectorizer_.vocabulary_)
+    as_served = rows.drop(columns=[CHANGED_PATHS]).assign(
+        added_where=[[f"{p}:7" for p in paths] for paths in rows[CHANGED_PATHS]]
+    )
+    np.testing.assert_array_equal(fitted.predict_proba(as_served), fitted.predict_proba(rows))
+    without = fitted.predict_proba(rows.drop(columns=[CHANGED_PATHS]))
+    no_paths = fitted.predict_proba(rows.assign(**{CHANGED_PATHS: [[] for _ in range(len(rows))]}))
+    assert np.isfinite(without).all() and ((without > 0) & (without < 1)).all()
+    np.testing.assert_array_equal(without, no_paths)
+    assert (np.abs(without - fitted.predict_proba(rows)) > 1e-6).mean() > 0.5  # the paths move scores
 
 
 def test_joblib_round_trip_gives_identical_probabilities(fitted: CodeRiskModel, commits, tmp_path) -> None:
