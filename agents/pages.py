@@ -398,7 +398,8 @@ def decision_html(history: DecisionHistory, csrf: str, may_act: bool, message: s
         )
         parts.append(
             f'<h2>Act</h2><form class="act" id="approve" method="post" action="{target}/approve">'
-            f"{csrf_field(csrf)}<p>Approve: accept the {gate_badge(gate)} review as done.</p>"
+            f"{csrf_field(csrf)}<p>Approve: you reviewed the change and accept its gate "
+            f"{gate_badge(gate)}.</p>"
             '<label>Reason<textarea name="reason" required maxlength="2000"></textarea></label>'
             "<p><button>Approve</button></p></form>"
             f'<form class="act" id="override" method="post" action="{target}/override">{csrf_field(csrf)}'

@@ -47,10 +47,13 @@ class FixedRiskScorer:
 
 @pytest.fixture(scope="module")
 def mined(tmp_path_factory: pytest.TempPathFactory) -> tuple[TinyRepo, Path, str, str]:
+    return mined_repository(tmp_path_factory.mktemp("pages"))
+
+
+def mined_repository(root: Path) -> tuple[TinyRepo, Path, str, str]:
     """A small repository mined up to `base`, with one unmined change `head` on top of it."""
     from pipelines.mine import mine_repository
 
-    root = tmp_path_factory.mktemp("pages")
     repo = TinyRepo(root / "repo")
     repo.lines("app/core.py", 30)
     repo.commit("Start the app", at=T0)
@@ -81,6 +84,7 @@ def decide(settings: Settings, mined, probability: float, feature: str = "la") -
     repo, _data, base, head = mined
     ref = ChangeRef(repo_path=repo.path, repo="demo", base=base, head=head, tables=mined[1] / "demo")
     recorded = decide_change(ref, settings, policy_of(settings), scorer=FixedRiskScorer(probability, feature))
+    assert recorded.decision.decision_id is not None
     return recorded.decision.decision_id, recorded.decision.gate
 
 
