@@ -228,6 +228,32 @@ def _push(host: Host, payload: Any, delivery: str, repo: str) -> HostEvent:
     )
 
 
+def _pull_request(
+    host: Host,
+    repo: str,
+    delivery: str,
+    number: int,
+    *,
+    head: str,
+    base: str | None,
+    branch: str,
+    base_branch: str,
+) -> HostEvent:
+    """A pull or merge request's event; its bursts coalesce on `pull/<number>`."""
+    return HostEvent(
+        host=host,
+        repo=repo,
+        kind="pull_request",
+        ref=f"pull/{number}",
+        head=head,
+        base=base,
+        delivery_id=delivery,
+        branch=branch,
+        base_branch=base_branch,
+        number=number,
+    )
+
+
 def parse_github(event: str, delivery: str, payload: Any) -> list[HostEvent]:
     """GitHub's `push` and `pull_request` (opened, synchronize, reopened, ready_for_review) deliveries."""
     if event not in ("push", "pull_request"):
@@ -237,19 +263,17 @@ def parse_github(event: str, delivery: str, payload: Any) -> list[HostEvent]:
         action = _get(payload, "action")
         if action not in ("opened", "synchronize", "reopened", "ready_for_review"):
             raise Ignored(f"pull_request action {str(action)[:40]!r} asks for no decision")
-        number = _number(payload, "number")
+        pull = _get(payload, "pull_request")
         return [
-            HostEvent(
-                host="github",
-                repo=repo,
-                kind="pull_request",
-                ref=f"pull/{number}",
-                head=_text(payload, "pull_request.head.sha", _SHA),
-                base=_text(payload, "pull_request.base.sha", _SHA),
-                delivery_id=delivery,
-                branch=_text(payload, "pull_request.head.ref", _BRANCH),
-                base_branch=_text(payload, "pull_request.base.ref", _BRANCH),
-                number=number,
+            _pull_request(
+                "github",
+                repo,
+                delivery,
+                _number(payload, "number"),
+                head=_text(pull, "head.sha", _SHA),
+                base=_text(pull, "base.sha", _SHA),
+                branch=_text(pull, "head.ref", _BRANCH),
+                base_branch=_text(pull, "base.ref", _BRANCH),
             )
         ]
     return [_push("github", payload, delivery, repo)]
@@ -267,19 +291,16 @@ def parse_gitlab(event: str, delivery: str, payload: Any) -> list[HostEvent]:
     # An `update` carries `oldrev` only when commits were pushed; other updates are title, labels ...
     if action not in ("open", "reopen", "update") or (action == "update" and "oldrev" not in attributes):
         raise Ignored(f"merge request action {str(action)[:40]!r} asks for no decision")
-    number = _number(payload, "object_attributes.iid")
     return [
-        HostEvent(
-            host="gitlab",
-            repo=repo,
-            kind="pull_request",
-            ref=f"pull/{number}",
-            head=_text(payload, "object_attributes.last_commit.id", _SHA),
-            base=None,
-            delivery_id=delivery,
-            branch=_text(payload, "object_attributes.source_branch", _BRANCH),
-            base_branch=_text(payload, "object_attributes.target_branch", _BRANCH),
-            number=number,
+        _pull_request(
+            "gitlab",
+            repo,
+            delivery,
+            _number(attributes, "iid"),
+            head=_text(attributes, "last_commit.id", _SHA),
+            base=None,  # the MR hook names the target branch, not its commit: the job takes the merge base
+            branch=_text(attributes, "source_branch", _BRANCH),
+            base_branch=_text(attributes, "target_branch", _BRANCH),
         )
     ]
 

@@ -442,3 +442,25 @@ def test_a_host_without_a_secret_has_no_route(world):
     assert client.post("/webhooks/gitlab", content=b"{}").status_code == 404
     assert client.post("/webhooks/bitbucket", content=b"{}").status_code == 404
     assert post_github(client, {"zen": "x"}, "z", event="ping").status_code == 202
+
+
+def test_a_github_pull_request_is_queued_on_its_number_with_its_base_and_head(world):
+    base, head = world.history[-1], world.commit("feature", "feature")
+    client = TestClient(world.app())
+    payload = {
+        "action": "synchronize",
+        "number": 12,
+        "repository": {"full_name": "acme/shop"},
+        "pull_request": {"head": {"sha": head, "ref": "feature"}, "base": {"sha": base, "ref": "main"}},
+    }
+    assert post_github(client, payload, "pr-1", event="pull_request").status_code == 202
+    [job] = world.queue().jobs()
+    event = HostEvent.from_json(job["event"])
+    assert (event.kind, event.ref, event.number, event.base, event.head) == (
+        "pull_request",
+        "pull/12",
+        12,
+        base,
+        head,
+    )
+    assert (event.branch, event.base_branch) == ("feature", "main")
