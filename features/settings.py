@@ -24,7 +24,7 @@ from pydantic_settings import (
 from features.errors import BadConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("data", "models", "serving", "agents")
+SECTIONS = ("data", "models", "serving", "agents", "hosts")
 _PATH_SEPARATORS = re.compile(r"[/\\\x00]")
 
 

@@ -107,3 +107,19 @@ def test_awo_console_script_exits_non_zero_on_error(tmp_path):
                           capture_output=True, text=True, env=env)  # fmt: skip
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr
+
+
+def test_config_file_sections_flatten_into_settings_including_the_git_hosts(tmp_path, monkeypatch):
+    config = tmp_path / "awo.yaml"
+    config.write_text(
+        "agents:\n  kube_namespace: shop\nhosts:\n  github_api_url: https://ghe.example.com/api/v3\n"
+        "  github_webhook_secret: s3cret\nserving:\n  max_batch: 50\n"
+    )
+    monkeypatch.setenv("AWO_CONFIG", str(config))
+    monkeypatch.delenv("AWO_MAX_BATCH", raising=False)
+    settings = load_settings()
+    assert settings.kube_namespace == "shop"
+    assert settings.github_api_url == "https://ghe.example.com/api/v3"
+    assert settings.github_webhook_secret is not None
+    assert settings.github_webhook_secret.get_secret_value() == "s3cret"
+    assert settings.max_batch == 50
