@@ -1,7 +1,8 @@
 """Rollouts carried out end to end (`awo rollout start|status|pause|resume|abort`): a plan (or a decision,
 planned here) runs on the configured executor with the canary analyst, its state kept under
 `<data root>/rollouts/`, its analyses audited with their evidence, and its outcome fed back as a
-deployment row so the next `awo retrain` learns from it."""
+deployment row so the next `awo retrain` learns from it. A rollout never deploys to an environment whose
+configuration overlays fail `awo config check`."""
 
 from __future__ import annotations
 
@@ -219,6 +220,33 @@ def audit_analyses(plan: Plan, executor: Executor, audit: AuditSink) -> int:
     return written
 
 
+def deploy_environments(plan: Plan) -> list[str]:
+    """The environments the plan still has deploys (deploy, canary, promote) to run in."""
+    return sorted(
+        {
+            t.environment
+            for t in plan.tasks
+            if t.kind in DEPLOY_KINDS and t.status == "pending" and t.environment
+        }
+    )
+
+
+def config_refusal(plan: Plan, config_root: Path, policy: Policy) -> str | None:
+    """Why the plan may not deploy: the findings of the configuration check (`awo config check`) about the
+    environments it deploys to, or None. Environments without an overlay folder under the config root, and
+    a config root that does not exist, have nothing to check."""
+    from agents.config_check import check_config, environments_under, promotion_refusal
+
+    targets = deploy_environments(plan)
+    if not targets or not Path(config_root).is_dir():
+        return None
+    present = environments_under(Path(config_root))
+    checked = [e for e in targets if e in present]
+    if not checked:
+        return None
+    return promotion_refusal(check_config(Path(config_root), policy.config, present), checked)
+
+
 @dataclass(frozen=True)
 class RolloutRun:
     report: RunReport
@@ -238,19 +266,24 @@ def carry_out(
 ) -> RolloutRun:
     """Run (or resume) the rollout of `plan` with its state in `<data root>/rollouts/<plan id>.yaml`, the
     executor the settings name (unless given; with Prometheus configured, bake times are watched as the
-    policy's `monitoring` says), the audit log and the feedback files."""
+    policy's `monitoring` says), the audit log and the feedback files. Refused before anything runs when an
+    environment it deploys to fails the configuration check."""
     from agents.engine import audit_log, policy_of
     from agents.kube import executor_from_settings
     from agents.watch import watcher_from_settings
 
     if not plan.plan_id:
         raise PlanError("the plan has no id: write it with `awo plan`")
+    rules = policy or policy_of(settings)
+    refusal = config_refusal(plan, settings.config_root, rules)
+    if refusal is not None:
+        raise RolloutError(f"rollout {plan.plan_id} refused: {refusal}")
     state = rollout_file(settings.data_dir, plan.plan_id)
     if executor is None:
         if analyst is None:
             analyst = analyst_from_settings(settings)
         executor = watcher_from_settings(
-            settings, policy or policy_of(settings), executor_from_settings(settings, plan.plan_id, analyst)
+            settings, rules, executor_from_settings(settings, plan.plan_id, analyst)
         )
     log = audit_log(settings)
     with _one_runner(state):

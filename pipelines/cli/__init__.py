@@ -5,6 +5,7 @@ Errors are handled once, in `root`: one line `error: ...` on stderr and exit cod
 # Importing a module registers its commands; the stage order here is the order of `awo --help`.
 # isort: off
 from pipelines.cli import mining, features, models, serving, agents, rollout, monitoring, diagnosis, demo  # noqa: F401
+from pipelines.cli import config  # noqa: F401
 
 # isort: on
 from pipelines.cli.root import app, main
