@@ -248,6 +248,14 @@ def _suites(decision: Decision | None, policy: Policy, band: Band) -> list[dict[
     return [{"name": n, "resource": policy.suites[n].resource, "mandatory": True} for n in names]
 
 
+def _checks(decision: Decision | None) -> dict[str, Any]:
+    """The decision's infrastructure checks (Terraform plan review, Ansible check mode) for the test task;
+    nothing when there are none, so plans without them keep their shape and id."""
+    if decision is None or not decision.test_plan.checks:
+        return {}
+    return {"checks": [c.model_dump(mode="json") for c in decision.test_plan.checks]}
+
+
 def _pause_s(steps: list[dict[str, Any]]) -> int:
     return sum(duration_seconds(s["pause"]) for s in steps if "pause" in s)
 
@@ -401,6 +409,7 @@ def _ship_tasks(
             "tests": len(decision.test_plan.tests) if decision is not None else 0,
             "budget_s": decision.test_plan.budget_s if decision is not None else None,
             "planned_s": test_s,
+            **_checks(decision),
         },
         depends_on=["analyse"],
         why="the test plan runs before anything deploys",

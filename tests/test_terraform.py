@@ -255,3 +255,17 @@ def test_a_plan_committed_in_the_change_is_found_by_its_file_name(infra_repo):
     assert result.exit_code == 3, result.output
     assert "plans/prod.tfplan.json" in result.output and "aws_s3_bucket.assets (replace)" in result.output
     assert "check plan-review@infra-review (blocking)" in result.output
+
+
+def test_the_rollout_plans_test_task_carries_the_plan_review():
+    from agents.goals import parse_goal
+    from agents.planner import plan_goal
+
+    decision = decide(context_with(plan_doc(change("aws_ebs_volume.data", ["delete"]))), POLICY)
+    plan = plan_goal(parse_goal(f"ship {'b' * 12} of infra to production"), decision, POLICY)
+    [check] = plan.task("test").params["checks"]
+    assert check["name"] == "plan-review" and check["blocking"] is True
+    plain = plan_goal(
+        parse_goal(f"ship {'b' * 12} of infra to production"), decide(context_with(None), POLICY), POLICY
+    )
+    assert "checks" not in plain.task("test").params
