@@ -1,4 +1,5 @@
-"""`awo features ...`: the Feast feature store — register, build, materialize, list, training sets."""
+"""`awo features ...`: the Feast feature store — register, build, materialize, list, training sets, and
+Feast's own UI on the project's registry."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import typer
 from features.errors import AwoError
 from pipelines.cli.root import app, console, load_settings
 
-features_app = typer.Typer(help="The Feast feature store: apply, build, materialize, list, training sets.")
+features_app = typer.Typer(
+    help="The Feast feature store: apply, build, materialize, list, training sets, its UI."
+)
 app.add_typer(features_app, name="features")
 
 
@@ -116,3 +119,46 @@ def features_training_set(
         f" ({missing} rows with no features at their timestamp)",
         highlight=False,
     )
+
+
+@features_app.command("repo-path")
+def features_repo_path() -> None:
+    """The Feast repository directory under the data root (for `feast -c`; the registry lives there)."""
+    from features.store import store_dir
+
+    console.print(str(store_dir(load_settings())), highlight=False)
+
+
+@features_app.command("ui")
+def features_ui(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8888,
+) -> None:
+    """Start Feast's own UI (entities, feature views, feature services, lineage) on the project's registry."""
+    import importlib.util
+    import socket
+
+    from features.store import open_store, store_dir
+
+    settings = load_settings()
+    registry = store_dir(settings) / "registry.db"
+    if not registry.exists():
+        raise AwoError(f"the feature registry {registry} is not applied yet: run `awo features apply` first")
+    if importlib.util.find_spec("grpc") is None:  # Feast's UI serves its registry through the gRPC protos
+        raise AwoError(
+            "Feast's UI needs Feast's grpcio extra, which is not installed: pip install 'feast[grpcio]'"
+        )
+    with socket.socket() as probe:  # uvicorn would only log a busy port and exit; say it in one line
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise AwoError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})") from None
+    store = open_store(settings)
+    views, services = store.list_feature_views(), store.list_feature_services()
+    console.print(
+        f"Feast UI on http://{host}:{port}/ for {registry} "
+        f"({len(views)} feature views, {len(services)} feature services); Ctrl-C stops it",
+        highlight=False,
+    )
+    store.serve_ui(host=host, port=port)
