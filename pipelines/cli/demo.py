@@ -1,10 +1,14 @@
-"""`awo demo-world` (a repository with planted defects and known truth) and `awo demo` (the whole flow on
-it, step by step, with numbers)."""
+"""`awo demo-world` (a repository with planted defects and known truth) and `awo demo`: the whole loop on it,
+step by step, with numbers: mine, label, train, promote, decide through the risk API, a canary judged on
+metrics with an error spike, its automatic rollback, retraining on the outcome, and an HTML report."""
 
 from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -23,12 +27,23 @@ from pipelines.flow import StageListener
 if TYPE_CHECKING:
     from feast import FeatureStore
 
+    from agents.assemble import RiskScorer
+    from agents.decision import Decision
+    from agents.engine import Recorded
+    from agents.executor import DryRunExecutor, TaskResult
+    from agents.judge import AnalysisTemplate
+    from agents.monitor import CanaryAnalyst
+    from agents.planner import Task
+    from agents.policy import Policy
+    from agents.rollouts import RolloutRun
     from features.settings import Settings
     from pipelines.demo_world import WorldSummary
     from pipelines.features_job import BuildResult
     from pipelines.ingest import IngestResult
     from pipelines.label import LabelResult
     from pipelines.mine import MineResult
+    from pipelines.report import ModelRow, RetrainSummary, StepTime
+    from pipelines.train import TrainResult
 
 
 @app.command("demo-world")
@@ -50,21 +65,46 @@ def demo_world(
     )
 
 
+class _StepClock:
+    """When each demo step ended: a step lasts from the previous step's end to its own. Marking a step
+    again moves its end (ingestion ends with its last file)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.ends: dict[str, float] = {}
+
+    def mark(self, step: str) -> None:
+        self.ends[step] = time.perf_counter()
+
+    def steps(self) -> list[StepTime]:
+        from pipelines.report import StepTime
+
+        out, previous = [], self.started
+        for name, end in self.ends.items():
+            out.append(StepTime(name, end - previous))
+            previous = end
+        return out
+
+
 class _DemoSteps(StageListener):
     """Prints steps 2-4 of the demo as the flow finishes them; step 5 adds a training set and an online
     lookup to what the flow built."""
 
-    def __init__(self, world: WorldSummary, tables: Path, progress: MiningProgress) -> None:
-        self.world, self.tables, self.progress = world, tables, progress
+    def __init__(
+        self, world: WorldSummary, tables: Path, progress: MiningProgress, clock: _StepClock
+    ) -> None:
+        self.world, self.tables, self.progress, self.clock = world, tables, progress, clock
         self.ingested_any = False
 
     def mined(self, result: MineResult) -> None:
         self.progress.stop()
+        self.clock.mark("mine")
         console.print(styled("2. mine", "bold", ":"), end=" ")
         print_mine_summary(result)
         _print_table_overview(self.tables)
 
     def labelled(self, result: LabelResult) -> None:
+        self.clock.mark("label")
         console.print(
             styled(
                 "3. label",
@@ -82,6 +122,7 @@ class _DemoSteps(StageListener):
             console.print(styled("4. ingest", "bold", " delivery history:"))
             self.ingested_any = True
         print_ingest_summary(result)
+        self.clock.mark("ingest")
 
     def features_ready(
         self, built: BuildResult, applied: dict[str, int], materialized: dict[str, Any]
@@ -91,16 +132,22 @@ class _DemoSteps(StageListener):
 
 @app.command()
 def demo(
-    seed: Annotated[int, typer.Option(help="random seed of the demo world")] = 7,
+    seed: Annotated[int, typer.Option(help="random seed of the demo world and of its canary's metrics")] = 7,
     commits: Annotated[int, typer.Option(min=50, help="commits in the demo world")] = 2000,
+    top: Annotated[int, typer.Option(min=1, max=1000, help="decisions listed in the HTML report")] = 25,
 ) -> None:
-    """Run the whole flow on the embedded demo world: generate it, mine it, summarise."""
+    """The whole loop on the embedded demo world: generate, mine, label, ingest, train, promote, decide
+    through the risk API, roll the riskiest shippable change out as a canary with an error spike, roll it
+    back, retrain on the outcome; then a report in the terminal and in `<data root>/demo/report.html`."""
+    from agents.assemble import HttpScorer
+    from agents.engine import policy_of
     from pipelines.demo_world import generate_world
     from pipelines.flow import prepare
 
     settings = load_settings()
     root = settings.data_dir / "demo"
     tables = root / "tables"
+    clock = _StepClock()
     world = generate_world(root / "world", seed=seed, n_commits=commits, overwrite=True)
     shutil.rmtree(tables, ignore_errors=True)  # the demo always starts from scratch
     console.print(
@@ -112,15 +159,125 @@ def demo(
         ),
         highlight=False,
     )
+    clock.mark("world")
     with MiningProgress() as progress:
-        steps = _DemoSteps(world, tables, progress)
+        steps = _DemoSteps(world, tables, progress, clock)
         store = prepare(
             world.repo, settings, tables, name="demo", delivery=world.repo.parent,
             on_progress=progress, listener=steps,
         )  # fmt: skip
     _demo_feature_store(store, steps, tables)
-    _demo_models(settings, tables)
-    _demo_decisions(settings, world.repo, tables)
+    clock.mark("feature store")
+    models = _demo_models(settings, tables)
+    clock.mark("train")
+    promotion = _demo_promote(settings, tables)
+    clock.mark("promote")
+    policy = policy_of(settings)
+    with risk_api(settings, root / "risk-api.log") as api:
+        console.print(
+            styled(
+                "8. risk API",
+                "bold",
+                f": `awo serve` as process {api.pid} on {api.url}, ready in {api.ready_s:.1f} s, "
+                "with a token made for this run (scope risk:read)",
+            ),
+            highlight=False,
+        )
+        clock.mark("risk API")
+        recorded = _demo_decisions(settings, world.repo, tables, HttpScorer(api.url, api.token), api.url)
+        clock.mark("decisions")
+        decisions = [r.decision for r in recorded]
+        canary = _demo_canary(settings, policy, decisions, root, seed)
+        clock.mark("canary")
+        records, feedback = _demo_rollback_recorded(settings, canary.run)
+        clock.mark("rollback recorded")
+        retrained = _demo_retrain(settings, world.repo, tables)
+        clock.mark("retrain")
+    _demo_report(settings, root, world, seed, top, clock, models, promotion, api.url, decisions,
+                 canary, records, feedback, retrained)  # fmt: skip
+
+
+def _demo_report(
+    settings: Settings,
+    root: Path,
+    world: WorldSummary,
+    seed: int,
+    top: int,
+    clock: _StepClock,
+    models: list[ModelRow],
+    promotion: list[str],
+    url: str,
+    decisions: list[Decision],
+    canary: _Canary,
+    records: list[dict[str, Any]],
+    feedback: list[str],
+    retrained: RetrainSummary,
+) -> None:
+    """The terminal report and `<root>/report.html`, from what the steps returned."""
+    from datetime import UTC, datetime
+
+    from pipelines.report import (
+        DemoReport,
+        analysis_svg,
+        decision_rows,
+        gate_counts,
+        render_html,
+        rollout_summary,
+        terminal_lines,
+        write_report,
+    )
+
+    plan = canary.run.report.plan
+    rollout = rollout_summary(plan, canary.run.report.outcome, records, feedback, canary.approved_by)
+    plots = _champion_plots(settings)
+    if rollout.intervals:
+        plots["canary analysis: error rate per interval (the judge's failed interval circled)"] = (
+            analysis_svg(rollout.intervals)
+        )
+    clock.mark("report")
+    report = DemoReport(
+        generated_at=datetime.now(UTC),
+        world={
+            "commits": world.commits,
+            "authors": world.authors,
+            "days": world.days,
+            "defect-inducing commits": world.bug_inducing,
+            "seed": seed,
+        },
+        steps=clock.steps(),
+        models=[*models, retrained.model],
+        promotion=promotion,
+        api=f"the risk API at {url}",
+        gates=gate_counts(decisions),
+        decisions=decision_rows(decisions, top),
+        decisions_total=len(decisions),
+        rollout=rollout,
+        retrain=retrained,
+        plots=plots,
+    )
+    path = write_report(root / "report.html", render_html(report))
+    console.print(styled("report", "bold", ":"))
+    for line in terminal_lines(report):
+        console.print("  " + line, highlight=False, soft_wrap=True)
+    console.print(f"  HTML report: {path.resolve().as_uri()}", highlight=False)
+    _print_next_steps()
+
+
+def _print_next_steps() -> None:
+    from features.settings import PROJECT_ROOT
+
+    notebooks = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
+    console.print(
+        "next: `awo mlflow-ui` (MLflow UI: runs, metrics, plots and the model registry at "
+        "http://127.0.0.1:5000); `awo features ui` (Feast's UI on the feature registry); "
+        + (
+            f"the {len(notebooks)} notebooks in notebooks/ run top to bottom on this world: "
+            "`.venv/bin/jupyter execute notebooks/NAME.ipynb` (or open them in an editor with Jupyter)"
+            if notebooks
+            else "the analyst notebooks (notebooks/) are not in this checkout"
+        ),
+        highlight=False,
+    )
 
 
 def _demo_feature_store(store: FeatureStore, steps: _DemoSteps, tables: Path) -> None:
@@ -148,10 +305,17 @@ def _demo_feature_store(store: FeatureStore, steps: _DemoSteps, tables: Path) ->
     )
 
 
-def _demo_models(settings: Settings, tables: Path) -> None:
+def _model_row(result: TrainResult, role: str) -> ModelRow:
+    from pipelines.report import ModelRow
+
+    return ModelRow(result.kind, result.version, role, result.model_kind, dict(result.metrics))
+
+
+def _demo_models(settings: Settings, tables: Path) -> list[ModelRow]:
     from models.registry import tracking_uri
     from pipelines.train import train as run_training
 
+    rows = []
     for kind in ("change-risk", "deploy-failure"):
         result = run_training(kind, settings, tables)
         m = result.metrics
@@ -165,21 +329,123 @@ def _demo_models(settings: Settings, tables: Path) -> None:
             ),
             highlight=False,
         )
+        rows.append(_model_row(result, "trained"))
     console.print(f"models and runs in MLflow at {tracking_uri(settings)}; browse them with `awo mlflow-ui`")
+    return rows
 
 
-def _demo_decisions(settings: Settings, repo: Path, tables: Path) -> None:
-    """Decide on the newest 100 commits with the default policy (each recorded in the audit log) and show
-    the riskiest decision in full."""
+def _promotion_line(kind: str, gate: dict[str, Any]) -> str:
+    """One line of what the champion/challenger gate did (`pipelines.train.promote_model`'s answer)."""
+    scores = gate.get("metrics") or {}
+    compared = (
+        f" (AUC {scores['challenger']['auc']:.3f} vs champion {scores['champion']['auc']:.3f}, "
+        f"Brier {scores['challenger']['brier']:.3f} vs {scores['champion']['brier']:.3f}, "
+        f"{gate['test_rows']} held-out rows)"
+        if scores
+        else ""
+    )
+    verdict = "promoted to champion" if gate["promoted"] else f"champion v{gate['champion']} kept"
+    return f"{kind} v{gate['challenger']}: {verdict}: {gate['reason']}{compared}"
+
+
+def _demo_promote(settings: Settings, tables: Path) -> list[str]:
+    """The champion/challenger gate on both models: the challenger replaces the champion only when it is at
+    least as good on the same held-out period."""
+    from pipelines.train import promote_model
+
+    kinds = ("change-risk", "deploy-failure")
+    lines = [_promotion_line(kind, promote_model(kind, settings, tables)) for kind in kinds]
+    console.print(styled("7. promote", "bold", ": " + "; ".join(lines)), highlight=False)
+    return lines
+
+
+@dataclass(frozen=True)
+class RiskApi:
+    """A running `awo serve`: where it listens and the token it accepts."""
+
+    url: str
+    token: str
+    pid: int
+    ready_s: float
+
+
+@contextmanager
+def risk_api(settings: Settings, log: Path, timeout_s: float = 180.0) -> Iterator[RiskApi]:
+    """`awo serve` as a child process on a free local port, accepting one token made for it; stopped when
+    the block ends, also on an error or Ctrl-C. Its output goes to `log`."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from features.errors import AwoError
+    from serving.auth import new_token
+
+    token, sha = new_token()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    env = {
+        **os.environ,
+        "AWO_DATA_DIR": str(settings.data_dir),
+        "AWO_API_TOKENS": json.dumps([{"name": "awo-demo", "sha256": sha, "scopes": ["risk:read"]}]),
+    }
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "pipelines", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        problem = _wait_until_ready(server, url, timeout_s)
+        if problem:
+            raise AwoError(f"the risk API ({url}) {problem}: see {log}")
+        yield RiskApi(url, token, server.pid, time.perf_counter() - started)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _wait_until_ready(server: Any, url: str, timeout_s: float) -> str | None:
+    """None once `/readyz` answers 200 (a champion is loaded); else why not."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            return f"exited with status {server.returncode} before it was ready"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
+                return None
+        except httpx.HTTPError:
+            pass  # not listening yet
+        time.sleep(0.2)
+    return f"was not ready within {timeout_s:.0f} s"
+
+
+def _demo_decisions(
+    settings: Settings, repo: Path, tables: Path, scorer: RiskScorer, url: str
+) -> list[Recorded]:
+    """Decide on the newest 100 commits with the default policy, scored through `scorer` (the risk API),
+    each recorded in the audit log; show the riskiest decision in full."""
     from collections import Counter
 
-    from agents.assemble import ChangeRef, InProcessScorer
+    from agents.assemble import ChangeRef
     from agents.engine import decide_change, policy_of
     from pipelines.cli.agents import print_decision
     from pipelines.label import load_commits
 
     policy = policy_of(settings)
-    scorer = InProcessScorer(settings)
     newest = load_commits(tables).sort_values("seq")["sha"].tail(100)
     recorded = [
         decide_change(
@@ -188,11 +454,13 @@ def _demo_decisions(settings: Settings, repo: Path, tables: Path) -> None:
         for sha in newest
     ]
     gates = Counter(r.decision.gate for r in recorded)
+    scored = sum(r.decision.probability is not None for r in recorded)
     console.print(
         styled(
-            "7. decisions",
+            "9. decisions",
             "bold",
-            f" on the newest {len(recorded)} commits (policy {policy.version}): "
+            f" on the newest {len(recorded)} commits, {scored} scored by the risk API at {url} "
+            f"(policy {policy.version}): "
             + ", ".join(
                 f"{gate} {gates.get(gate, 0)}"
                 for gate in ("fast_track", "standard", "senior_review", "block")
@@ -203,6 +471,263 @@ def _demo_decisions(settings: Settings, repo: Path, tables: Path) -> None:
     )
     riskiest = max(recorded, key=lambda r: r.decision.probability or 0.0)
     print_decision(riskiest)
+    return recorded
+
+
+SPIKE_METRIC = "error_rate"
+
+
+def canary_metric_files(
+    template: AnalysisTemplate,
+    seed: int,
+    spike_from: int = 3,
+    spike: float = 5.0,
+    requests: int = 1500,
+) -> tuple[str, str]:
+    """The baseline's and the canary's metric files (CSV timestamp,metric,value, as agents.monitor's
+    MetricFileSource reads them) over the template's `count` intervals, with equal traffic on both tracks:
+    a 1% error rate, latency and saturation samples and KPI counts, all with noise; from interval
+    `spike_from` (from 1) the canary's error rate is `spike` times higher. The judge decides on these
+    numbers as on any others."""
+    import numpy as np
+
+    from features.errors import BadConfig
+
+    if not any(m.name == SPIKE_METRIC and m.kind == "rate" for m in template.metrics):
+        raise BadConfig(
+            f"analysis template: no rate metric {SPIKE_METRIC!r} to put the demo's error spike in"
+        )
+    rng = np.random.default_rng(seed)
+    files = []
+    for track in ("baseline", "canary"):
+        rows = ["timestamp,metric,value"]
+        for i in range(template.count):
+            stamp = f"2026-01-01T{i // 60:02d}:{i % 60:02d}:00Z"
+            n = int(rng.poisson(requests))
+            for m in template.metrics:
+                if m.kind == "rate":
+                    rate = 0.01 if m.bad == "increase" else 0.3  # errors are rare; KPIs are common successes
+                    if m.name == SPIKE_METRIC and track == "canary" and i + 1 >= spike_from:
+                        rate *= spike
+                    rows += [f"{stamp},{m.numerator},{rng.binomial(n, rate)}", f"{stamp},{m.denominator},{n}"]
+                else:
+                    level = 120.0 if "latency" in m.name else 0.5
+                    for value in rng.normal(level, 0.05 * level, template.samples_per_interval):
+                        rows.append(f"{stamp},{m.name},{value:.4f}")
+        files.append("\n".join(rows) + "\n")
+    return files[0], files[1]
+
+
+class JudgedDryRun:
+    """The dry-run executor with the canary analyst at each pause of a canary, as the Kubernetes executor
+    has it (agents.kube): a rollback verdict fails the canary with the analyst's reason, a pause holds it;
+    the verdicts are kept for the audit (agents.rollouts.audit_analyses). Everything else is the
+    DryRunExecutor's."""
+
+    name = "dry-run"
+
+    def __init__(self, analyst: CanaryAnalyst, inner: DryRunExecutor | None = None) -> None:
+        from agents.executor import DryRunExecutor
+
+        self.analyst = analyst
+        self.inner = inner if inner is not None else DryRunExecutor()
+        self.verdicts: dict[str, list[Any]] = {}
+        self._passed: set[str] = set()
+
+    def run(self, task: Task) -> TaskResult:
+        from agents.executor import TaskResult
+
+        if task.kind != "canary" or task.id in self._passed:
+            return self.inner.run(task)
+        key = (task.environment or "", task.service or "")
+        ref = str(task.params.get("ref"))
+        stable = self.inner.running.get(key, "stable")
+        actions: list[str] = []
+        for i, step in enumerate(task.params.get("steps", [])):
+            if "set_weight" in step:
+                self.inner.canaries[key] = (ref, int(step["set_weight"]))
+                actions.append(
+                    f"set {task.service} canary {ref} in {task.environment} to {step['set_weight']}%"
+                )
+                continue
+            verdict = self.analyst.analyse(task.service or "", task.environment or "", stable, ref, i)
+            self.verdicts.setdefault(task.id, []).append(verdict)
+            if verdict.action == "rollback":
+                why = f"analysis at step {i}: rollback: {verdict.why}"
+                return TaskResult(task_id=task.id, status="failed", detail=why, actions=actions)
+            if verdict.action == "pause":
+                why = f"analysis at step {i} inconclusive: {verdict.why}"
+                return TaskResult(task_id=task.id, status="paused", detail=why, actions=actions)
+        self._passed.add(task.id)
+        self.inner.canaries.pop(key, None)  # the dry run sets the weights (and records them) itself
+        return self.inner.run(task)
+
+
+@dataclass(frozen=True)
+class _Canary:
+    run: RolloutRun
+    approved_by: str | None
+    decision: Decision
+
+
+def _reviewer(policy: Policy) -> str:
+    """Who the demo approves a senior_review rollout as: the first identity the policy lets approve."""
+    import getpass
+
+    allowed = [who for who in policy.overrides.allowed if who != "*"]
+    return allowed[0] if allowed else getpass.getuser()
+
+
+def _demo_canary(
+    settings: Settings, policy: Policy, decisions: list[Decision], root: Path, seed: int
+) -> _Canary:
+    """Plan the rollout of the riskiest change the gate lets ship, as a canary, and carry it out on the
+    dry-run executor with the canary analyst judging metric files that carry an error spike."""
+    from agents.goals import Goal
+    from agents.judge import load_template
+    from agents.monitor import CanaryAnalyst, ManualClock, MetricFileSource
+    from agents.planner import CANARY_STRATEGIES, needs_approval, plan_goal
+    from agents.rollouts import carry_out
+    from features.errors import AwoError
+
+    shippable = [d for d in decisions if d.gate != "block" and d.services and d.shas]
+    if not shippable:
+        raise AwoError("no decision of the demo lets a change ship (all blocked): nothing to roll out")
+    decision = max(shippable, key=lambda d: d.probability or 0.0)
+    sha = decision.shas[-1]
+    goal = Goal(
+        action="ship",
+        ref=sha,
+        ref_kind="sha",
+        services=decision.services,
+        environment=decision.environment,
+        strategy=None if decision.rollout_plan.strategy in CANARY_STRATEGIES else "canary",
+        text=f"ship {sha} of {', '.join(decision.services)} to {decision.environment}",
+    )
+    plan = plan_goal(goal, decision, policy)
+    template = load_template(settings.analysis_template)
+    folder = root / "canary"
+    folder.mkdir(parents=True, exist_ok=True)
+    baseline_text, canary_text = canary_metric_files(template, seed)
+    (folder / "baseline.csv").write_text(baseline_text)
+    (folder / "canary.csv").write_text(canary_text)
+    analyst = CanaryAnalyst(
+        template, MetricFileSource(folder / "baseline.csv", folder / "canary.csv"), clock=ManualClock()
+    )
+    approved_by = _reviewer(policy) if needs_approval(plan) else None
+    run = carry_out(plan, settings, executor=JudgedDryRun(analyst), approved_by=approved_by, policy=policy)
+    failed = [t for t in run.report.plan.tasks if t.status == "failed"]
+    console.print(
+        styled(
+            "10. canary",
+            "bold",
+            f" of the riskiest change that may ship ({sha[:12]}, {decision.band} risk "
+            f"{decision.probability or 0:.3f}, gate {decision.gate}"
+            + (f", approved as {approved_by}" if approved_by else "")
+            + f"): {goal.describe()} on the dry-run executor, judged on {folder}/*.csv "
+            f"(canary errors x5 from interval 3): {run.report.outcome}"
+            + (f" — {failed[0].id}: {failed[0].detail}" if failed else ""),
+        ),
+        highlight=False,
+    )
+    return _Canary(run, approved_by, decision)
+
+
+def _demo_rollback_recorded(settings: Settings, run: RolloutRun) -> tuple[list[dict[str, Any]], list[str]]:
+    """What the rollout left behind, read back: its audit records (the log verified) and its feedback rows."""
+    from agents.engine import audit_log
+
+    log = audit_log(settings)
+    plan = run.report.plan
+    records = [r for r in log.records() if r.get("plan_id") == plan.plan_id]
+    verified = log.verify()
+    analyses = [r for r in records if r.get("kind") == "canary_analysis"]
+    finished = [r for r in records if r.get("kind") == "plan_run"]
+    feedback = [f"deployment {r.row['deploy_id']} {r.row['outcome']}" for r in run.recorded]
+    feedback += [f"incident {i}" for i in run.report.incidents]
+    console.print(
+        styled(
+            "11. rollback recorded",
+            "bold",
+            f": audit log {len(records)} records of rollout {plan.plan_id} "
+            f"(canary analyses: {', '.join(str(r.get('action')) for r in analyses) or 'none'}; run outcome "
+            f"{', '.join(str(r.get('outcome')) for r in finished) or 'none'}), log "
+            f"{'verified' if verified.ok else 'FAILED verification'}; feedback for `awo retrain`: "
+            f"{'; '.join(feedback) or 'none'}",
+        ),
+        highlight=False,
+    )
+    return records, feedback
+
+
+def _deployment_labels(tables: Path) -> tuple[int, int]:
+    """(failed deployments, deployments) in the ingested deployments table: the deploy-failure labels."""
+    from features.tables import DEPLOYMENTS_FILE, read_table
+
+    deployments = read_table(tables / DEPLOYMENTS_FILE)
+    if deployments is None:
+        return 0, 0
+    return int(deployments["failed"].sum()), len(deployments)
+
+
+def _demo_retrain(settings: Settings, repo: Path, tables: Path) -> RetrainSummary:
+    """`awo retrain --model deploy-failure`: the flow again (incremental), which ingests the feedback, then a
+    challenger and the promotion gate."""
+    from pipelines.flow import prepare
+    from pipelines.report import RetrainSummary
+    from pipelines.train import promote_model
+    from pipelines.train import train as run_training
+
+    failed_before, total_before = _deployment_labels(tables)
+    prepare(repo, settings, tables, name="demo")
+    failed_after, total_after = _deployment_labels(tables)
+    result = run_training("deploy-failure", settings, tables)
+    promotion = _promotion_line("deploy-failure", promote_model("deploy-failure", settings, tables))
+    console.print(
+        styled(
+            "12. retrain",
+            "bold",
+            f": the feedback ingested: failed deployments {failed_before} → {failed_after} "
+            f"(deployments {total_before} → {total_after}); deploy-failure v{result.version} test AUC "
+            f"{result.metrics['auc']:.3f}; {promotion}",
+        ),
+        highlight=False,
+    )
+    return RetrainSummary(
+        failed_before, failed_after, total_before, total_after, _model_row(result, "retrained"), promotion
+    )
+
+
+def _champion_plots(settings: Settings) -> dict[str, str]:
+    """The change-risk champion's evaluation plots (ROC, effort, calibration) as logged with its training
+    run in MLflow, as `data:` URIs."""
+    import tempfile
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from models.registry import CHAMPION, connect
+    from pipelines.report import png_data_uri
+
+    connect(settings)
+    version = MlflowClient().get_model_version_by_alias("change-risk", CHAMPION)
+    plots = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=version.run_id, artifact_path="evaluation", dst_path=tmp
+            )
+        )
+        for name, what in (
+            ("roc.png", "ROC"),
+            ("effort.png", "effort curve"),
+            ("calibration.png", "calibration"),
+        ):
+            if (local / name).is_file():
+                plots[f"{what} of the change-risk champion v{version.version}"] = png_data_uri(
+                    (local / name).read_bytes()
+                )
+    return plots
 
 
 def _print_table_overview(tables: Path) -> None:
