@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -214,12 +215,13 @@ def _explained(
     scored = (scorer or PlainScorer(loaded.model)).score(matrix)
     contributions = scored.contributions[:, :-1]
     order = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, :top]
-    # one NumPy gather and one tolist per table instead of a float() per cell: the batch path's loop
-    values = _plain(np.take_along_axis(scored.design, order, axis=1))
-    shares = np.take_along_axis(contributions, order, axis=1).tolist()
+    # one NumPy gather and one tolist per table for every row at once, instead of a float() per cell
+    rows = np.arange(len(order))[:, None]
+    values = _plain(scored.design[rows, order])
+    shares = contributions[rows, order].tolist()
     columns = loaded.model.columns_
     drivers = [
-        [Driver(columns[j], v, c) for j, v, c in zip(row, row_values, row_shares, strict=True)]
+        list(map(Driver, [columns[j] for j in row], row_values, row_shares))
         for row, row_values, row_shares in zip(order.tolist(), values, shares, strict=True)
     ]
     return scored.raw, scored.probability, scored.contributions[:, -1], drivers
@@ -261,10 +263,21 @@ def _strings(code: Mapping[str, Any] | None, column: str) -> list[str]:
 
 
 def _plain(matrix: np.ndarray) -> list[list[float | None]]:
-    """The rows of `matrix` as Python floats, None where a value is not finite (as `_finite`)."""
-    cells = matrix.astype(object)
-    cells[~np.isfinite(matrix)] = None
-    return cells.tolist()
+    """The rows of `matrix` as Python floats, None where a value is not finite (as `_finite`): one tolist,
+    then the few non-finite cells replaced (an object array of every cell costs more than the scoring)."""
+    cells: list[list[float | None]] = matrix.tolist()
+    rows, columns = np.nonzero(~np.isfinite(matrix))
+    for i, j in zip(rows.tolist(), columns.tolist(), strict=True):
+        cells[i][j] = None
+    return cells
+
+
+def bands(probabilities: np.ndarray, thresholds: Mapping[Any, float]) -> list[Band]:
+    """`band` of each probability, in one NumPy pass."""
+    p = np.asarray(probabilities, dtype=float)
+    levels = ("critical", "high", "medium")
+    chosen = np.select([p >= thresholds[name] for name in levels], levels, default="low")
+    return chosen.tolist()
 
 
 def score_commits(
@@ -290,7 +303,7 @@ def score_commits(
     names = loaded.model.features
     reads_code = is_code_model(loaded.model)
     results: list[CommitScore | CommitNotFound | None] = [None] * len(commits)
-    rows: list[list[float]] = []
+    rows: list[Sequence[float | None]] = []  # None: missing (NaN in the matrix)
     codes: list[Mapping[str, Any] | None] = []  # code columns of each row (code-reading models)
     positions: list[int] = []
     notes: list[list[str]] = []
@@ -301,12 +314,13 @@ def score_commits(
         found = online_features(
             store, loaded.feature_service, [{"repo": c.repo, "sha": sha} for _, c, sha in by_sha]
         )
+        take = _getter(names)
         for (i, c, sha), values in zip(by_sha, found.rows, strict=True):
             if all(v is None for v in values.values()):
                 message = f"commit {sha} of {c.repo} is not in the feature store"
                 results[i] = CommitNotFound(repo=c.repo, sha=sha, message=message)
                 continue
-            rows.append([np.nan if values.get(n) is None else values[n] for n in names])
+            rows.append(take(values))
             codes.append(values if reads_code else None)
             positions.append(i)
             notes.append([])
@@ -331,7 +345,7 @@ def score_commits(
         positions.append(i)
         notes.append(item)
     if rows:
-        matrix = np.array(rows, dtype=float)
+        matrix = np.array(rows, dtype=float)  # None (missing) becomes NaN
         lines: list[list[LineDriver]] = [[] for _ in rows]
         if reads_code:
             raw, probabilities, bias, drivers, lines = _explained_code(loaded.model, matrix, codes, top)
@@ -344,23 +358,50 @@ def score_commits(
             else []
         )
         info = model_info(loaded)
-        for k, i in enumerate(positions):
+        # the per-row Python is only the result objects: every number comes out of NumPy in one tolist
+        for i, p, b, r, base, row_drivers, row_inputs, row_notes, row_lines in zip(
+            positions,
+            probabilities.tolist(),
+            bands(probabilities, settings.risk_bands),
+            np.asarray(raw, dtype=float).tolist(),
+            np.asarray(bias, dtype=float).tolist(),
+            drivers,
+            inputs,
+            notes,
+            lines,
+            strict=True,
+        ):
             c = commits[i]
-            p = float(probabilities[k])
             results[i] = CommitScore(
                 repo=c.repo,
                 sha=c.sha,
                 probability=p,
-                band=band(p, settings.risk_bands),
+                band=b,
                 model=info,
-                raw_score=float(raw[k]),
-                base_value=float(bias[k]),
-                drivers=drivers[k],
-                features=dict(zip(names, inputs[k], strict=True)),
-                warnings=notes[k] + (store_notes if c.sha else []),
-                lines=lines[k],
+                raw_score=r,
+                base_value=base,
+                drivers=row_drivers,
+                features=dict(zip(names, row_inputs, strict=True)),
+                warnings=row_notes + store_notes if c.sha else row_notes,
+                lines=row_lines,
             )
     return [r for r in results if r is not None]
+
+
+def _getter(names: Sequence[str]) -> Callable[[Mapping[str, Any]], Sequence[Any]]:
+    """The values of `names` in a row of the online store, in order (None where missing), in one C call
+    when the row holds them all."""
+    if len(names) == 1:
+        return lambda values: [values.get(names[0])]
+    every = operator.itemgetter(*names)
+
+    def take(values: Mapping[str, Any]) -> Sequence[Any]:
+        try:
+            return every(values)
+        except KeyError:
+            return [values.get(n) for n in names]
+
+    return take
 
 
 def score_unmined_change(
