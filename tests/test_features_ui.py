@@ -3,7 +3,6 @@ real applied registry under a temporary data root."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -27,7 +26,6 @@ VIEWS = {
     "deployment_change",
     "service_health",
 }
-HAS_GRPC = importlib.util.find_spec("grpc") is not None
 
 
 def awo_env(data_root: Path) -> dict[str, str]:
@@ -57,16 +55,6 @@ def test_ui_on_a_data_root_never_applied_says_to_apply_first(tmp_path):
     )
 
 
-@pytest.mark.skipif(HAS_GRPC, reason="grpcio is installed: the UI starts (the next test)")
-def test_ui_without_feasts_grpcio_extra_names_the_extra(applied):
-    proc = subprocess.run(
-        [str(AWO), "features", "ui"], env=awo_env(applied), capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 2
-    assert "pip install 'feast[grpcio]'" in proc.stderr and len(proc.stderr.splitlines()) == 1
-
-
-@pytest.mark.skipif(not HAS_GRPC, reason="Feast's UI needs its grpcio extra (pip install 'feast[grpcio]')")
 def test_ui_serves_feasts_app_and_our_feature_views(applied):
     port = free_port()
     server = subprocess.Popen(

@@ -135,7 +135,6 @@ def features_ui(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8888,
 ) -> None:
     """Start Feast's own UI (entities, feature views, feature services, lineage) on the project's registry."""
-    import importlib.util
     import socket
 
     from features.store import open_store, store_dir
@@ -144,10 +143,6 @@ def features_ui(
     registry = store_dir(settings) / "registry.db"
     if not registry.exists():
         raise AwoError(f"the feature registry {registry} is not applied yet: run `awo features apply` first")
-    if importlib.util.find_spec("grpc") is None:  # Feast's UI serves its registry through the gRPC protos
-        raise AwoError(
-            "Feast's UI needs Feast's grpcio extra, which is not installed: pip install 'feast[grpcio]'"
-        )
     with socket.socket() as probe:  # uvicorn would only log a busy port and exit; say it in one line
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
