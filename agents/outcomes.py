@@ -69,7 +69,7 @@ def gate_counts(decisions: pd.DataFrame, column: str = "final_gate") -> pd.Serie
     return decisions[column].value_counts().reindex(list(GATE_ORDER), fill_value=0).astype(int)
 
 
-def test_savings(decisions: pd.DataFrame, tests: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+def plan_savings(decisions: pd.DataFrame, tests: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Per decision: the time of running every known test (each at its mean duration) instead of the
     ones the plan selected, both beside the plan's suites without a test history (the same policy cost
     either way), so `saved_s` is what the selection saved; and, where CI ran on the decided sha, the tests
