@@ -271,3 +271,12 @@ def test_findings_about_other_environments_do_not_hold_a_rollout(
     assert "dev: orders: KEY in dev looks like a plain-text secret" in (
         config_refusal(dev, clean_root, policy) or ""
     )
+
+
+def test_the_root_comes_from_the_config_root_setting_without_root(
+    dirty_root: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("AWO_CONFIG_ROOT", str(dirty_root))
+    result = runner.invoke(app, ["config", "check", "prod"])
+    assert result.exit_code == 4, result.output
+    assert str(dirty_root) in result.output and "1 environments (prod)" in result.output
