@@ -1,7 +1,8 @@
 """The code-reading change-risk model on the public OpenStack JIT data (JITLine's split and a time-ordered
 80/20 split), beside metrics-only models and JITLine's published predictions (models.jit_code_benchmark).
 
-Run as `python benchmarks/jit_code.py [--data DIR]`; writes benchmarks/results/jit_code.json and .txt.
+Run as `python benchmarks/jit_code.py [--data DIR] [--path-tokens]`; writes benchmarks/results/jit_code.json
+and .txt (`--path-tokens`: the variant that also reads the words of the changed paths).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from models.code_model import CodeModelConfig  # noqa: E402
 from models.jit_code_benchmark import run_jit_code_benchmark  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "jit" / "openstack-jitline"
@@ -24,13 +26,22 @@ RESULTS = ROOT / "benchmarks" / "results"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--path-tokens", action="store_true", help="the code model reads the changed paths")
     args = parser.parse_args()
     started = time.perf_counter()
-    table = run_jit_code_benchmark(args.data)
+    table = run_jit_code_benchmark(args.data, config=CodeModelConfig(path_tokens=args.path_tokens))
     rows = json.loads(table.to_json(orient="records"))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "jit_code.json").write_text(
-        json.dumps({"data": str(args.data), "seconds": time.perf_counter() - started, "rows": rows}, indent=2)
+        json.dumps(
+            {
+                "data": str(args.data),
+                "path_tokens": args.path_tokens,
+                "seconds": time.perf_counter() - started,
+                "rows": rows,
+            },
+            indent=2,
+        )
     )
     lines = render(rows, args.data.name)
     (RESULTS / "jit_code.txt").write_text("\n".join(lines) + "\n")
@@ -48,9 +59,11 @@ def render(rows: list[dict], dataset: str) -> list[str]:
         )
         seconds = row.get("train_seconds")
         trained = f"train {seconds:.1f} s" if isinstance(seconds, float) else "train n/a"
+        cpu = row.get("train_cpu_seconds")
+        trained += f" ({cpu:.0f} s CPU)" if isinstance(cpu, float) else ""
         lines.append(
             f"{row['split']:<20} {row['model']:<34} AUC {row['auc']:.4f}  F1 {row['f1']:.3f}  "
-            f"P {row['precision']:.3f}  R {row['recall']:.3f}  {trained:<14} {tests}"
+            f"P {row['precision']:.3f}  R {row['recall']:.3f}  {trained:<27} {tests}"
         )
     return lines
 

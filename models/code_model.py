@@ -36,8 +36,10 @@ class CodeModelConfig(BaseModel):
     blend_share: float = Field(
         default=0.2, gt=0, lt=0.5, description="newest training rows the blend weights are learned on"
     )
+    # Off: on openstack-jitline the path words moved the published-split AUC by -0.0006 and the
+    # time-ordered one by -0.0001 (benchmarks/results/jit_experiments.md).
     path_tokens: bool = Field(
-        default=True, description="read the words of the changed paths (`changed_paths` or `added_where`)"
+        default=False, description="read the words of the changed paths (`changed_paths` or `added_where`)"
     )
 
 

@@ -31,7 +31,9 @@ from pipelines.cli import app
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "jit" / "openstack-jitline"
 pytestmark = pytest.mark.skipif(not (DATA / "commits.parquet").is_file(), reason="public JIT data absent")
-FAST = CodeModelConfig(text_folds=3, metrics=ModelConfig(n_estimators=200, early_stopping_rounds=30))
+FAST = CodeModelConfig(
+    text_folds=3, metrics=ModelConfig(n_estimators=200, early_stopping_rounds=30), path_tokens=True
+)
 
 
 def sample(folder: Path, rows: int, jitline: bool = False) -> Path:
