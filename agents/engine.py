@@ -80,11 +80,14 @@ def decide_change(
     now: datetime | None = None,
     scorer: RiskScorer | None = None,
     reviewer: Any = None,
+    terraform_plan: Path | None = None,
 ) -> Recorded:
-    """Assemble, decide, review (an `agents.reasoning` reviewer, when an LLM is configured), record."""
+    """Assemble, decide, review (an `agents.reasoning` reviewer, when an LLM is configured), record. A
+    `terraform_plan` file (`terraform show -json`) stands for the plan files the change may commit."""
     context = assemble(
-        ref, settings, policy, now=now, services=services, environment=environment, scorer=scorer
-    )
+        ref, settings, policy, now=now, services=services, environment=environment, scorer=scorer,
+        terraform_plan=terraform_plan,
+    )  # fmt: skip
     decision = decide(context, policy)
     if reviewer is not None:
         decision = reviewer.review(decision, context, policy)

@@ -99,17 +99,11 @@ PY
 change_args
 for service in ${AWO_CI_SERVICES:-}; do args+=(--service "$service"); done
 
-raw=$(mktemp)
-trap 'rm -f "$raw"' EXIT
 say "awo decide --repo $repo ${args[*]} --environment $environment --json"
 set +e
-awo decide --repo "$repo" "${args[@]}" --environment "$environment" --json >"$raw"
+awo decide --repo "$repo" "${args[@]}" --environment "$environment" --json >"$decision_file"
 status=$?
 set -e
-
-# An unmined repository is mined first, and the miner's summary comes before the JSON: keep it in the log.
-sed -n '/^{/q;p' "$raw"
-sed -n '/^{/,$p' "$raw" >"$decision_file"
 
 write_outputs() { # gate probability decision_id
     if [ -n "${GITHUB_OUTPUT:-}" ]; then
@@ -130,7 +124,7 @@ fi
 # gate, probability, decision id and exit code from the JSON; the Markdown summary beside it. The JSON's
 # text (reasons quote file names and commit data) is only ever printed, never run.
 summary_md=$(mktemp)
-trap 'rm -f "$raw" "$summary_md"' EXIT
+trap 'rm -f "$summary_md"' EXIT
 if ! fields=$("$python" - "$decision_file" "$summary_md" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))

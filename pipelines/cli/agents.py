@@ -64,7 +64,7 @@ def _ensure_mined(repo: Path, name: str | None, settings) -> str:
 
         with MiningProgress() as progress:
             result = mine_repository(repo, settings, None, None, 1, repo_name, progress)
-        print_mine_summary(result)
+        print_mine_summary(result, err_console)  # stdout is the decision's (`--json`)
     return repo_name
 
 
@@ -95,9 +95,8 @@ def decide(
     ] = None,
 ) -> None:
     """Decide how a change is gated, tested and shipped. Exit 0: proceed; 3: senior review; 4: block."""
-    from agents.assemble import ChangeRef, assemble
-    from agents.decision import decide as decide_context
-    from agents.engine import audit_log, decide_change, policy_of, record
+    from agents.assemble import ChangeRef
+    from agents.engine import decide_change, policy_of
     from agents.terraform import read_plan
 
     settings = load_settings()
@@ -107,31 +106,16 @@ def decide(
         read_plan(terraform_plan)  # a bad plan file fails before any mining
     repo_name = _ensure_mined(repo, name, settings)
     ref = ChangeRef(repo_path=repo, repo=repo_name, sha=sha, base=base, head=head)
-    if terraform_plan is None:
-        recorded = decide_change(
-            ref,
-            settings,
-            rules,
-            services=service,
-            environment=environment,
-            now=now,
-            reviewer=_reviewer(settings),
-        )
-    else:  # decide_change's steps, with the plan given to the context
-        context = assemble(
-            ref,
-            settings,
-            rules,
-            now=now,
-            services=service,
-            environment=environment,
-            terraform_plan=terraform_plan,
-        )
-        decision = decide_context(context, rules)
-        reviewer = _reviewer(settings)
-        if reviewer is not None:
-            decision = reviewer.review(decision, context, rules)
-        recorded = record(decision, context, audit_log(settings))
+    recorded = decide_change(
+        ref,
+        settings,
+        rules,
+        services=service,
+        environment=environment,
+        now=now,
+        reviewer=_reviewer(settings),
+        terraform_plan=terraform_plan,
+    )
     if as_json:
         body = recorded.decision.model_dump(mode="json")
         body["audit_head"] = recorded.audit_head

@@ -15,6 +15,7 @@ from pipelines.cli.root import DataOption, app, console, err_console, load_setti
 
 if TYPE_CHECKING:
     import pandas as pd
+    from rich.console import Console
     from rich.progress import Progress, TaskID
 
     from pipelines.ingest import IngestResult
@@ -84,17 +85,18 @@ def mine(
     print_mine_summary(result)
 
 
-def print_mine_summary(result: MineResult) -> None:
+def print_mine_summary(result: MineResult, out: Console = console) -> None:
+    """The mining result in numbers on `out` (stdout; stderr where stdout carries a command's JSON)."""
     for warning in result.warnings:
         err_console.print(styled("warning:", "yellow", f" {warning}"), highlight=False)
     if result.commits_mined == 0:
-        console.print(
+        out.print(
             f"{result.repo}: up to date at {result.head[:12]} — {result.commits_total} commits "
             f"({result.fix_commits} fixes) in {result.out_dir}",
             highlight=False,
         )
         return
-    console.print(
+    out.print(
         f"{result.repo}: mined {result.commits_mined} of {result.commits_total} commits "
         f"({result.commits_new} new, {result.commits_mined - result.commits_new} recomputed), "
         f"{result.files_mined} file changes, {result.fix_commits} fix commits in total, "
