@@ -227,6 +227,24 @@ def rollout_summary(
     )
 
 
+def summary(report: DemoReport) -> str:
+    """The loop in one sentence: decisions, the rollout's end and why, what retraining learnt."""
+    parts = [f"{report.decisions_total} decisions ({', '.join(f'{g} {n}' for g, n in report.gates.items())})"]
+    if report.rollout is not None:
+        r = report.rollout
+        parts.append(
+            f"canary of {r.goal}: {r.outcome}"
+            + (f", rolled back by the judge ({r.rollback_reason})" if r.rollback_reason else "")
+        )
+    if report.retrain is not None:
+        t = report.retrain
+        parts.append(
+            f"retraining saw {t.failed_after - t.failed_before:+d} failed deployments and registered "
+            f"{t.model.kind} v{t.model.version}"
+        )
+    return "; ".join(parts) + "."
+
+
 def terminal_lines(report: DemoReport) -> list[str]:
     """The short account printed at the end of `awo demo`."""
     lines = [
@@ -296,6 +314,7 @@ def analysis_svg(intervals: Sequence[IntervalRow]) -> str:
             edgecolors="black",
             label="judged: fail",
         )
+    ax.set_xticks(xs)
     ax.set(xlabel="analysis interval (cumulative window)", ylabel="error rate (%)", title="Canary analysis")
     ax.legend()
     fig.tight_layout()
@@ -357,6 +376,7 @@ def render_html(report: DemoReport) -> str:
         f'<p class="muted">generated {_e(report.generated_at.isoformat(timespec="seconds"))}; world: '
         + ", ".join(f"{_e(k)} {_e(v)}" for k, v in report.world.items())
         + "</p>",
+        f"<p><b>{_e(summary(report))}</b></p>",
         "<h2>Steps</h2>",
         _table(
             ["step", "seconds"],
