@@ -65,7 +65,7 @@ def deploy_slot(
         reasons = []
         if hour:
             reasons.append(
-                f"waits {at - now} for " + ("a deploy window" if needs_window else "the next slot")
+                f"waits {_duration(at - now)} for " + ("a deploy window" if needs_window else "the next slot")
             )
         if share is not None:
             reasons.append(
@@ -110,3 +110,10 @@ def plan_rollout(context: ChangeContext, band: Band, policy: Policy) -> RolloutP
         deploy_at=deploy_at,
         schedule_reasons=reasons + slot_reasons,
     )
+
+
+def _duration(span: timedelta) -> str:
+    """A wait in hours and minutes (`12 h 38 min`), rounded up to the minute."""
+    minutes = -(-int(span.total_seconds()) // 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min"

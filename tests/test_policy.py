@@ -189,8 +189,11 @@ def test_the_deploy_slot_waits_for_a_window_and_skips_the_peak():
     saturday = context.model_copy(
         update={"now": datetime(2026, 11, 28, 10, 0, tzinfo=UTC), "service_states": {}}
     )
-    at, _ = deploy_slot(saturday, ["api"], "medium", policy.schedule)
+    at, reasons = deploy_slot(saturday, ["api"], "medium", policy.schedule)
     assert at == datetime(2026, 11, 30, 9, 0, tzinfo=UTC)  # Monday 09:00, the next window
+    assert reasons == ["waits 47 h 0 min for a deploy window"]  # hours and minutes, not a raw timedelta
+    late = saturday.model_copy(update={"now": datetime(2026, 11, 30, 8, 20, 30, 5, tzinfo=UTC)})
+    assert deploy_slot(late, ["api"], "medium", policy.schedule)[1] == ["waits 40 min for a deploy window"]
     at, _ = deploy_slot(saturday, ["api"], "low", policy.schedule)  # low risk needs no window
     assert at == saturday.now
 
