@@ -73,6 +73,8 @@ def redacted_uri(uri: str) -> str:
     except ValueError:  # e.g. an unclosed IPv6 bracket: nothing of it can be shown safely
         return "<unparseable URI>"
     _, at, hostport = parts.netloc.rpartition("@")
+    if not at and not parts.query and not parts.fragment:
+        return uri  # nothing secret in it; urlunsplit would also drop the empty authority of sqlite:///path
     netloc = f"***@{hostport}" if at else hostport
     return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
 

@@ -230,6 +230,7 @@ def test_registry_credentials_never_reach_the_errors_shown_on_readyz(tmp_path, m
         redacted_uri("postgresql://awo:secret@db:5432/mlflow?sslpassword=x")
         == "postgresql://***@db:5432/mlflow?***"
     )
+    assert redacted_uri("sqlite:////srv/awo/mlflow.db") == "sqlite:////srv/awo/mlflow.db"  # path kept whole
     closed = f"http://awo:secret@127.0.0.1:{free_port()}/"
     for uri in (closed, "http://awo:secret@127.0.0.1:99999/"):  # refused, and a port out of range
         settings = load_settings(data_dir=tmp_path, mlflow_tracking_uri=uri)
