@@ -130,6 +130,7 @@ def test_committed_notebooks_carry_no_outputs_and_no_execution_counts():
         )
 
 
+@pytest.mark.slow
 def test_change_risk_exploration_runs_and_its_numbers_match_the_tables(demo_root):
     text, images = execute("01_change_risk_exploration", demo_root.data)
     commits = pd.read_parquet(demo_root.tables / "commits.parquet")
@@ -142,6 +143,7 @@ def test_change_risk_exploration_runs_and_its_numbers_match_the_tables(demo_root
     assert 0.0 < number(r"recall ([\d.]+)", text) < 1.0
 
 
+@pytest.mark.slow
 def test_model_evaluation_compares_two_registered_versions_on_the_held_out_period(demo_root):
     text, images = execute("02_model_evaluation", demo_root.data)
     assert images >= FIGURES["02_model_evaluation"]
@@ -151,6 +153,7 @@ def test_model_evaluation_compares_two_registered_versions_on_the_held_out_perio
     assert number(r"features checked (\d+)", text) > 10
 
 
+@pytest.mark.slow
 def test_decisions_and_outcomes_shows_the_audit_log_rollback_and_retrain(demo_root):
     text, images = execute("03_decisions_and_outcomes", demo_root.data)
     assert images >= FIGURES["03_decisions_and_outcomes"]
