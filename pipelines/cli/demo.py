@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from agents.policy import Policy
     from agents.rollouts import RolloutRun
     from features.settings import Settings
+    from models.risk_model import ModelConfig
     from pipelines.demo_world import WorldSummary
     from pipelines.features_job import BuildResult
     from pipelines.ingest import IngestResult
@@ -135,16 +136,21 @@ def demo(
     seed: Annotated[int, typer.Option(help="random seed of the demo world and of its canary's metrics")] = 7,
     commits: Annotated[int, typer.Option(min=50, help="commits in the demo world")] = 2000,
     top: Annotated[int, typer.Option(min=1, max=1000, help="decisions listed in the HTML report")] = 25,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="smaller models (120 trees at learning rate 0.08): a fast run")
+    ] = False,
 ) -> None:
     """The whole loop on the embedded demo world: generate, mine, label, ingest, train, promote, decide
     through the risk API, roll the riskiest shippable change out as a canary with an error spike, roll it
     back, retrain on the outcome; then a report in the terminal and in `<data root>/demo/report.html`."""
     from agents.assemble import HttpScorer
     from agents.engine import policy_of
+    from models.risk_model import ModelConfig
     from pipelines.demo_world import generate_world
     from pipelines.flow import prepare
 
     settings = load_settings()
+    config = ModelConfig(n_estimators=120, learning_rate=0.08) if quick else None
     root = settings.data_dir / "demo"
     tables = root / "tables"
     clock = _StepClock()
@@ -168,7 +174,7 @@ def demo(
         )  # fmt: skip
     _demo_feature_store(store, steps, tables)
     clock.mark("feature store")
-    models = _demo_models(settings, tables)
+    models = _demo_models(settings, tables, config)
     clock.mark("train")
     promotion = _demo_promote(settings, tables)
     clock.mark("promote")
@@ -191,7 +197,7 @@ def demo(
         clock.mark("canary")
         records, feedback = _demo_rollback_recorded(settings, canary.run)
         clock.mark("rollback recorded")
-        retrained = _demo_retrain(settings, world.repo, tables)
+        retrained = _demo_retrain(settings, world.repo, tables, config)
         clock.mark("retrain")
     _demo_report(settings, root, world, seed, top, clock, models, promotion, api.url, decisions,
                  canary, records, feedback, retrained)  # fmt: skip
@@ -311,13 +317,13 @@ def _model_row(result: TrainResult, role: str) -> ModelRow:
     return ModelRow(result.kind, result.version, role, result.model_kind, dict(result.metrics))
 
 
-def _demo_models(settings: Settings, tables: Path) -> list[ModelRow]:
+def _demo_models(settings: Settings, tables: Path, config: ModelConfig | None) -> list[ModelRow]:
     from models.registry import tracking_uri
     from pipelines.train import train as run_training
 
     rows = []
     for kind in ("change-risk", "deploy-failure"):
-        result = run_training(kind, settings, tables)
+        result = run_training(kind, settings, tables, config)
         m = result.metrics
         console.print(
             styled(
@@ -670,7 +676,7 @@ def _deployment_labels(tables: Path) -> tuple[int, int]:
     return int(deployments["failed"].sum()), len(deployments)
 
 
-def _demo_retrain(settings: Settings, repo: Path, tables: Path) -> RetrainSummary:
+def _demo_retrain(settings: Settings, repo: Path, tables: Path, config: ModelConfig | None) -> RetrainSummary:
     """`awo retrain --model deploy-failure`: the flow again (incremental), which ingests the feedback, then a
     challenger and the promotion gate."""
     from pipelines.flow import prepare
@@ -681,7 +687,7 @@ def _demo_retrain(settings: Settings, repo: Path, tables: Path) -> RetrainSummar
     failed_before, total_before = _deployment_labels(tables)
     prepare(repo, settings, tables, name="demo")
     failed_after, total_after = _deployment_labels(tables)
-    result = run_training("deploy-failure", settings, tables)
+    result = run_training("deploy-failure", settings, tables, config)
     promotion = _promotion_line("deploy-failure", promote_model("deploy-failure", settings, tables))
     console.print(
         styled(
