@@ -53,14 +53,47 @@ def latency_stats(seconds: list[float]) -> dict[str, float]:
     }
 
 
-def hey(url: str, token: str, body: Path, *, connections: int, rate: int | None = None, requests: int = 0):
-    """One `hey` run: per-request latencies from its CSV output; the rate reached over the run."""
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and all its descendants so far, from /proc (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def hey(
+    url: str,
+    token: str,
+    body: Path,
+    *,
+    connections: int,
+    rate: int | None = None,
+    requests: int = 0,
+    server_pid: int | None = None,
+):
+    """One `hey` run: per-request latencies from its CSV output; the rate reached over the run; the CPU
+    time per request of the server (its workers included) and of hey itself."""
+    import resource
+
+    server_before = cpu_seconds(server_pid) if server_pid else 0.0
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     command = ["hey", "-c", str(connections), "-m", "POST", "-T", "application/json"]
     command += ["-H", f"Authorization: Bearer {token}", "-D", str(body), "-o", "csv"]
     command += ["-n", str(requests)] if requests else ["-z", f"{SECONDS}s"]
     if rate:
         command += ["-q", str(rate / connections)]
     out = subprocess.run([*command, url], capture_output=True, text=True, check=True, timeout=120).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    hey_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    server_cpu = cpu_seconds(server_pid) - server_before if server_pid else None
     rows = list(csv.DictReader(io.StringIO(out)))
     statuses = {r["status-code"] for r in rows}
     if statuses != {"200"}:
@@ -72,6 +105,11 @@ def hey(url: str, token: str, body: Path, *, connections: int, rate: int | None 
     result["rps"] = round(len(rows) / span, 1)
     if rate:
         result["rps_asked"] = rate
+    result["hey_cpu_ms_per_request"] = round(hey_cpu * 1000 / len(rows), 3)
+    if server_cpu is not None:
+        result["server_cpu_ms_per_request"] = round(server_cpu * 1000 / len(rows), 3)
+        # cores kept busy by the server and hey together over the run (the machine has os.cpu_count())
+        result["cores_busy"] = round((server_cpu + hey_cpu) / span, 2)
     return result
 
 
@@ -124,7 +162,7 @@ def main() -> int:
     import yaml
 
     from features.settings import load_settings
-    from features.store import online_features, open_store
+    from features.store import online_features, online_vectors, open_store
     from models.registry import load
     from models.risk_model import ModelConfig
     from pipelines.demo_world import generate_world
@@ -194,6 +232,20 @@ def main() -> int:
             "single": latency_stats(lookup_single),
             "batch_1000": latency_stats(lookup_batch),
         }
+        # what score_commits reads for a packed service: the vectors as one matrix, no dict per row
+        vectors_single, vectors_batch = [], []
+        for row in rows:
+            start = time.perf_counter()
+            online_vectors(store, model.feature_service, [row])
+            vectors_single.append(time.perf_counter() - start)
+        for _ in range(10):
+            start = time.perf_counter()
+            online_vectors(store, model.feature_service, rows)
+            vectors_batch.append(time.perf_counter() - start)
+        floors["online_vectors_only"] = {
+            "single": latency_stats(vectors_single),
+            "batch_1000": latency_stats(vectors_batch),
+        }
         for part in ("single", "batch_1000"):
             floors[f"{part}_lightgbm_vs_compiled_p50"] = round(
                 floors["lightgbm"][part]["p50_ms"] / floors["compiled"][part]["p50_ms"], 2
@@ -216,13 +268,16 @@ def main() -> int:
             try:
                 hey(url, token, one, connections=2, requests=200)  # warm-up: every worker loads its model
                 level: dict = {}
+                pid = server.pid
                 for rate in RATES:
-                    level[f"single_at_{rate}_rps"] = hey(url, token, one, connections=CONNECTIONS, rate=rate)
+                    level[f"single_at_{rate}_rps"] = hey(
+                        url, token, one, connections=CONNECTIONS, rate=rate, server_pid=pid
+                    )
                 level[f"single_saturated_c{SATURATION_CONNECTIONS}"] = hey(
-                    url, token, one, connections=SATURATION_CONNECTIONS
+                    url, token, one, connections=SATURATION_CONNECTIONS, server_pid=pid
                 )
-                level["single_c1"] = hey(url, token, one, connections=1)
-                level["batch_1000_c1"] = hey(url, token, thousand, connections=1, requests=30)
+                level["single_c1"] = hey(url, token, one, connections=1, server_pid=pid)
+                level["batch_1000_c1"] = hey(url, token, thousand, connections=1, requests=30, server_pid=pid)
             finally:
                 server.terminate()
                 server.wait(timeout=30)
@@ -240,7 +295,10 @@ def main() -> int:
         "connection. The same body every request (one mined commit, or the first 1,000). Floor: "
         "serving.core.score_commits in process, 1,000 single commits and 10 batches of 1,000, with the "
         "compiled scorer the server uses (HTTP ratios are to it) and with the model's own LightGBM methods; "
-        "online_lookup_only: features.store.online_features alone on the same rows."
+        "online_lookup_only: features.store.online_features alone on the same rows; online_vectors_only: "
+        "features.store.online_vectors (what score_commits reads for a packed service). CPU per request: "
+        "the server's processes (workers included, from /proc) and hey's, over each level; cores_busy: both "
+        "over the level's span, of the machine's cores."
     )
     results["targets"] = {
         "floor_single_p50_ms": "<= 0.5",

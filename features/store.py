@@ -339,10 +339,28 @@ def _string_keys_v3(keys: list[tuple[str, str]]) -> list[bytes]:
 def _sqlite_read(
     store: FeatureStore, online: Any, table: Any, keys: list[tuple[str, str]], names: list[str]
 ) -> dict[str, list[Any]]:
-    """`names` of `table` per key from Feast's SQLite online store (its own connection and table naming),
-    as SqliteOnlineStore.online_read stores them (entity key, feature name, a serialized ValueProto)."""
-    from feast.infra.online_stores.sqlite import _quote_id, _table_id
+    """`names` of `table` per key from Feast's SQLite online store, as Python values."""
+    blobs = _sqlite_blobs(store, online, table, keys, names)
+    return {name: [_blob_value(blob) for blob in column] for name, column in blobs.items()}
+
+
+def _blob_value(blob: bytes | None) -> Any:
+    """The Python value of a serialized ValueProto (None: not stored)."""
+    if blob is None:
+        return None
     from feast.protos.feast.types.Value_pb2 import Value
+
+    found = _double_list(blob)
+    return _python_value(Value.FromString(blob)) if found is None else found
+
+
+def _sqlite_blobs(
+    store: FeatureStore, online: Any, table: Any, keys: list[tuple[str, str]], names: list[str]
+) -> dict[str, list[bytes | None]]:
+    """The serialized ValueProto of `names` of `table` per key (None: not stored), from Feast's SQLite
+    online store with its own connection and table naming, as SqliteOnlineStore.online_write stores them
+    (a row per entity key and feature name); one query per 999 keys."""
+    from feast.infra.online_stores.sqlite import _quote_id, _table_id
 
     config = store.config
     conn = online._get_conn(config)
@@ -351,9 +369,8 @@ def _sqlite_read(
     )
     serialized = _string_keys_v3(keys)
     position = {key: i for i, key in enumerate(serialized)}
-    column: dict[str, list[Any]] = {name: [None] * len(keys) for name in names}
+    column: dict[str, list[bytes | None]] = {name: [None] * len(keys) for name in names}
     wanted = ",".join("?" * len(names))
-    parse = Value.FromString
     for start in range(0, len(serialized), SQLITE_KEYS_PER_QUERY):
         chunk = serialized[start : start + SQLITE_KEYS_PER_QUERY]
         cursor = conn.execute(
@@ -362,9 +379,53 @@ def _sqlite_read(
             [*chunk, *names],
         )
         for key, name, value in cursor.fetchall():
-            found = _double_list(value)
-            column[name][position[key]] = _python_value(parse(value)) if found is None else found
+            column[name][position[key]] = value
     return column
+
+
+def online_vectors(
+    store: FeatureStore, service_name: str, entity_rows: list[dict[str, Any]]
+) -> np.ndarray | None:
+    """The packed CHANGE_RISK_V1 vector of each entity row as one float matrix (NaN where a value is missing,
+    a row of NaN for an entity the store does not hold): online_features' values for a packed service that
+    reads nothing outside the vector, without a dict per row (the scoring core's batch path); None for any
+    other service or rows that are not the commit keys (ask online_features)."""
+    if service_name not in PACKED or any(row.keys() != set(COMMIT_KEYS) for row in entity_rows):
+        return None
+    references, unpacked = _packed_plan(store, service_name)
+    if unpacked:
+        return None
+    view, field_name = PACKED[service_name]
+    width = len(CHANGE_RISK_V1)
+    matrix = np.full((len(entity_rows), width), np.nan)
+    keys = [(str(row["repo"]), str(row["sha"])) for row in entity_rows]
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+    online = getattr(store._get_provider(), "online_store", None)
+    if isinstance(online, SqliteOnlineStore) and store.config.entity_key_serialization_version == 3:
+        blobs = _sqlite_blobs(store, online, _feature_view(store, view), keys, [field_name])[field_name]
+        for i, blob in enumerate(blobs):
+            if blob is None:
+                continue
+            span = _double_list_span(blob)
+            if span is not None and span[1] == width:
+                matrix[i] = np.frombuffer(blob, dtype="<f8", count=width, offset=span[0])
+            else:
+                _fill(matrix, i, _blob_value(blob), view, service_name)
+        return matrix
+    for i, vector in enumerate(_read_online(store, references, entity_rows)[field_name]):
+        _fill(matrix, i, vector, view, service_name)
+    return matrix
+
+
+def _fill(matrix: np.ndarray, i: int, vector: list[float] | None, view: str, service_name: str) -> None:
+    if vector is None:
+        return
+    if len(vector) != matrix.shape[1]:
+        raise AwoError(
+            f"{view} holds vectors of another length than {service_name}: run `awo features build`"
+        )
+    matrix[i] = np.array(vector, dtype=float)
 
 
 _DOUBLE_LIST_TAG = 15 << 3 | 2  # ValueProto's double_list_val: field 15, length-delimited
@@ -383,23 +444,32 @@ def _varint(blob: bytes, at: int) -> tuple[int, int]:
         shift += 7
 
 
-def _double_list(blob: bytes) -> list[float] | None:
-    """The doubles of a serialized ValueProto that holds exactly a packed double_list_val (the packed
-    vectors), read as one little-endian float64 buffer: Python's protobuf builds a float object per element
-    on iteration (about 10 us per 44-value vector); None for any other layout (Feast's parse then)."""
+def _double_list_span(blob: bytes) -> tuple[int, int] | None:
+    """Where the doubles of a serialized ValueProto that holds exactly a packed double_list_val (the packed
+    vectors) start, and how many there are; None for any other layout (Feast's parse then)."""
     if len(blob) < 2 or blob[0] != _DOUBLE_LIST_TAG:
         return None
     size, at = _varint(blob, 1)
     if at + size != len(blob):
         return None
     if size == 0:
-        return []
+        return at, 0
     if blob[at] != _REPEATED_VAL_TAG:
         return None
     size, at = _varint(blob, at + 1)
     if at + size != len(blob) or size % 8:
         return None
-    return np.frombuffer(blob, dtype="<f8", offset=at).tolist()
+    return at, size // 8
+
+
+def _double_list(blob: bytes) -> list[float] | None:
+    """The doubles of a packed double_list_val read as one little-endian float64 buffer: Python's protobuf
+    builds a float object per element on iteration (about 10 us per 44-value vector); None for another
+    layout."""
+    span = _double_list_span(blob)
+    if span is None:
+        return None
+    return np.frombuffer(blob, dtype="<f8", count=span[1], offset=span[0]).tolist()
 
 
 # Value kinds whose Python value is the field itself, or the list of its repeated field (as Feast's

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from features.history import (
+    CHANGE_RISK_V1,
     SERVICE_HEALTH_FEATURES,
     SHIPPED_COMMIT_FEATURES,
     ServiceTimeline,
@@ -295,7 +296,7 @@ def score_commits(
     missing features scored as unknown and named in a warning. `scorer`: the model's compiled fast path
     (serving.compiled), default its own methods. Raises ValueError, naming the item, for a commit with
     neither or both of sha and metrics."""
-    from features.store import online_features
+    from features.store import online_features, online_vectors
 
     for i, c in enumerate(commits):
         if problem := _sha_or_metrics(c):
@@ -308,22 +309,38 @@ def score_commits(
     positions: list[int] = []
     notes: list[list[str]] = []
     by_sha = [(i, c, c.sha) for i, c in enumerate(commits) if c.sha is not None]
+    stored: np.ndarray | None = None  # the vectors of the commits found by sha, when read as one matrix
     if by_sha:
         if store is None:
             raise ValueError("scoring commits by sha needs the feature store")
-        found = online_features(
-            store, loaded.feature_service, [{"repo": c.repo, "sha": sha} for _, c, sha in by_sha]
+        entities = [{"repo": c.repo, "sha": sha} for _, c, sha in by_sha]
+        columns = _vector_columns(tuple(names))
+        vectors = (
+            None if reads_code or columns is None else online_vectors(store, loaded.feature_service, entities)
         )
-        take = _getter(names)
-        for (i, c, sha), values in zip(by_sha, found.rows, strict=True):
-            if all(v is None for v in values.values()):
-                message = f"commit {sha} of {c.repo} is not in the feature store"
-                results[i] = CommitNotFound(repo=c.repo, sha=sha, message=message)
-                continue
-            rows.append(take(values))
-            codes.append(values if reads_code else None)
-            positions.append(i)
-            notes.append([])
+        if vectors is not None:
+            known = ~np.isnan(vectors).all(axis=1)
+            stored = vectors[known][:, columns]
+            for (i, c, sha), is_known in zip(by_sha, known.tolist(), strict=True):
+                if is_known:
+                    positions.append(i)
+                    notes.append([])
+                    codes.append(None)
+                else:
+                    message = f"commit {sha} of {c.repo} is not in the feature store"
+                    results[i] = CommitNotFound(repo=c.repo, sha=sha, message=message)
+        else:
+            found = online_features(store, loaded.feature_service, entities)
+            take = _getter(names)
+            for (i, c, sha), values in zip(by_sha, found.rows, strict=True):
+                if all(v is None for v in values.values()):
+                    message = f"commit {sha} of {c.repo} is not in the feature store"
+                    results[i] = CommitNotFound(repo=c.repo, sha=sha, message=message)
+                    continue
+                rows.append(take(values))
+                codes.append(values if reads_code else None)
+                positions.append(i)
+                notes.append([])
     for i, c in enumerate(commits):
         if c.metrics is None:
             continue
@@ -344,9 +361,11 @@ def score_commits(
             )
         positions.append(i)
         notes.append(item)
-    if rows:
-        matrix = np.array(rows, dtype=float)  # None (missing) becomes NaN
-        lines: list[list[LineDriver]] = [[] for _ in rows]
+    if positions:
+        matrix = np.array(rows, dtype=float).reshape(len(rows), len(names))  # None (missing): NaN
+        if stored is not None:
+            matrix = np.concatenate([stored, matrix]) if len(rows) else np.ascontiguousarray(stored)
+        lines: list[list[LineDriver]] = [[] for _ in positions]
         if reads_code:
             raw, probabilities, bias, drivers, lines = _explained_code(loaded.model, matrix, codes, top)
         else:
@@ -386,6 +405,15 @@ def score_commits(
                 lines=row_lines,
             )
     return [r for r in results if r is not None]
+
+
+@functools.lru_cache(maxsize=8)
+def _vector_columns(names: tuple[str, ...]) -> list[int] | None:
+    """Where each of a model's features sits in the packed change_risk_v1 vector (None: not all do)."""
+    if not set(names) <= set(CHANGE_RISK_V1):
+        return None
+    position = {n: j for j, n in enumerate(CHANGE_RISK_V1)}
+    return [position[n] for n in names]
 
 
 def _getter(names: Sequence[str]) -> Callable[[Mapping[str, Any]], Sequence[Any]]:

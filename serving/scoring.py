@@ -3,12 +3,16 @@ turned into the response models, and the feature values the prediction log keeps
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import pydantic_core
 
 from features.settings import Settings
 from models.registry import LoadedModel
 from serving.compiled import Scorer
 from serving.core import (
+    CommitInput,
     CommitNotFound,
     CommitScore,
     DeploymentPlan,
@@ -18,21 +22,12 @@ from serving.core import (
 )
 from serving.core import Driver as CoreDriver
 from serving.core import ModelInfo as CoreModelInfo
-from serving.schemas import (
-    CommitQuery,
-    CommitRisk,
-    DeploymentQuery,
-    DeploymentRisk,
-    Driver,
-    ItemError,
-    LineDriver,
-    ModelRef,
-)
+from serving.schemas import DeploymentQuery, DeploymentRisk, Driver, ModelRef
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-__all__ = ["Staleness", "commit_risks", "deployment_risk"]
+__all__ = ["Staleness", "commit_risk_json", "commit_risks", "deployment_risk"]
 
 
 def _drivers(drivers: list[CoreDriver]) -> list[Driver]:
@@ -43,29 +38,49 @@ def _model(info: CoreModelInfo) -> ModelRef:
     return ModelRef(name=info.name, version=info.version, kind=info.kind)
 
 
-def _commit_risk(result: CommitScore | CommitNotFound) -> CommitRisk:
+def _commit_item(result: CommitScore | CommitNotFound) -> dict[str, Any]:
+    """One result as the CommitRisk response model serializes it: its fields in the model's order, plain
+    values (the scoring core's are typed already, so validating them again only costs time)."""
     if isinstance(result, CommitNotFound):
-        return CommitRisk(
-            repo=result.repo,
-            sha=result.sha,
-            error=ItemError(code=result.code, status=result.status, message=result.message),
-        )
-    return CommitRisk(
-        repo=result.repo,
-        sha=result.sha,
-        probability=result.probability,
-        band=result.band,
-        model=_model(result.model),
-        raw_score=result.raw_score,
-        base_value=result.base_value,
-        drivers=_drivers(result.drivers),
-        lines=[LineDriver(where=d.where, line=d.line, score=d.score) for d in result.lines],
-        warnings=result.warnings,
-    )
+        return {
+            "repo": result.repo,
+            "sha": result.sha,
+            "probability": None,
+            "band": None,
+            "model": None,
+            "raw_score": None,
+            "base_value": None,
+            "drivers": [],
+            "lines": [],
+            "warnings": [],
+            "error": {"code": result.code, "status": result.status, "message": result.message},
+        }
+    info = result.model
+    return {
+        "repo": result.repo,
+        "sha": result.sha,
+        "probability": result.probability,
+        "band": result.band,
+        "model": {"name": info.name, "version": info.version, "kind": info.kind},
+        "raw_score": result.raw_score,
+        "base_value": result.base_value,
+        "drivers": [
+            {"feature": d.feature, "value": d.value, "contribution": d.contribution} for d in result.drivers
+        ],
+        "lines": [{"where": d.where, "line": d.line, "score": d.score} for d in result.lines],
+        "warnings": result.warnings,
+        "error": None,
+    }
+
+
+def commit_risk_json(items: list[dict[str, Any]]) -> bytes:
+    """The CommitRiskResponse body of `items` (from commit_risks), byte for byte what FastAPI writes for
+    the response model (pydantic-core's JSON writer, the same one), without building a model per item."""
+    return pydantic_core.to_json({"results": items})
 
 
 def commit_risks(
-    queries: list[CommitQuery],
+    queries: Sequence[CommitInput],
     loaded: LoadedModel,
     store: FeatureStore,
     settings: Settings,
@@ -73,9 +88,10 @@ def commit_risks(
     top: int,
     logged: list[str] | None = None,
     scorer: Scorer | None = None,
-) -> tuple[list[CommitRisk], list[dict[str, float | None]]]:
-    """The risk of each query, in order, and the values of the `logged` features of each (for the
-    prediction log's drift report; empty for unscored items). `scorer`: the model's fast path."""
+) -> tuple[list[dict[str, Any]], list[dict[str, float | None]]]:
+    """The risk of each query, in order, as CommitRisk items (plain dicts: commit_risk_json writes them),
+    and the values of the `logged` features of each (for the prediction log's drift report; empty for
+    unscored items). `scorer`: the model's fast path."""
     results = score_commits(queries, loaded, store, settings, top=top, staleness=stale, scorer=scorer)
     values = [
         {name: r.features[name] for name in logged or [] if name in r.features}
@@ -83,7 +99,7 @@ def commit_risks(
         else {}
         for r in results
     ]
-    return [_commit_risk(r) for r in results], values
+    return [_commit_item(r) for r in results], values
 
 
 def deployment_risk(

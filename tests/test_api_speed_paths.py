@@ -127,3 +127,130 @@ def test_the_api_compiles_each_served_model_once_at_load_under_the_data_root(tra
         assert state.scorer(loaded) is scorer  # built at load, not per request
         binaries = sorted(p.name for p in (settings.data_dir / COMPILED_DIR).glob("*.bin"))
         assert [b.split("-")[0:2] for b in binaries] == [["change", "risk"], ["deploy", "failure"]]
+
+
+def test_online_read_serializes_commit_keys_as_feast_does():
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from features.store import _string_keys_v3
+
+    keys = [("demo", "3f1c9e0a" * 5), ("", "0" * 40), ("dépôt @team", "abc"), ("r" * 300, "s")]
+    feast_keys = [
+        serialize_entity_key(
+            EntityKey(join_keys=["repo", "sha"], entity_values=[Value(string_val=r), Value(string_val=s)]),
+            entity_key_serialization_version=3,
+        )
+        for r, s in keys
+    ]
+    assert _string_keys_v3(keys) == feast_keys
+
+
+def test_packed_vectors_decode_as_feasts_parse_and_other_values_are_left_to_it():
+    from feast.protos.feast.types.Value_pb2 import DoubleList, FloatList, StringList, Value
+
+    from features.store import _double_list, _python_value
+
+    for values in (
+        [],
+        [1.5],
+        [0.0, float("nan"), -2.25, 1e300],
+        [float(i) / 7 for i in range(44)],
+        [3.0] * 400,
+    ):
+        blob = Value(double_list_val=DoubleList(val=values)).SerializeToString()
+        decoded = _double_list(blob)
+        assert decoded is not None
+        assert np.array_equal(np.array(decoded), np.array(values), equal_nan=True)
+        assert np.array_equal(
+            np.array(decoded), np.array(_python_value(Value.FromString(blob))), equal_nan=True
+        )
+    others = [
+        Value(double_val=2.5),
+        Value(float_list_val=FloatList(val=[1.0, 2.0])),
+        Value(string_list_val=StringList(val=["+ x = 1", "return"])),
+        Value(),
+    ]
+    for value in others:
+        assert _double_list(value.SerializeToString()) is None
+    assert [_python_value(v) for v in others] == [2.5, [1.0, 2.0], ["+ x = 1", "return"], None]
+
+
+def test_commit_risk_body_is_byte_for_byte_what_the_response_models_write(trained):
+    """The route writes plain dicts with pydantic-core's JSON writer instead of building CommitRisk models:
+    the bytes must equal the response models' own serialization of the same scores, for scored commits,
+    an unknown commit, a metrics query with warnings and a code model's line drivers."""
+    import dataclasses
+
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.core import CommitNotFound, CommitRef, LineDriver, score_commits
+    from serving.schemas import CommitRisk, CommitRiskResponse, ItemError, ModelRef
+    from serving.schemas import Driver as DriverModel
+    from serving.schemas import LineDriver as LineModel
+    from serving.scoring import _commit_item, commit_risk_json
+
+    def reference(result) -> CommitRisk:  # the response models, validated, as the route built them before
+        if isinstance(result, CommitNotFound):
+            error = ItemError(code=result.code, status=result.status, message=result.message)
+            return CommitRisk(repo=result.repo, sha=result.sha, error=error)
+        return CommitRisk(
+            repo=result.repo,
+            sha=result.sha,
+            probability=result.probability,
+            band=result.band,
+            model=ModelRef(name=result.model.name, version=result.model.version, kind=result.model.kind),
+            raw_score=result.raw_score,
+            base_value=result.base_value,
+            drivers=[
+                DriverModel(feature=d.feature, value=d.value, contribution=d.contribution)
+                for d in result.drivers
+            ],
+            lines=[LineModel(where=d.where, line=d.line, score=d.score) for d in result.lines],
+            warnings=result.warnings,
+        )
+
+    loaded, base, _, settings, shas = trained
+    metrics = dict(zip(loaded.model.features, base[3].tolist(), strict=True))
+    metrics = {k: v for k, v in list(metrics.items())[2:] if v == v}  # some features missing
+    refs = [CommitRef(repo="demo", sha=s) for s in shas[:30]] + [CommitRef(repo="demo", sha="f" * 40)]
+    refs.append(CommitRef(repo="demo", metrics=metrics))
+    with TestClient(create_app(settings)) as http:
+        state = http.app.state.awo
+        body = {
+            "commits": [
+                {"repo": r.repo, "sha": r.sha} if r.sha else {"repo": r.repo, "metrics": r.metrics}
+                for r in refs
+            ]
+        }
+        answer = http.post("/v1/risk/commits", json=body, headers={"Authorization": f"Bearer {READER}"})
+        results = score_commits(refs, loaded, state.store, settings, scorer=state.scorer(loaded))
+    expected = CommitRiskResponse(results=[reference(r) for r in results]).model_dump_json().encode()
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+    assert answer.content == expected
+    assert answer.json()["results"][30]["error"]["code"] == "unknown_commit"
+    assert any("missing features" in w for w in answer.json()["results"][31]["warnings"])
+    # a code model's line drivers (where known and not), text with quotes and non-ASCII
+    lines = [LineDriver("app/x.py:12", 'raise "é" \\ error', 0.25), LineDriver(None, "x = 1e-7", -1e-7)]
+    with_lines = [dataclasses.replace(results[0], lines=lines), *results[1:]]
+    expected = CommitRiskResponse(results=[reference(r) for r in with_lines]).model_dump_json().encode()
+    assert commit_risk_json([_commit_item(r) for r in with_lines]) == expected
+
+
+def test_online_vectors_hold_what_online_features_answers_as_one_matrix(trained):
+    from features.history import CHANGE_RISK_V1
+    from features.store import online_features, online_vectors, open_store
+
+    loaded, _, _, settings, shas = trained
+    store = open_store(settings)
+    rows = [{"repo": "demo", "sha": s} for s in shas[:60]] + [{"repo": "demo", "sha": "e" * 40}]
+    rows += [{"repo": "elsewhere", "sha": shas[0]}]
+    vectors = online_vectors(store, loaded.feature_service, rows)
+    expected = online_features(store, loaded.feature_service, rows).rows
+    assert vectors is not None and vectors.shape == (len(rows), len(CHANGE_RISK_V1))
+    as_matrix = np.array([[r[n] for n in CHANGE_RISK_V1] for r in expected], dtype=float)
+    assert np.array_equal(vectors, as_matrix, equal_nan=True)
+    assert np.isnan(vectors[-2:]).all() and not np.isnan(vectors[:60]).all(axis=1).any()
+    assert online_vectors(store, "deploy_failure_v1", rows) is None  # not a packed service

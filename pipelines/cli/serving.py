@@ -45,8 +45,18 @@ def serve(
             )
         )
     console.print(f"risk API on http://{host}:{port} ({workers} worker{'s' if workers > 1 else ''})")
+    # uvicorn's "auto" loop and HTTP parser are uvloop and httptools (uvicorn[standard]); no access log line
+    # per request (the request middleware's metrics and JSON log keep what matters)
     uvicorn.run(
-        "serving.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning"
+        "serving.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+        loop="auto",
+        http="auto",
     )
 
 
