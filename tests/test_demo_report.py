@@ -1,0 +1,275 @@
+"""`awo demo` end to end on a small world: decisions through the risk API equal in-process ones, the canary
+with an error spike is judged, rolled back and recorded, retraining learns the failed deployment, and the
+HTML report is self-contained, escaped and renders in headless Chromium."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from agents.audit import AuditLog
+from agents.judge import judge_files, load_template
+from features.settings import Settings, load_settings
+from pipelines.cli import app
+from pipelines.cli.demo import canary_metric_files
+
+SEED = 11
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    settings: Settings
+    root: Path
+    output: str
+
+    def audit(self) -> list[dict[str, Any]]:
+        log = AuditLog(self.settings.data_dir / "audit", self.settings.audit_secret.get_secret_value())
+        assert log.verify().ok
+        return list(log.records())
+
+    def rollout_id(self) -> str:
+        [plan_run] = [r for r in self.audit() if r["kind"] == "plan_run"]
+        return str(plan_run["plan_id"])
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
+    """`awo demo --quick` on a 400-commit world (a low cold-start threshold keeps its models
+    within-project)."""
+    data = tmp_path_factory.mktemp("demo") / "data"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWO_DATA_DIR", str(data))
+        env.setenv("AWO_MIN_POSITIVE_LABELS", "10")
+        env.delenv("AWO_RISK_API_URL", raising=False)
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        args = ["demo", "--commits", "400", "--seed", str(SEED), "--top", "10", "--quick"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        yield DemoRun(load_settings(), data / "demo", result.output)
+
+
+def test_decisions_made_through_the_risk_api_equal_in_process_ones(demo_run: DemoRun) -> None:
+    from agents.assemble import ChangeRef, InProcessScorer, assemble
+    from agents.decision import decide
+    from agents.engine import policy_of
+
+    settings = demo_run.settings
+    policy = policy_of(settings)
+    scorer = InProcessScorer(settings)
+    recorded = [r for r in demo_run.audit() if r["kind"] == "decision"]
+    assert len(recorded) == 100
+    for record in recorded:
+        over_http = record["decision"]
+        ref = ChangeRef(
+            repo_path=demo_run.root / "world" / "repo",
+            repo="demo",
+            sha=over_http["shas"][0],
+            tables=demo_run.root / "tables",
+        )
+        at = datetime.fromisoformat(over_http["decided_at"])
+        in_process = decide(assemble(ref, settings, policy, now=at, scorer=scorer), policy)
+        # the digest hashes the risk as each scorer delivers it (the API sends the drivers' features only)
+        skip = {"decision_id", "inputs_digest", "llm"}
+        expected = {k: v for k, v in in_process.model_dump(mode="json").items() if k not in skip}
+        assert {k: v for k, v in over_http.items() if k not in skip} == expected
+    assert sum(r["decision"]["probability"] is not None for r in recorded) == 100
+
+
+def test_the_canary_with_the_error_spike_is_rolled_back_by_the_judges_verdict(demo_run: DemoRun) -> None:
+    from agents.rollouts import saved_plan
+
+    plan = saved_plan(demo_run.settings, demo_run.rollout_id())
+    [canary] = [t for t in plan.tasks if t.kind == "canary"]
+    assert canary.status == "failed" and canary.detail.startswith("analysis at step 1: rollback")
+    rollbacks = [t for t in plan.tasks if t.kind == "rollback"]
+    assert rollbacks and all(t.status == "succeeded" for t in rollbacks)
+    assert plan.task("block").status == "succeeded"
+    assert all(t.status == "cancelled" for t in plan.tasks if t.kind in ("promote", "watch"))
+    mine = [r for r in demo_run.audit() if r.get("plan_id") == plan.plan_id]
+    [analysis] = [r for r in mine if r["kind"] == "canary_analysis"]
+    assert analysis["action"] == "rollback"
+    intervals = analysis["verdicts"][-1]["intervals"]
+    assert [i["verdict"] for i in intervals] == ["pass", "pass", "fail"]  # the spike starts at interval 3
+    errors = next(r for r in intervals[-1]["results"] if r["name"] == "error_rate")
+    assert intervals[-1]["failed_critical"] == ["error_rate"]
+    assert errors["classification"] == "High" and errors["canary"] > 2 * errors["baseline"]
+    [finished] = [r for r in mine if r["kind"] == "plan_run"]
+    assert finished["outcome"] == "blocked" and finished["approved_by"] in (None, "release-managers")
+    feedback = demo_run.settings.data_dir / "feedback"
+    deployments = {
+        r["environment"]: r
+        for r in csv.DictReader((feedback / "deployments.csv").open())
+        if plan.plan_id in r["deploy_id"]
+    }
+    assert deployments["production"]["outcome"] == "rolled-back"  # staging had succeeded before
+    assert deployments["production"]["sha"] == plan.goal.ref
+    assert deployments["production"]["strategy"] == "canary"
+    incidents = list(csv.DictReader((feedback / "incidents.csv").open()))
+    assert [i["sha"] for i in incidents] == [plan.goal.ref]
+
+
+def test_the_judge_passes_the_demo_metrics_without_the_spike_and_fails_them_with_it(tmp_path: Path) -> None:
+    template = load_template()
+    baseline, spiked = canary_metric_files(template, SEED)
+    _, healthy = canary_metric_files(template, SEED, spike=1.0)
+    files = {}
+    for name, text in (("baseline", baseline), ("spiked", spiked), ("healthy", healthy)):
+        files[name] = tmp_path / f"{name}.csv"
+        files[name].write_text(text)
+    assert judge_files(files["baseline"], files["healthy"])["verdict"] == "pass"
+    judged = judge_files(files["baseline"], files["spiked"])
+    assert judged["verdict"] == "fail" and judged["intervals"] == 3
+    assert judged["failed_critical"] == ["error_rate"]
+
+
+def test_retraining_learns_the_rolled_back_deployment_and_registers_a_new_version(demo_run: DemoRun) -> None:
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from models.registry import connect
+
+    deployments = pd.read_parquet(demo_run.root / "tables" / "deployments.parquet")
+    deploy_id = f"awo-{demo_run.rollout_id()}-{_canary_target(demo_run)}"
+    fed_back = deployments[deployments["deploy_id"] == deploy_id]
+    assert len(fed_back) == 1 and bool(fed_back["failed"].iloc[0])
+    connect(demo_run.settings)
+    versions = MlflowClient().search_model_versions("name='deploy-failure'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]  # trained, then retrained on the feedback
+
+
+def _canary_target(demo_run: DemoRun) -> str:
+    """`<service>-<environment>` of the demo's canary, from its rollout state."""
+    from agents.rollouts import saved_plan
+
+    [canary] = [t for t in saved_plan(demo_run.settings, demo_run.rollout_id()).tasks if t.kind == "canary"]
+    return f"{canary.service}-{canary.environment}"
+
+
+class _Page(HTMLParser):
+    """Tags as opened and closed (void elements excepted), images' sources, SVGs, table ids and text."""
+
+    VOID = frozenset({"meta", "img", "br", "hr", "link", "input", "col", "area", "base", "source", "wbr"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.unbalanced: list[str] = []
+        self.images: list[str] = []
+        self.svgs = 0
+        self.tables: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "img":
+            self.images.append(values.get("src") or "")
+        if tag == "svg":
+            self.svgs += 1
+        if tag == "table" and values.get("id"):
+            self.tables.append(str(values["id"]))
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.images.append(dict(attrs).get("src") or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.unbalanced.append(tag)
+        else:
+            self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def test_the_report_is_one_valid_page_with_inline_plots_and_the_decisions_reasons(demo_run: DemoRun) -> None:
+    report = demo_run.root / "report.html"
+    page = report.read_text()
+    parser = _Page()
+    parser.feed(page)
+    parser.close()
+    assert page.startswith("<!DOCTYPE html>")
+    assert parser.unbalanced == [] and parser.stack == []
+    assert len(parser.images) >= 2 and all(src.startswith("data:image/png;base64,") for src in parser.images)
+    assert parser.svgs >= 1 and "decisions" in parser.tables
+    assert not re.search(r"\b(?:src|href)=\"(?:https?:)?//", page)  # nothing loaded from elsewhere
+    text = "".join(parser.text)
+    decisions = [r["decision"] for r in demo_run.audit() if r["kind"] == "decision"]
+    riskiest = max(decisions, key=lambda d: d["probability"])
+    assert all(reason["message"] in text for reason in riskiest["reasons"])
+    assert "rolled back: canary:" in text and "error_rate" in text
+
+
+def test_every_value_in_the_report_is_escaped() -> None:
+    from datetime import UTC
+
+    from pipelines.report import DecisionRow, DemoReport, render_html
+
+    hostile = '<script>alert("x")</script>'
+    report = DemoReport(
+        generated_at=datetime(2026, 1, 1, tzinfo=UTC),
+        world={"name": hostile},
+        steps=[],
+        models=[],
+        promotion=[hostile],
+        api=hostile,
+        gates={"block": 1},
+        decisions=[DecisionRow(hostile, [hostile], "block", "critical", 0.9, [hostile], "canary")],
+        decisions_total=1,
+        rollout=None,
+        retrain=None,
+    )
+    page = render_html(report)
+    assert "<script" not in page
+    assert page.count("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;") == 5
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium")
+    if found is None:
+        pytest.skip("headless Chromium is not installed (Debian package `chromium`; `make services`)")
+    return found
+
+
+def test_the_report_renders_in_headless_chromium_with_its_plots(demo_run: DemoRun, tmp_path: Path) -> None:
+    import matplotlib.image
+
+    chromium = _chromium()
+    url = (demo_run.root / "report.html").resolve().as_uri()
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", "--window-size=1280,2000", url],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    pixels = matplotlib.image.imread(str(shot))
+    assert pixels.shape[:2] == (2000, 1280)
+    assert float(pixels[..., :3].std()) > 0.05  # not a blank page
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
+    assert '<table id="decisions">' in dom and "<svg" in dom
+    assert dom.count('<img alt="') >= 2
