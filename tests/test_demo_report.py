@@ -45,7 +45,7 @@ class DemoRun:
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
-    """`awo demo --quick` on a 400-commit world (a low cold-start threshold keeps its models
+    """`awo demo --quick` on a 250-commit world (a low cold-start threshold keeps its models
     within-project)."""
     data = tmp_path_factory.mktemp("demo") / "data"
     with pytest.MonkeyPatch.context() as env:
@@ -53,7 +53,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
         env.setenv("AWO_MIN_POSITIVE_LABELS", "10")
         env.delenv("AWO_RISK_API_URL", raising=False)
         env.delenv("MLFLOW_TRACKING_URI", raising=False)
-        args = ["demo", "--commits", "400", "--seed", str(SEED), "--top", "10", "--quick"]
+        args = ["demo", "--commits", "250", "--seed", str(SEED), "--top", "10", "--quick"]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
         yield DemoRun(load_settings(), data / "demo", result.output)
