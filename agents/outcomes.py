@@ -10,9 +10,9 @@ from typing import Any
 import pandas as pd
 
 from agents.engine import current_gate
+from agents.vocabulary import GATES
 from features.errors import BadTable
 
-GATE_ORDER = ("fast_track", "standard", "senior_review", "block")
 DECISION_COLUMNS = [
     "decision_id", "decided_at", "sha", "services", "gate", "final_gate", "overridden", "probability",
     "band", "planned_s", "selected_s", "budget_s", "planned_tests",
@@ -66,7 +66,7 @@ def decisions_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 def gate_counts(decisions: pd.DataFrame, column: str = "final_gate") -> pd.Series:
     """How many decisions ended at each gate, in the policy's order (zeros kept)."""
-    return decisions[column].value_counts().reindex(list(GATE_ORDER), fill_value=0).astype(int)
+    return decisions[column].value_counts().reindex(list(GATES), fill_value=0).astype(int)
 
 
 def plan_savings(decisions: pd.DataFrame, tests: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:

@@ -11,11 +11,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agents.vocabulary import GATES
+
 if TYPE_CHECKING:
     from agents.decision import Decision
     from agents.planner import Plan
-
-GATE_ORDER = ("fast_track", "standard", "senior_review", "block")
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def decision_rows(decisions: Iterable[Decision], top: int) -> list[DecisionRow]:
 
 
 def gate_counts(decisions: Iterable[Decision]) -> dict[str, int]:
-    counts = dict.fromkeys(GATE_ORDER, 0)
+    counts: dict[str, int] = dict.fromkeys(GATES, 0)
     for d in decisions:
         counts[d.gate] = counts.get(d.gate, 0) + 1
     return counts
