@@ -278,6 +278,21 @@ def _with_id(plan: Plan) -> Plan:
     return plan.model_copy(update={"plan_id": plan_id_of(plan)})
 
 
+def ship_goal(decision: Decision, strategy: Strategy | None = None) -> Goal:
+    """The goal of shipping a decision's newest commit to its services and environment (`awo rollout start`
+    on a decision file, the demo's canary); `strategy` overrides the rollout plan's."""
+    sha = decision.shas[-1]
+    return Goal(
+        action="ship",
+        ref=sha,
+        ref_kind="sha",
+        services=decision.services,
+        environment=decision.environment,
+        strategy=strategy,
+        text=f"ship {sha} of {', '.join(decision.services)} to {decision.environment}",
+    )
+
+
 def plan_goal(
     goal: Goal | str, decision: Decision | None, policy: Policy, *, now: datetime | None = None
 ) -> Plan:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agents.executor import Executor
-from agents.planner import DEPLOY_KINDS, Plan, PlanError, load_plan, plan_goal
+from agents.planner import DEPLOY_KINDS, Plan, PlanError, load_plan, plan_goal, ship_goal
 from agents.run import AuditSink, RunEvent, RunReport, decision_id_of, run_plan
 from features.errors import AwoError
 
@@ -45,7 +45,6 @@ def plan_from_file(path: Path, policy: Policy) -> Plan:
     """A plan written by `awo plan`, or a decision written by `awo decide --json` (planned here as
     "ship its newest commit of its services to its environment")."""
     from agents.decision import Decision
-    from agents.goals import Goal
 
     text = Path(path).read_text(encoding="utf-8") if Path(path).is_file() else None
     if text is None:
@@ -66,16 +65,7 @@ def plan_from_file(path: Path, policy: Policy) -> Plan:
                 raise RolloutError(f"rollout file {path}: decision field {where}: {first['msg']}") from None
             if not decision.shas:
                 raise RolloutError(f"rollout file {path}: the decision names no commit")
-            sha = decision.shas[-1]
-            goal = Goal(
-                action="ship",
-                ref=sha,
-                ref_kind="sha",
-                services=decision.services,
-                environment=decision.environment,
-                text=f"ship {sha} of {', '.join(decision.services)} to {decision.environment}",
-            )
-            return plan_goal(goal, decision, policy)
+            return plan_goal(ship_goal(decision), decision, policy)
     return load_plan(path)
 
 
