@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import (
@@ -56,21 +56,23 @@ class _SectionedYamlSource(YamlConfigSettingsSource):
         self.init_kwargs = flat
 
 
+Scope = Literal[
+    "risk:read",
+    "models:reload",
+    "decisions:read",
+    "decisions:write",
+    "decisions:override",
+    "decisions:approve",  # the decisions page's approve and override forms (agents.pages)
+]
+SCOPES: tuple[str, ...] = get_args(Scope)
+
+
 class ApiToken(BaseModel):
     """An API token as stored in configuration: its SHA-256 digest, never the token itself."""
 
     name: str = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    scopes: list[
-        Literal[
-            "risk:read",
-            "models:reload",
-            "decisions:read",
-            "decisions:write",
-            "decisions:override",
-            "decisions:approve",  # the decisions page's approve and override forms (agents.pages)
-        ]
-    ] = Field(min_length=1)
+    scopes: list[Scope] = Field(min_length=1)
 
 
 class DataSettings(BaseModel):

@@ -242,6 +242,7 @@ def _explained_code(
     frame["added_lines"] = [_strings(c, "added_lines") for c in codes]
     frame["removed_lines"] = [_strings(c, "removed_lines") for c in codes]
     frame["message"] = [str((c or {}).get("message") or "") for c in codes]
+    frame["added_where"] = [_strings(c, "added_where") for c in codes]  # path words, when trained on them
     raw = np.asarray(model.raw_score(frame), dtype=float)
     probability = np.asarray(model.predict_proba(frame), dtype=float)
     explanation = model.explain(frame, top)

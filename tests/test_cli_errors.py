@@ -153,3 +153,16 @@ def test_data_that_looks_like_markup_is_printed_as_is_in_summaries(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "[/x]" in result.output and "rejected" in result.output
+
+
+def test_awo_token_makes_every_scope_the_settings_accept_including_the_decisions_page(tmp_path, monkeypatch):
+    import yaml
+
+    from features.settings import ApiToken
+
+    monkeypatch.setenv("AWO_DATA_DIR", str(tmp_path))
+    result = runner.invoke(app, ["token", "--name", "oncall", "--scopes", "decisions:read,decisions:approve"])
+    assert result.exit_code == 0, result.output
+    line = result.stdout.strip().splitlines()[-1].strip()  # the config line: `- {name: ..., sha256: ...}`
+    token = ApiToken.model_validate(yaml.safe_load(line)[0])
+    assert (token.name, token.scopes) == ("oncall", ["decisions:read", "decisions:approve"])

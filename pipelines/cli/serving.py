@@ -9,9 +9,8 @@ from typing import Annotated
 import typer
 
 from features.errors import AwoError
+from features.settings import SCOPES
 from pipelines.cli.root import app, console, err_console, load_settings, styled
-
-SCOPES = ("risk:read", "models:reload", "decisions:read", "decisions:write", "decisions:override")
 
 
 @app.command()
