@@ -142,7 +142,8 @@ def demo(
 ) -> None:
     """The whole loop on the embedded demo world: generate, mine, label, ingest, train, promote, decide
     through the risk API, roll the riskiest shippable change out as a canary with an error spike, roll it
-    back, retrain on the outcome; then a report in the terminal and in `<data root>/demo/report.html`."""
+    back, retrain both models on the outcome; then a report in the terminal and in
+    `<data root>/demo/report.html`."""
     from agents.assemble import HttpScorer
     from agents.engine import policy_of
     from models.risk_model import ModelConfig
@@ -197,8 +198,9 @@ def demo(
         clock.mark("canary")
         records, feedback = _demo_rollback_recorded(settings, canary.run)
         clock.mark("rollback recorded")
-        retrained = _demo_retrain(settings, world.repo, tables, config)
+        retrained, retrained_change_risk = _demo_retrain(settings, world.repo, tables, config)
         clock.mark("retrain")
+    models.append(retrained_change_risk)  # the report adds retrained deploy-failure's row after it
     _demo_report(settings, root, world, seed, top, clock, models, promotion, api.url, decisions,
                  canary, records, feedback, retrained)  # fmt: skip
 
@@ -588,18 +590,62 @@ def _demo_canary(
     settings: Settings, policy: Policy, decisions: list[Decision], root: Path, seed: int
 ) -> _Canary:
     """Plan the rollout of the riskiest change the gate lets ship, as a canary, and carry it out on the
-    dry-run executor with the canary analyst judging metric files that carry an error spike."""
-    from agents.goals import Goal
+    dry-run executor with the canary analyst judging metric files that carry an error spike. Then the least
+    risky shippable change, its canary judged on the same traffic without the spike: a rollout kept beside
+    the rolled-back one (notebook 03 compares them)."""
     from agents.judge import load_template
-    from agents.monitor import CanaryAnalyst, ManualClock, MetricFileSource
-    from agents.planner import CANARY_STRATEGIES, needs_approval, plan_goal
-    from agents.rollouts import carry_out
     from features.errors import AwoError
 
     shippable = [d for d in decisions if d.gate != "block" and d.services and d.shas]
     if not shippable:
         raise AwoError("no decision of the demo lets a change ship (all blocked): nothing to roll out")
     decision = max(shippable, key=lambda d: d.probability or 0.0)
+    template = load_template(settings.analysis_template)
+    folder = root / "canary"
+    run, approved_by = _judged_rollout(
+        settings, policy, decision, folder, canary_metric_files(template, seed)
+    )
+    failed = [t for t in run.report.plan.tasks if t.status == "failed"]
+    console.print(
+        styled(
+            "10. canary",
+            "bold",
+            f" of the riskiest change that may ship ({decision.shas[-1][:12]}, {decision.band} risk "
+            f"{decision.probability or 0:.3f}, gate {decision.gate}"
+            + (f", approved as {approved_by}" if approved_by else "")
+            + f"): {run.report.plan.goal.describe()} on the dry-run executor, judged on {folder}/*.csv "
+            f"(canary errors x5 from interval 3): {run.report.outcome}"
+            + (f" — {failed[0].id}: {failed[0].detail}" if failed else ""),
+        ),
+        highlight=False,
+    )
+    others = [d for d in shippable if d.shas[-1] != decision.shas[-1]]
+    if not others:
+        console.print("    no other change may ship: no healthy canary to keep beside the rolled-back one")
+    else:
+        safest = min(others, key=lambda d: d.probability or 0.0)
+        healthy = canary_metric_files(template, seed, spike=1.0)
+        kept, _ = _judged_rollout(settings, policy, safest, folder / "healthy", healthy)
+        console.print(
+            f"    beside it, the least risky change that may ship ({safest.shas[-1][:12]}, risk "
+            f"{safest.probability or 0:.3f}, gate {safest.gate}) judged on the same traffic without the "
+            f"spike: {kept.report.outcome}",
+            highlight=False,
+        )
+    return _Canary(run, approved_by, decision)
+
+
+def _judged_rollout(
+    settings: Settings, policy: Policy, decision: Decision, folder: Path, metrics: tuple[str, str]
+) -> tuple[RolloutRun, str | None]:
+    """Ship the decision's change as a canary on the dry-run executor, the canary analyst judging the
+    (baseline, canary) metric files written to `folder`; the run and who approved it (None: not needed)."""
+    from agents.goals import Goal
+    from agents.judge import load_template
+    from agents.monitor import CanaryAnalyst, ManualClock, MetricFileSource
+    from agents.planner import CANARY_STRATEGIES, needs_approval, plan_goal
+    from agents.rollouts import carry_out
+
     sha = decision.shas[-1]
     goal = Goal(
         action="ship",
@@ -611,32 +657,14 @@ def _demo_canary(
         text=f"ship {sha} of {', '.join(decision.services)} to {decision.environment}",
     )
     plan = plan_goal(goal, decision, policy)
-    template = load_template(settings.analysis_template)
-    folder = root / "canary"
     folder.mkdir(parents=True, exist_ok=True)
-    baseline_text, canary_text = canary_metric_files(template, seed)
-    (folder / "baseline.csv").write_text(baseline_text)
-    (folder / "canary.csv").write_text(canary_text)
-    analyst = CanaryAnalyst(
-        template, MetricFileSource(folder / "baseline.csv", folder / "canary.csv"), clock=ManualClock()
-    )
+    for name, text in zip(("baseline.csv", "canary.csv"), metrics, strict=True):
+        (folder / name).write_text(text)
+    source = MetricFileSource(folder / "baseline.csv", folder / "canary.csv")
+    analyst = CanaryAnalyst(load_template(settings.analysis_template), source, clock=ManualClock())
     approved_by = _reviewer(policy) if needs_approval(plan) else None
     run = carry_out(plan, settings, executor=JudgedDryRun(analyst), approved_by=approved_by, policy=policy)
-    failed = [t for t in run.report.plan.tasks if t.status == "failed"]
-    console.print(
-        styled(
-            "10. canary",
-            "bold",
-            f" of the riskiest change that may ship ({sha[:12]}, {decision.band} risk "
-            f"{decision.probability or 0:.3f}, gate {decision.gate}"
-            + (f", approved as {approved_by}" if approved_by else "")
-            + f"): {goal.describe()} on the dry-run executor, judged on {folder}/*.csv "
-            f"(canary errors x5 from interval 3): {run.report.outcome}"
-            + (f" — {failed[0].id}: {failed[0].detail}" if failed else ""),
-        ),
-        highlight=False,
-    )
-    return _Canary(run, approved_by, decision)
+    return run, approved_by
 
 
 def _demo_rollback_recorded(settings: Settings, run: RolloutRun) -> tuple[list[dict[str, Any]], list[str]]:
@@ -676,9 +704,13 @@ def _deployment_labels(tables: Path) -> tuple[int, int]:
     return int(deployments["failed"].sum()), len(deployments)
 
 
-def _demo_retrain(settings: Settings, repo: Path, tables: Path, config: ModelConfig | None) -> RetrainSummary:
-    """`awo retrain --model deploy-failure`: the flow again (incremental), which ingests the feedback, then a
-    challenger and the promotion gate."""
+def _demo_retrain(
+    settings: Settings, repo: Path, tables: Path, config: ModelConfig | None
+) -> tuple[RetrainSummary, ModelRow]:
+    """`awo retrain` for both models: the flow again (incremental), which ingests the feedback, then a
+    challenger of each model and the promotion gate on each. Deploy-failure learns the rolled-back deployment;
+    change-risk gets a second version for the champion/challenger comparison (notebook 02). Returns the
+    summary (deploy-failure's version, both promotion lines) and the retrained change-risk row."""
     from pipelines.flow import prepare
     from pipelines.report import RetrainSummary
     from pipelines.train import promote_model
@@ -687,21 +719,30 @@ def _demo_retrain(settings: Settings, repo: Path, tables: Path, config: ModelCon
     failed_before, total_before = _deployment_labels(tables)
     prepare(repo, settings, tables, name="demo")
     failed_after, total_after = _deployment_labels(tables)
-    result = run_training("deploy-failure", settings, tables, config)
-    promotion = _promotion_line("deploy-failure", promote_model("deploy-failure", settings, tables))
+    kinds = ("change-risk", "deploy-failure")
+    results = {kind: run_training(kind, settings, tables, config) for kind in kinds}
+    promotion = "; ".join(_promotion_line(kind, promote_model(kind, settings, tables)) for kind in kinds)
+    versions = ", ".join(
+        f"{kind} v{r.version} test AUC {r.metrics['auc']:.3f}" for kind, r in results.items()
+    )
     console.print(
         styled(
             "12. retrain",
             "bold",
             f": the feedback ingested: failed deployments {failed_before} → {failed_after} "
-            f"(deployments {total_before} → {total_after}); deploy-failure v{result.version} test AUC "
-            f"{result.metrics['auc']:.3f}; {promotion}",
+            f"(deployments {total_before} → {total_after}); {versions}; {promotion}",
         ),
         highlight=False,
     )
-    return RetrainSummary(
-        failed_before, failed_after, total_before, total_after, _model_row(result, "retrained"), promotion
+    summary = RetrainSummary(
+        failed_before,
+        failed_after,
+        total_before,
+        total_after,
+        _model_row(results["deploy-failure"], "retrained"),
+        promotion,
     )
+    return summary, _model_row(results["change-risk"], "retrained")
 
 
 def _champion_plots(settings: Settings) -> dict[str, str]:
