@@ -1,15 +1,22 @@
-"""Shared test factories: tiny git repositories written commit by commit, the real click history, and
-a small demo world."""
+"""Shared test factories: tiny git repositories written commit by commit, the real click history, a
+small demo world, and one `awo demo` run shared by the demo's and the notebooks' tests."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from features.settings import Settings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CLICK_BUNDLE = SHARED / "repos" / "pallets-click.bundle"
@@ -122,3 +129,62 @@ def small_world(tmp_path_factory: pytest.TempPathFactory):
 def copy_tree(source: Path, target: Path) -> Path:
     shutil.copytree(source, target)
     return target
+
+
+DEMO_SEED = 11
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """A finished `awo demo` run: its settings (data root), its `demo/` folder and what it printed."""
+
+    settings: Settings
+    root: Path
+    output: str
+
+    def audit(self) -> list[dict[str, Any]]:
+        from agents.audit import AuditLog
+
+        log = AuditLog(self.settings.data_dir / "audit", self.settings.audit_secret.get_secret_value())
+        assert log.verify().ok
+        return list(log.records())
+
+    def rollout_id(self) -> str:
+        """The rollout of the canary with the error spike, as step 11 of the demo names it."""
+        found = re.search(
+            r"^11\. rollback recorded: audit log \d+ records of rollout (\w+)", self.output, re.M
+        )
+        assert found, self.output
+        return found.group(1)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
+    """`awo demo --quick` on a 250-commit world (a low cold-start threshold keeps its models
+    within-project), built once per test session for the demo's and the notebooks' tests. Their modules
+    share the xdist group "demo" (`--dist loadgroup`), but with pytest 9.2 xdist 3.8 ignores the group
+    (pytest-dev/pytest-xdist#1386), so workers also take a file lock in the session's shared temp folder:
+    the first builds, the others wait and read the same root (the tests only read it)."""
+    import fcntl
+
+    from typer.testing import CliRunner
+
+    from features.settings import load_settings
+    from pipelines.cli import app
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # <session>/popen-gwN under xdist
+    data, printed = shared / "demo-run" / "data", shared / "demo-run" / "output.txt"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWO_DATA_DIR", str(data))
+        env.setenv("AWO_MIN_POSITIVE_LABELS", "10")
+        env.delenv("AWO_RISK_API_URL", raising=False)
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        with (shared / "demo-run.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not printed.is_file():
+                args = ["demo", "--commits", "250", "--seed", str(DEMO_SEED), "--top", "10", "--quick"]
+                result = CliRunner().invoke(app, args)
+                assert result.exit_code == 0, result.output
+                printed.write_text(result.output)
+        yield DemoRun(load_settings(), data / "demo", printed.read_text())

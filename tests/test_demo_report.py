@@ -8,67 +8,32 @@ import csv
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from agents.audit import AuditLog
+from agents.assemble import InProcessScorer
 from agents.judge import judge_files, load_template
-from features.settings import Settings, load_settings
-from pipelines.cli import app
+from features.settings import Settings
 from pipelines.cli.demo import canary_metric_files
+from tests.conftest import DEMO_SEED, DemoRun
 
-SEED = 11
-
-
-@dataclass(frozen=True)
-class DemoRun:
-    settings: Settings
-    root: Path
-    output: str
-
-    def audit(self) -> list[dict[str, Any]]:
-        log = AuditLog(self.settings.data_dir / "audit", self.settings.audit_secret.get_secret_value())
-        assert log.verify().ok
-        return list(log.records())
-
-    def rollout_id(self) -> str:
-        [plan_run] = [r for r in self.audit() if r["kind"] == "plan_run"]
-        return str(plan_run["plan_id"])
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
-    """`awo demo --quick` on a 250-commit world (a low cold-start threshold keeps its models
-    within-project)."""
-    data = tmp_path_factory.mktemp("demo") / "data"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("AWO_DATA_DIR", str(data))
-        env.setenv("AWO_MIN_POSITIVE_LABELS", "10")
-        env.delenv("AWO_RISK_API_URL", raising=False)
-        env.delenv("MLFLOW_TRACKING_URI", raising=False)
-        args = ["demo", "--commits", "250", "--seed", str(SEED), "--top", "10", "--quick"]
-        result = CliRunner().invoke(app, args)
-        assert result.exit_code == 0, result.output
-        yield DemoRun(load_settings(), data / "demo", result.output)
+pytestmark = pytest.mark.xdist_group("demo")  # one `awo demo` per session, shared with test_notebooks
 
 
 def test_decisions_made_through_the_risk_api_equal_in_process_ones(demo_run: DemoRun) -> None:
-    from agents.assemble import ChangeRef, InProcessScorer, assemble
+    from agents.assemble import ChangeRef, assemble
     from agents.decision import decide
     from agents.engine import policy_of
 
     settings = demo_run.settings
     policy = policy_of(settings)
-    scorer = InProcessScorer(settings)
     recorded = [r for r in demo_run.audit() if r["kind"] == "decision"]
     assert len(recorded) == 100
+    [served] = {r["decision"]["model"]["version"] for r in recorded}
+    scorer = _PinnedScorer(settings, served)  # the demo's retrain promoted a newer change-risk since
     for record in recorded:
         over_http = record["decision"]
         ref = ChangeRef(
@@ -84,6 +49,18 @@ def test_decisions_made_through_the_risk_api_equal_in_process_ones(demo_run: Dem
         expected = {k: v for k, v in in_process.model_dump(mode="json").items() if k not in skip}
         assert {k: v for k, v in over_http.items() if k not in skip} == expected
     assert sum(r["decision"]["probability"] is not None for r in recorded) == 100
+
+
+class _PinnedScorer(InProcessScorer):
+    """The in-process scorer on the change-risk version the risk API served when it decided, not on
+    whichever is champion now."""
+
+    def __init__(self, settings: Settings, version: str) -> None:
+        from models.registry import CHAMPION, connect, load_version
+
+        super().__init__(settings)
+        connect(settings)
+        self._loaded = load_version("change-risk", version, CHAMPION)
 
 
 def test_the_canary_with_the_error_spike_is_rolled_back_by_the_judges_verdict(demo_run: DemoRun) -> None:
@@ -119,10 +96,31 @@ def test_the_canary_with_the_error_spike_is_rolled_back_by_the_judges_verdict(de
     assert [i["sha"] for i in incidents] == [plan.goal.ref]
 
 
+def test_a_healthy_canary_beside_it_is_kept_and_fed_back_as_succeeded(demo_run: DemoRun) -> None:
+    from agents.rollouts import saved_plan
+
+    runs = [r for r in demo_run.audit() if r["kind"] == "plan_run"]
+    [kept] = [r for r in runs if r["plan_id"] != demo_run.rollout_id()]
+    plan = saved_plan(demo_run.settings, str(kept["plan_id"]))
+    [canary] = [t for t in plan.tasks if t.kind == "canary"]
+    assert kept["outcome"] == "succeeded" and canary.status == "succeeded"
+    assert all(t.status != "succeeded" for t in plan.tasks if t.kind == "rollback")
+    spiked = saved_plan(demo_run.settings, demo_run.rollout_id())
+    assert plan.goal.ref != spiked.goal.ref
+    feedback = demo_run.settings.data_dir / "feedback" / "deployments.csv"
+    outcomes = {
+        r["environment"]: r["outcome"]
+        for r in csv.DictReader(feedback.open())
+        if plan.plan_id in r["deploy_id"]
+    }
+    assert outcomes == {"staging": "succeeded", "production": "succeeded"}
+    assert "judged on the same traffic without the spike: succeeded" in demo_run.output
+
+
 def test_the_judge_passes_the_demo_metrics_without_the_spike_and_fails_them_with_it(tmp_path: Path) -> None:
     template = load_template()
-    baseline, spiked = canary_metric_files(template, SEED)
-    _, healthy = canary_metric_files(template, SEED, spike=1.0)
+    baseline, spiked = canary_metric_files(template, DEMO_SEED)
+    _, healthy = canary_metric_files(template, DEMO_SEED, spike=1.0)
     files = {}
     for name, text in (("baseline", baseline), ("spiked", spiked), ("healthy", healthy)):
         files[name] = tmp_path / f"{name}.csv"
@@ -144,8 +142,19 @@ def test_retraining_learns_the_rolled_back_deployment_and_registers_a_new_versio
     fed_back = deployments[deployments["deploy_id"] == deploy_id]
     assert len(fed_back) == 1 and bool(fed_back["failed"].iloc[0])
     connect(demo_run.settings)
-    versions = MlflowClient().search_model_versions("name='deploy-failure'")
-    assert sorted(int(v.version) for v in versions) == [1, 2]  # trained, then retrained on the feedback
+    for name in ("deploy-failure", "change-risk"):  # both retrained, each through the promotion gate
+        versions = MlflowClient().search_model_versions(f"name='{name}'")
+        assert sorted(int(v.version) for v in versions) == [1, 2]  # trained, then retrained on the feedback
+        line = _retrain_line(demo_run)
+        promoted = f"{name} v2: promoted to champion" in line
+        assert promoted or f"{name} v2: champion v1 kept" in line, line
+        champion = MlflowClient().get_model_version_by_alias(name, "champion")
+        assert str(champion.version) == ("2" if promoted else "1")
+
+
+def _retrain_line(demo_run: DemoRun) -> str:
+    [line] = [x for x in demo_run.output.splitlines() if x.startswith("12. retrain")]
+    return line
 
 
 def _canary_target(demo_run: DemoRun) -> str:
