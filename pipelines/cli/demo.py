@@ -640,23 +640,13 @@ def _judged_rollout(
 ) -> tuple[RolloutRun, str | None]:
     """Ship the decision's change as a canary on the dry-run executor, the canary analyst judging the
     (baseline, canary) metric files written to `folder`; the run and who approved it (None: not needed)."""
-    from agents.goals import Goal
     from agents.judge import load_template
     from agents.monitor import CanaryAnalyst, ManualClock, MetricFileSource
-    from agents.planner import CANARY_STRATEGIES, needs_approval, plan_goal
+    from agents.planner import CANARY_STRATEGIES, needs_approval, plan_goal, ship_goal
     from agents.rollouts import carry_out
 
-    sha = decision.shas[-1]
-    goal = Goal(
-        action="ship",
-        ref=sha,
-        ref_kind="sha",
-        services=decision.services,
-        environment=decision.environment,
-        strategy=None if decision.rollout_plan.strategy in CANARY_STRATEGIES else "canary",
-        text=f"ship {sha} of {', '.join(decision.services)} to {decision.environment}",
-    )
-    plan = plan_goal(goal, decision, policy)
+    as_canary = decision.rollout_plan.strategy not in CANARY_STRATEGIES  # the demo wants a judged canary
+    plan = plan_goal(ship_goal(decision, strategy="canary" if as_canary else None), decision, policy)
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in zip(("baseline.csv", "canary.csv"), metrics, strict=True):
         (folder / name).write_text(text)
