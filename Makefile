@@ -46,7 +46,7 @@ services:
 	  echo "note: the Kubernetes API server could not be built (scripts/k8s.sh build); the Kubernetes tests will skip"
 
 test: lint services
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15
 
 bench: install
 	$(PY) benchmarks/mining.py

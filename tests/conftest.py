@@ -161,10 +161,10 @@ class DemoRun:
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
     """`awo demo --quick` on a 250-commit world (a low cold-start threshold keeps its models
-    within-project), built once per test session for the demo's and the notebooks' tests. Their modules
-    share the xdist group "demo" (`--dist loadgroup`), but with pytest 9.2 xdist 3.8 ignores the group
-    (pytest-dev/pytest-xdist#1386), so workers also take a file lock in the session's shared temp folder:
-    the first builds, the others wait and read the same root (the tests only read it)."""
+    within-project), built once per test session for the demo's and the notebooks' tests. `make test`
+    runs each test file on one worker (`--dist loadfile`), and the two files may land on different ones,
+    so workers take a file lock in the session's shared temp folder: the first builds, the others wait and
+    read the same root (the tests only read it)."""
     import fcntl
 
     from typer.testing import CliRunner

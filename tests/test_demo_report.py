@@ -20,8 +20,6 @@ from features.settings import Settings
 from pipelines.cli.demo import canary_metric_files
 from tests.conftest import DEMO_SEED, DemoRun
 
-pytestmark = pytest.mark.xdist_group("demo")  # one `awo demo` per session, shared with test_notebooks
-
 
 def test_decisions_made_through_the_risk_api_equal_in_process_ones(demo_run: DemoRun) -> None:
     from agents.assemble import ChangeRef, assemble

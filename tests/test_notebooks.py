@@ -19,8 +19,6 @@ from features.errors import BadTable
 from models.analysis import auc_by_period, defect_rate_by_bins, feature_drift, label_quality
 from tests.conftest import DemoRun, git
 
-pytestmark = pytest.mark.xdist_group("demo")  # one `awo demo` per session, shared with test_demo_report
-
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 CELL_TIMEOUT_S = 600  # one cell on a loaded 2-core machine: MLflow and Feast imports take tens of seconds
 FIGURES = {"01_change_risk_exploration": 3, "02_model_evaluation": 4, "03_decisions_and_outcomes": 4}
