@@ -1,5 +1,6 @@
 """Prometheus metrics and structured JSON request logs with a request id. With several workers
-(`PROMETHEUS_MULTIPROC_DIR` set by `awo serve`), /metrics aggregates every worker's counts."""
+(`AWO_WORKER_METRICS_DIR` and `PROMETHEUS_MULTIPROC_DIR` set by `awo serve`), /metrics aggregates every
+worker's counts."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ from prometheus_client import (
 )
 
 log = logging.getLogger("awo.api")
+
+# Set by `awo serve --workers N` only. PROMETHEUS_MULTIPROC_DIR alone does not say the API runs several
+# workers: Feast sets it (to a temporary folder of its own) in any process that imports feast.metrics, e.g.
+# on materialize, which would make /metrics aggregate Feast's empty folder instead of our counts.
+WORKER_METRICS_DIR = "AWO_WORKER_METRICS_DIR"
 
 
 class JsonFormatter(logging.Formatter):
@@ -68,7 +74,7 @@ class Telemetry:
         )
 
     def exposition(self) -> tuple[bytes, str]:
-        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        directory = os.environ.get(WORKER_METRICS_DIR)
         if directory:
             from prometheus_client import multiprocess
 

@@ -187,4 +187,5 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
                 result = CliRunner().invoke(app, args)
                 assert result.exit_code == 0, result.output
                 printed.write_text(result.output)
-        yield DemoRun(load_settings(), data / "demo", printed.read_text())
+        run = DemoRun(load_settings(), data / "demo", printed.read_text())
+    yield run  # outside the environment above: the rest of the worker's session must not see the demo's

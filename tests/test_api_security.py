@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -181,6 +182,15 @@ def test_health_and_metrics_stay_open(client):
     assert client.get("/healthz").status_code == 200
     assert client.get("/metrics").status_code == 200
     assert client.get("/readyz").status_code == 503  # not ready (no champion), but not 401
+
+
+def test_metrics_keep_our_counts_when_feast_has_set_prometheus_multiproc_dir(client, tmp_path, monkeypatch):
+    import feast.metrics  # noqa: F401  (importing it sets PROMETHEUS_MULTIPROC_DIR, as materialize does)
+
+    assert os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # Feast's own temporary folder, empty of our counts
+    client.get("/healthz")
+    text = client.get("/metrics").text
+    assert 'awo_requests_total{method="GET",route="/healthz",status="200"}' in text
 
 
 def test_openapi_declares_the_bearer_scheme_on_every_protected_operation(client):

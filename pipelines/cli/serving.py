@@ -25,6 +25,8 @@ def serve(
 
     import uvicorn
 
+    from serving.telemetry import WORKER_METRICS_DIR
+
     settings = load_settings()  # a bad setting fails here, in one line, not inside a uvicorn worker
     if workers > 1:
         # Prometheus counts from every worker, aggregated at /metrics (the client's multi-process mode).
@@ -34,7 +36,8 @@ def serve(
             directory.mkdir(parents=True)
         except OSError as exc:
             raise AwoError(f"cannot create {directory} for the workers' metrics: {exc.strerror}") from None
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # where prometheus_client keeps worker values
+        os.environ[WORKER_METRICS_DIR] = str(directory)  # what /metrics aggregates (serving.telemetry)
     if not settings.api_tokens:
         err_console.print(
             styled(
