@@ -593,10 +593,17 @@ def _demo_canary(
     dry-run executor with the canary analyst judging metric files that carry an error spike. Then the least
     risky shippable change, its canary judged on the same traffic without the spike: a rollout kept beside
     the rolled-back one (notebook 03 compares them)."""
+    import re
+
     from agents.judge import load_template
     from features.errors import AwoError
 
-    shippable = [d for d in decisions if d.gate != "block" and d.services and d.shas]
+    deployable = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # a plan's service names (agents.planner)
+    shippable = [
+        d
+        for d in decisions
+        if d.gate != "block" and d.services and d.shas and all(deployable.match(s) for s in d.services)
+    ]  # files outside every service map to "(root)", which no rollout can deploy
     if not shippable:
         raise AwoError("no decision of the demo lets a change ship (all blocked): nothing to roll out")
     decision = max(shippable, key=lambda d: d.probability or 0.0)
