@@ -44,6 +44,20 @@ RATES = (200, 500, 1000)  # requests/s asked, single commit
 SATURATION_CONNECTIONS = 8
 
 
+def one_and_batch(call, items: list, batches: int = 10) -> dict:
+    """Latency of `call` on each item alone, then on all items at once `batches` times."""
+    single, batch = [], []
+    for item in items:
+        start = time.perf_counter()
+        call([item])
+        single.append(time.perf_counter() - start)
+    for _ in range(batches):
+        start = time.perf_counter()
+        call(items)
+        batch.append(time.perf_counter() - start)
+    return {"single": latency_stats(single), "batch_1000": latency_stats(batch)}
+
+
 def latency_stats(seconds: list[float]) -> dict[str, float]:
     ms = np.array(seconds) * 1000
     return {
@@ -205,47 +219,21 @@ def main() -> int:
         results: dict = {"compiled": fast.compiled is not None, "compile_failure": fast.reason}
         floors: dict = {}
         for name, scorer in scorers.items():
-            single, batch = [], []
             for ref in refs[:50]:  # warm-up
                 score_commits([ref], model, store, settings, scorer=scorer)
-            for ref in refs[:1000]:
-                start = time.perf_counter()
-                score_commits([ref], model, store, settings, scorer=scorer)
-                single.append(time.perf_counter() - start)
-            for _ in range(10):
-                start = time.perf_counter()
-                score_commits(refs[:1000], model, store, settings, scorer=scorer)
-                batch.append(time.perf_counter() - start)
-            floors[name] = {"single": latency_stats(single), "batch_1000": latency_stats(batch)}
+            floors[name] = one_and_batch(
+                lambda batch, scorer=scorer: score_commits(batch, model, store, settings, scorer=scorer),
+                refs[:1000],
+            )
         # the online store's share of the floor: the same lookups alone
         rows = [{"repo": "demo", "sha": s} for s in shas[:1000]]
-        lookup_single, lookup_batch = [], []
-        for row in rows:
-            start = time.perf_counter()
-            online_features(store, model.feature_service, [row])
-            lookup_single.append(time.perf_counter() - start)
-        for _ in range(10):
-            start = time.perf_counter()
-            online_features(store, model.feature_service, rows)
-            lookup_batch.append(time.perf_counter() - start)
-        floors["online_lookup_only"] = {
-            "single": latency_stats(lookup_single),
-            "batch_1000": latency_stats(lookup_batch),
-        }
+        floors["online_lookup_only"] = one_and_batch(
+            lambda batch: online_features(store, model.feature_service, batch), rows
+        )
         # what score_commits reads for a packed service: the vectors as one matrix, no dict per row
-        vectors_single, vectors_batch = [], []
-        for row in rows:
-            start = time.perf_counter()
-            online_vectors(store, model.feature_service, [row])
-            vectors_single.append(time.perf_counter() - start)
-        for _ in range(10):
-            start = time.perf_counter()
-            online_vectors(store, model.feature_service, rows)
-            vectors_batch.append(time.perf_counter() - start)
-        floors["online_vectors_only"] = {
-            "single": latency_stats(vectors_single),
-            "batch_1000": latency_stats(vectors_batch),
-        }
+        floors["online_vectors_only"] = one_and_batch(
+            lambda batch: online_vectors(store, model.feature_service, batch), rows
+        )
         for part in ("single", "batch_1000"):
             floors[f"{part}_lightgbm_vs_compiled_p50"] = round(
                 floors["lightgbm"][part]["p50_ms"] / floors["compiled"][part]["p50_ms"], 2
