@@ -110,6 +110,19 @@ class DataSettings(BaseModel):
     checkpoint_seconds: float = Field(
         default=30.0, gt=0, description="a long mining run saves what it has at this interval"
     )
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray cluster that --ray jobs run on when no address is given: 'auto', HOST:PORT or "
+        "ray://HOST:PORT (default: a single-machine cluster started by the job)",
+    )
+    offline_store: Literal["file", "ray"] = Field(
+        default="file",
+        description="Feast offline store and compute engine: file (pandas in this process) or ray "
+        "(Feast's Ray offline store and compute engine on the cluster at ray_address)",
+    )
+    ray_task_retries: int = Field(
+        default=3, ge=0, le=20, description="a --ray task whose worker dies is run again this many times"
+    )
 
     def repo_data_dir(self, repo_name: str) -> Path:
         """Where the tables of one repository live by default: `<data root>/<repo name>/`."""
@@ -126,6 +139,12 @@ class ModelSettings(BaseModel):
 
     mlflow_tracking_uri: str | None = Field(
         default=None, description="MLflow tracking/registry URI (default: sqlite under the data root)"
+    )
+    train_workers: int = Field(
+        default=2,
+        ge=1,
+        le=256,
+        description="Ray workers that train an organisation-wide model together (LightGBM data-parallel)",
     )
     min_positive_labels: int = Field(
         default=50,
