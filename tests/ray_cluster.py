@@ -11,6 +11,7 @@ module). Skipped with the reason where Ray is not installed (`uv sync --extra sc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -95,8 +96,8 @@ class RayCluster:
             [
                 sys.executable,
                 "-c",
-                "import ray; ray.init(address=%r, log_to_driver=False); "
-                "print(sum(1 for n in ray.nodes() if n['Alive']))" % self.address,
+                f"import ray; ray.init(address={self.address!r}, log_to_driver=False); "
+                "print(sum(1 for n in ray.nodes() if n['Alive']))",
             ],
             capture_output=True,
             text=True,
@@ -119,10 +120,8 @@ class RayCluster:
         """Kill a node's whole process group at once (raylet, its workers and the tasks they run), as a
         machine that dies would."""
         process = self.nodes[index]
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         process.wait(timeout=30)
 
     def stop(self) -> None:
