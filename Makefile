@@ -36,6 +36,11 @@ services:
 	      (apt-get update -qq && apt-get install -y -qq --no-install-recommends $$pkg) >/dev/null 2>&1; }; } || \
 	  echo "note: $$bin not available; the tests that need it will skip"; \
 	done
+	@# PostgreSQL for the MLflow tracking server (scripts/mlflow-server.sh): Debian keeps its binaries off PATH.
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -qq --no-install-recommends postgresql >/dev/null 2>&1 || \
+	    (apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql) >/dev/null 2>&1; }; } || \
+	  echo "note: PostgreSQL not available; the MLflow tracking server tests will skip"
 	@# The local LLM (llama.cpp's server + SmolLM2): compiled once into ~/.cache/awo (10-16 min on 2 cores),
 	@# seconds afterwards; the LLM tests skip with the reason when it cannot be built.
 	@scripts/llm.sh build >/dev/null && scripts/llm.sh install >/dev/null || \
