@@ -18,9 +18,11 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
+    from features.settings import Settings
     from pipelines.ingest import IngestResult
     from pipelines.label import LabelResult
     from pipelines.mine import MineResult
+    from pipelines.org import RepoOutcome
 
 
 class MiningProgress:
@@ -65,9 +67,30 @@ class MiningProgress:
         self.stop()
 
 
+TargetArgument = Annotated[
+    Path,
+    typer.Argument(
+        help="a git repository, a folder of git repositories, or a text file listing repository paths"
+    ),
+]
+RayFlag = Annotated[
+    bool,
+    typer.Option(
+        "--ray",
+        help="one Ray task per repository on the cluster at ADDRESS (given after --ray), else at "
+        "AWO_RAY_ADDRESS, else a single-machine cluster started for the run",
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Argument(metavar="[ADDRESS]", help="with --ray: the cluster ('auto', HOST:PORT, ray://HOST:PORT)"),
+]
+
+
 @app.command()
 def mine(
-    repo: Annotated[Path, typer.Argument(help="path of a local git repository")],
+    repo: TargetArgument,
+    ray_address: RayAddress = None,
     data: DataOption = None,
     branch: Annotated[str | None, typer.Option(help="branch to mine (default: HEAD)")] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="parallel git processes for diffs")] = 1,
@@ -75,14 +98,140 @@ def mine(
         str | None, typer.Option(help="repository name in the tables (default: folder name)")
     ] = None,
     service_map: Annotated[Path | None, typer.Option(help="YAML of path globs → service")] = None,
+    ray: RayFlag = False,
 ) -> None:
-    """Mine per-commit change metrics (Kamei et al.) and per-file rows, incrementally."""
-    from pipelines.mine import mine_repository
+    """Mine per-commit change metrics (Kamei et al.) and per-file rows, incrementally; an organisation's
+    repositories one after another, or one Ray task each with --ray."""
+    from pipelines.org import is_organisation
 
     settings = load_settings(service_map=service_map)
+    if ray or is_organisation(repo):
+        _run_organisation("mine", repo, settings, ray, ray_address, data, name, workers, branch)
+        return
+    if ray_address is not None:
+        raise AwoError(f"unexpected argument {ray_address!r}: a cluster address follows --ray")
+    from pipelines.mine import mine_repository
+
     with MiningProgress() as progress:
         result = mine_repository(repo, settings, data, branch, workers, name, progress)
     print_mine_summary(result)
+
+
+def _run_organisation(
+    kind: str,
+    target: Path,
+    settings: Settings,
+    use_ray: bool,
+    ray_address: str | None,
+    data: Path | None,
+    name: str | None,
+    workers: int,
+    option: object,
+) -> None:
+    """`awo mine|label` of several repositories, or of one on Ray: progress in repositories, one line per
+    repository as it finishes, totals; exits non-zero at the end naming the repositories that failed."""
+    import time
+    from dataclasses import replace
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from features.cluster import LOCAL
+    from pipelines.org import discover, mining_totals, run_organisation
+
+    if ray_address is not None and not use_ray:
+        raise AwoError(f"unexpected argument {ray_address!r}: a cluster address follows --ray")
+    organisation = discover(target)
+    specs = organisation.repos
+    if (data or name) and len(specs) > 1:
+        raise AwoError(
+            f"--data and --name name one repository; {target} holds {len(specs)}: their tables go to "
+            "<data root>/<repo name>/ (set AWO_DATA_DIR)"
+        )
+    if specs and (data or name):
+        specs = [replace(specs[0], name=name or specs[0].name, out_dir=data)]
+    if organisation.skipped:
+        shown = ", ".join(p.name for p in organisation.skipped[:10])
+        more = f" and {len(organisation.skipped) - 10} more" if len(organisation.skipped) > 10 else ""
+        err_console.print(
+            styled(
+                "warning:",
+                "yellow",
+                f" skipped {len(organisation.skipped)} entries of {target} that "
+                f"are not git repositories: {shown}{more}",
+            ),
+            highlight=False,
+        )
+    address = (ray_address or settings.ray_address or LOCAL) if use_ray else None
+    progress = Progress(
+        TextColumn(f"{kind} repositories"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    )
+    task = progress.add_task(kind, total=len(specs))
+
+    def on_done(outcome: RepoOutcome) -> None:
+        progress.advance(task)
+        if outcome.failed:
+            err_console.print(
+                styled("failed:", "bold red", f" {outcome.spec.name} ({outcome.spec.path}): {outcome.error}"),
+                highlight=False,
+            )
+        else:
+            console.print(_repo_line(kind, outcome), highlight=False)
+
+    started = time.perf_counter()
+    with progress:
+        outcomes = run_organisation(
+            kind,
+            specs,
+            settings,
+            option,
+            ray_address=address,
+            use_ray=use_ray,
+            workers=workers,
+            on_done=on_done,
+        )
+    totals = mining_totals(outcomes, time.perf_counter() - started)
+    where = f"on Ray ({address})" if use_ray else "in this process"
+    mined = (
+        f", {totals.commits_mined} commits mined, {totals.commits_per_second:,.0f} commits/s"
+        if kind == "mine"
+        else ""
+    )
+    console.print(
+        f"{kind}: {totals.repos} repositories {where}{mined}, {totals.seconds:.2f} s, "
+        f"{len(totals.failed)} failed",
+        highlight=False,
+    )
+    if totals.failed:
+        raise AwoError(
+            f"{len(totals.failed)} of {totals.repos} repositories failed: {', '.join(totals.failed)}"
+        )
+
+
+def _repo_line(kind: str, outcome: RepoOutcome) -> str:
+    from pipelines.label import LabelResult
+    from pipelines.mine import MineResult
+
+    result = outcome.result
+    if kind == "mine" and isinstance(result, MineResult):
+        if result.commits_mined == 0:
+            return f"{result.repo}: up to date at {result.head[:12]} — {result.commits_total} commits"
+        return (
+            f"{result.repo}: mined {result.commits_mined} of {result.commits_total} commits "
+            f"({result.commits_new} new), {result.files_mined} file changes, {result.seconds:.2f} s "
+            f"({result.commits_per_second:,.0f} commits/s)"
+        )
+    if isinstance(result, LabelResult):
+        return (
+            f"{outcome.spec.name}: labelled {result.bug_inducing + result.clean + result.unknown} commits: "
+            f"{result.bug_inducing} bug-inducing, {result.clean} clean, {result.unknown} unknown; "
+            f"{result.fixes} fixes{failed_fixes_note(result)}, {result.seconds:.1f} s"
+        )
+    return f"{outcome.spec.name}: done"
 
 
 def print_mine_summary(result: MineResult, out: Console = console) -> None:
@@ -109,7 +258,8 @@ def print_mine_summary(result: MineResult, out: Console = console) -> None:
 
 @app.command()
 def label(
-    repo: Annotated[Path, typer.Argument(help="path of the mined git repository")],
+    repo: TargetArgument,
+    ray_address: RayAddress = None,
     data: DataOption = None,
     issues: Annotated[
         Path | None, typer.Option(help="issues.csv (issue_id, opened_at) for the date filter")
@@ -123,12 +273,23 @@ def label(
     truth: Annotated[
         Path | None, typer.Option(help="truth.parquet to measure label precision/recall")
     ] = None,
+    ray: RayFlag = False,
 ) -> None:
-    """Label bug-inducing commits with R-SZZ (blame with move/copy detection)."""
+    """Label bug-inducing commits with R-SZZ (blame with move/copy detection); an organisation's
+    repositories one after another, or one Ray task each with --ray."""
     from features.mining.gitlog import Repository
     from pipelines.label import audit_fix, label_repository
+    from pipelines.org import is_organisation
 
     settings = load_settings()
+    if ray or is_organisation(repo):
+        for given, option in ((fix, "--fix"), (truth, "--truth"), (issues, "--issues")):
+            if given is not None:
+                raise AwoError(f"{option} is for one repository without --ray: label {repo} alone")
+        _run_organisation("label", repo, settings, ray, ray_address, data, None, workers, maturity_days)
+        return
+    if ray_address is not None:
+        raise AwoError(f"unexpected argument {ray_address!r}: a cluster address follows --ray")
     out_dir = data or settings.repo_data_dir(Repository(repo).name)
     if fix:
         _print_audit(audit_fix(repo, out_dir, fix, issues, workers))
