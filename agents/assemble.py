@@ -1,12 +1,15 @@
 """The edge where a change's context is gathered: its commits and files (mined tables, or git for a range
 not mined yet), its risk (the scoring core in process, or the risk API over HTTP), the test history, the
-service map, production's state and the change's Terraform plan. Failures to reach a scorer are recorded,
-not raised: `decide` then applies the policy's `on_error` gate (fail closed); a bad plan file is an error."""
+service map, production's state, the change's Terraform plan and its security findings. Failures to reach a
+scorer are recorded, not raised: `decide` then applies the policy's `on_error` gate (fail closed); a bad plan
+or SARIF file is an error."""
 
 from __future__ import annotations
 
 import functools
 import math
+import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +19,15 @@ import pandas as pd
 
 from agents.context import ChangeContext, ChangedFile, Risk, RiskDriver
 from agents.policy import Policy
+from agents.security import (
+    ChangedLines,
+    Finding,
+    SecurityScan,
+    added_line_ranges,
+    assess_findings,
+    read_sarif,
+    stored_findings,
+)
 from agents.terraform import TerraformPlan, is_plan_file, parse_plan_text, read_plan
 from features.classify import ServiceMap
 from features.errors import AwoError
@@ -340,6 +352,85 @@ def terraform_plan_of(
     )
 
 
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # git's id of the empty tree: a root commit's base
+
+
+def change_base(ref: ChangeRef, change: MeasuredChange) -> str:
+    """What the change is compared with: the range's merge base, else the commit's first parent."""
+    if change.base is not None:
+        return change.base
+    from features.mining.gitlog import Repository
+
+    parents = Repository(ref.repo_path).parents_of(change.shas[-1])
+    return parents[0] if parents else EMPTY_TREE
+
+
+def changed_lines(repo_path: Path, base: str, head: str) -> ChangedLines:
+    """The lines the change adds, by file, from `git diff -U0 base head`. Git rather than the mined tables:
+    the miner caps a commit's diff lines (DIFF_MAX_LINES) and `added_where` with it, so a large change would
+    lose lines silently, while the diff is exact for a mined commit and an unmined range alike."""
+    proc = subprocess.run(
+        [
+            "git",
+            "-c",
+            "core.quotepath=off",
+            "diff",
+            "-U0",
+            "-M",
+            "--no-color",
+            "--no-ext-diff",
+            base,
+            head,
+            "--",
+        ],
+        cwd=repo_path,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise AwoError(f"git diff {base[:12]} {head[:12]} in {repo_path}: {proc.stderr.strip()[:200]}")
+    return added_line_ranges(proc.stdout)
+
+
+def security_scan_of(
+    ref: ChangeRef,
+    change: MeasuredChange,
+    settings: Settings,
+    policy: Policy,
+    service_of: Callable[[str], str],
+    sarif: list[Path] | None = None,
+    sarif_base: list[Path] | None = None,
+) -> SecurityScan | None:
+    """The change's findings: the SARIF files given, else those stored for its head commit (`awo ingest
+    security`); the base's from `sarif_base`, else stored for the base commit, else none (no base scan).
+    None when the change has no findings from anywhere."""
+    tables = ref.tables_dir(settings)
+    head_sha = change.shas[0]
+    base_sha = change_base(ref, change)
+    head: list[Finding] | None
+    if sarif:
+        reports = [read_sarif(p) for p in sarif]
+        head, sources = [f for r in reports for f in r.findings], [r.source for r in reports]
+    else:
+        head, sources = stored_findings(tables, head_sha), [f"stored for {head_sha[:12]}"]
+    if head is None:
+        return None
+    base: list[Finding] | None
+    if sarif_base:
+        base_reports = [read_sarif(p) for p in sarif_base]
+        base, base_sources = [f for r in base_reports for f in r.findings], [r.source for r in base_reports]
+    else:
+        base, base_sources = stored_findings(tables, base_sha), [f"stored for {base_sha[:12]}"]
+    lines = changed_lines(ref.repo_path, base_sha, head_sha)
+    return SecurityScan(
+        sources=sources,
+        base_sources=base_sources if base is not None else [],
+        findings=assess_findings(head, base, lines, policy.security, service_of),
+    )
+
+
 def assemble(
     ref: ChangeRef,
     settings: Settings,
@@ -351,6 +442,8 @@ def assemble(
     scorer: RiskScorer | None = None,
     topology: Topology | None = None,
     terraform_plan: Path | None = None,
+    sarif: list[Path] | None = None,
+    sarif_base: list[Path] | None = None,
 ) -> ChangeContext:
     from agents.environment import MetricsUnavailable, read_metrics_file, read_prometheus, service_states
 
@@ -360,6 +453,7 @@ def assemble(
     terraform = terraform_plan_of(ref, change, policy, terraform_plan)
     risk, risk_error = assess(change, ref, scorer or scorer_for(settings))
     service_map = ServiceMap(topology.path_rules())
+    security = security_scan_of(ref, change, settings, policy, service_map.service_of, sarif, sarif_base)
     files = [ChangedFile.of(p, service_map.service_of(p), la, ld) for p, la, ld in change.files]
     # Services named by the caller are added to those of the files, never put in their place: the rules,
     # incidents and error budgets of a touched service always count.
@@ -403,5 +497,6 @@ def assemble(
         service_states=states,
         warnings=warnings,
         terraform=terraform,
+        security=security,
         now=at,
     )

@@ -1,6 +1,6 @@
-"""What a decision is made from: the change (commits, files, risk, Terraform plan), its services and their
-state, the test history, and the time. Plain data, assembled at the edges (agents/assemble.py), read by
-`decide`."""
+"""What a decision is made from: the change (commits, files, risk, Terraform plan, security findings), its
+services and their state, the test history, and the time. Plain data, assembled at the edges
+(agents/assemble.py), read by `decide`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from agents.security import SecurityScan
 from agents.terraform import TerraformPlan
 from agents.vocabulary import FileKindName
 from features.classify import file_kind
@@ -167,6 +168,10 @@ class ChangeContext(BaseModel):
     terraform: TerraformPlan | None = Field(
         default=None,
         description="the change's Terraform plan (`--terraform-plan`, or a plan file it commits)",
+    )
+    security: SecurityScan | None = Field(
+        default=None,
+        description="the change's security findings (`--sarif`, or stored with `awo ingest security`)",
     )
     now: datetime
 

@@ -14,6 +14,7 @@ from agents.context import ChangeContext
 from agents.gating import RiskSignal, band_of
 from agents.policy import Policy, Rule
 from agents.rollout import RolloutPlan, plan_rollout
+from agents.security import AssessedFinding, SecurityScan, findings_floor, gating_rule
 from agents.terraform import stateful_changes
 from agents.test_plan import TestPlan, plan_tests
 from agents.vocabulary import BANDS, Band, Gate, gate_level, tighter
@@ -24,10 +25,37 @@ EXIT_CODES: dict[Gate, int] = {"fast_track": 0, "standard": 0, "senior_review": 
 
 class Reason(BaseModel):
     kind: Literal[
-        "band", "driver", "rule", "environment", "infrastructure", "schedule", "error", "llm", "override"
+        "band",
+        "driver",
+        "rule",
+        "environment",
+        "infrastructure",
+        "security",
+        "schedule",
+        "error",
+        "llm",
+        "override",
     ]
     code: str = Field(description="stable identifier: the rule name, the feature, the guardrail")
     message: str
+
+
+class FindingOutcome(BaseModel):
+    """A security finding as the decision weighed it: the row the audit record keeps and `awo explain`
+    prints, and what a waiver names (`finding_id`)."""
+
+    finding_id: str
+    tool: str
+    rule_id: str
+    severity: str
+    path: str
+    line: int | None
+    status: Literal["new", "pre-existing", "unknown"]
+    on_changed_line: bool
+    service: str
+    message: str
+    gating_rule: str | None = Field(default=None, description="the policy rule it triggered (None: reported)")
+    gate: Gate | None = Field(default=None, description="the gate it requires at least")
 
 
 class LlmReview(BaseModel):
@@ -60,6 +88,13 @@ class Decision(BaseModel):
     model: dict[str, str | None] | None = None
     fallback: str | None = Field(default=None, description="why the policy's on_error gate applied")
     llm: LlmReview | None = None
+    findings: list[FindingOutcome] = Field(
+        default_factory=list, description="security findings weighed: new first, then the rest (at most 200)"
+    )
+    gate_without_findings: Gate | None = Field(
+        default=None,
+        description="the gate without the security findings' gates (what waiving all of them leaves)",
+    )
     decided_at: datetime
     inputs_digest: str
 
@@ -194,6 +229,8 @@ def decide(context: ChangeContext, policy: Policy) -> Decision:
                 )
             )
 
+    findings, security_gate = _weigh_findings(context, policy, reasons)
+
     for warning in context.warnings:
         reasons.append(Reason(kind="environment", code="input_unknown", message=warning))
     test_plan = plan_tests(context, plan_band, policy, rule_suites)
@@ -205,6 +242,10 @@ def decide(context: ChangeContext, policy: Policy) -> Decision:
         reasons.append(
             Reason(kind="schedule", code="no_slot", message="no deploy slot found: a person picks the time")
         )
+
+    gate_without_findings = gate if context.security is not None else None
+    if security_gate is not None:
+        gate = tighter(gate, security_gate)
 
     return Decision(
         repo=context.repo,
@@ -223,9 +264,78 @@ def decide(context: ChangeContext, policy: Policy) -> Decision:
         if risk is None
         else {"name": risk.model_name, "version": risk.model_version, "kind": risk.model_kind},
         fallback=fallback,
+        findings=findings,
+        gate_without_findings=gate_without_findings,
         decided_at=context.now,
         inputs_digest=context.digest(),
     )
+
+
+MAX_FINDING_ROWS = 200
+MAX_FINDING_REASONS = 20
+
+
+def _finding_text(a: AssessedFinding) -> str:
+    f = a.finding
+    where = "on a changed line" if a.on_changed_line else "outside the changed lines"
+    return (
+        f"{a.severity} {f.tool} {f.rule_id} at {f.where()} ({a.status}, {where}; finding {f.finding_id}): "
+        f"{' '.join(f.message.split())[:200]}"
+    )
+
+
+def _weigh_findings(
+    context: ChangeContext, policy: Policy, reasons: list[Reason]
+) -> tuple[list[FindingOutcome], Gate | None]:
+    """The security findings as reasons and rows, and the tightest gate a new one requires (the policy's
+    `security.rules`); findings that are not new, or off the changed lines, are counted, not gating."""
+    scan: SecurityScan | None = context.security
+    if scan is None:
+        return [], None
+    rows: list[FindingOutcome] = []
+    shown = 0
+    for a in scan.findings:
+        rule = gating_rule(a, policy.security, lambda s: context.topology.service(s).criticality)
+        f = a.finding
+        rows.append(
+            FindingOutcome(
+                finding_id=f.finding_id,
+                tool=f.tool,
+                rule_id=f.rule_id,
+                severity=a.severity,
+                path=f.path,
+                line=f.start_line,
+                status=a.status,
+                on_changed_line=a.on_changed_line,
+                service=a.service,
+                message=" ".join(f.message.split())[:300],
+                gating_rule=None if rule is None else rule.name,
+                gate=None if rule is None else rule.gate,
+            )
+        )
+        if a.status == "new" and shown < MAX_FINDING_REASONS:
+            shown += 1
+            if rule is not None:
+                text = f"{_finding_text(a)}. {rule.reason}: at least {rule.gate}"
+                reasons.append(Reason(kind="security", code=rule.name, message=text))
+            else:
+                text = f"{_finding_text(a)}. Reported, not gating"
+                reasons.append(Reason(kind="security", code="finding-reported", message=text))
+    counts = {s: sum(a.status == s for a in scan.findings) for s in ("new", "pre-existing", "unknown")}
+    on_lines = sum(a.status == "new" and a.on_changed_line for a in scan.findings)
+    base = "base " + ", ".join(scan.base_sources) if scan.base_sources else "no base scan"
+    reasons.append(
+        Reason(
+            kind="security",
+            code="security-scan",
+            message=f"security scan {', '.join(scan.sources) or '-'} ({base}): "
+            f"{len(scan.findings)} findings, {counts['new']} new ({on_lines} on changed lines), "
+            f"{counts['pre-existing']} pre-existing, "
+            f"{counts['unknown']} unknown (no base, off the changed lines: not gating)",
+        )
+    )
+    rows.sort(key=lambda r: (r.gate is None, r.status != "new"))  # gating first, then new; stable otherwise
+    return rows[:MAX_FINDING_ROWS], findings_floor(r.gate for r in rows)
 
 
 DECISION_SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "schemas" / "decision.schema.json"

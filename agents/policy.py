@@ -366,6 +366,93 @@ class AnsiblePolicy(_Strict):
     resource: str = Field(default="ansible-runner", min_length=1)
 
 
+Severity = Literal["info", "low", "medium", "high", "critical"]
+SEVERITIES: tuple[Severity, ...] = ("info", "low", "medium", "high", "critical")
+SarifLevel = Literal["none", "note", "warning", "error"]
+
+
+def severity_rank(severity: Severity) -> int:
+    return SEVERITIES.index(severity)
+
+
+class SecuritySeverityScale(_Strict):
+    """Lower bounds of a `security-severity` score (CVSS-like, 0-10) per severity: GitHub code scanning's
+    scale (9.0 critical, 7.0 high, 4.0 medium, 0.1 low; below that, info)."""
+
+    critical: float = Field(default=9.0, ge=0, le=10)
+    high: float = Field(default=7.0, ge=0, le=10)
+    medium: float = Field(default=4.0, ge=0, le=10)
+    low: float = Field(default=0.1, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _descending(self) -> SecuritySeverityScale:
+        if not self.critical >= self.high >= self.medium >= self.low:
+            raise ValueError("bounds must not rise from critical down to low")
+        return self
+
+    def severity_of(self, score: float) -> Severity:
+        names: tuple[Severity, ...] = ("critical", "high", "medium", "low")
+        for name in names:
+            if score >= getattr(self, name):
+                return name
+        return "info"
+
+
+def _level_severities() -> dict[SarifLevel, Severity]:
+    return {"error": "high", "warning": "medium", "note": "low", "none": "info"}
+
+
+class SecurityRule(_Strict):
+    """A gate a new security finding raises: at least `min_severity`, in a service at least
+    `min_criticality` (when given), on a line the change adds (unless `on_changed_lines_only` is off)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+    min_severity: Severity
+    min_criticality: Criticality | None = None
+    on_changed_lines_only: bool = True
+    gate: Gate
+    reason: str = Field(min_length=1, max_length=300)
+
+
+def _security_rules() -> list[SecurityRule]:
+    return [
+        SecurityRule(
+            name="new-high-finding-blocks",
+            min_severity="high",
+            gate="block",
+            reason="a new high or critical security finding blocks the change",
+        ),
+        SecurityRule(
+            name="new-medium-in-critical-service",
+            min_severity="medium",
+            min_criticality="critical",
+            gate="senior_review",
+            reason="a new medium security finding in a critical service needs a senior review",
+        ),
+    ]
+
+
+class SecurityPolicy(_Strict):
+    """Security findings (SARIF 2.1.0, agents/security.py): how a finding's severity is read, and the gates
+    new findings raise. A finding that is not new, or not on a changed line, is reported and never gates
+    unless a rule turns `on_changed_lines_only` off."""
+
+    security_severity: SecuritySeverityScale = Field(default_factory=SecuritySeverityScale)
+    levels: dict[SarifLevel, Severity] = Field(
+        default_factory=_level_severities,
+        description="severity of a result without a security-severity score, by its SARIF level",
+    )
+    rules: list[SecurityRule] = Field(default_factory=_security_rules)
+
+    @field_validator("levels")
+    @classmethod
+    def _every_level(cls, levels: dict[SarifLevel, Severity]) -> dict[SarifLevel, Severity]:
+        missing = [lv for lv in ("none", "note", "warning", "error") if lv not in levels]
+        if missing:
+            raise ValueError(f"a severity for every SARIF level is needed; missing {missing}")
+        return levels
+
+
 def _must_equal() -> list[str]:
     return [
         "*timeout*",
@@ -425,6 +512,7 @@ class Policy(_Strict):
     terraform: TerraformPolicy = Field(default_factory=TerraformPolicy)
     ansible: AnsiblePolicy = Field(default_factory=AnsiblePolicy)
     config: ConfigRules = Field(default_factory=ConfigRules)
+    security: SecurityPolicy = Field(default_factory=SecurityPolicy)
 
     @field_validator("rollout")
     @classmethod

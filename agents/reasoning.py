@@ -5,7 +5,8 @@ the policy's bounds, and it may only tighten (a stricter gate, more tests, a lat
 Invalid JSON, a timeout or a failed check leaves the deterministic decision as it was, and says so.
 
 Commit messages, file names and diffs are untrusted data: they are quoted to the model as data, and
-nothing the model says can change the policy or lower a gate."""
+nothing the model says can change the policy or lower a gate; a gate set by a security finding can only be
+lifted by a person's waiver (`awo override --waive`), never by the model."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from agents.context import ChangeContext
 from agents.decision import Decision, LlmReview, Reason
 from agents.policy import Policy
 from agents.rollout import in_window, peak_share
+from agents.security import findings_floor
 from agents.test_plan import PlannedSuite, PlannedTest
-from agents.vocabulary import GATES, Gate, gate_level
+from agents.vocabulary import GATES, Gate, gate_level, tighter
 from features.settings import Settings
 
 MAX_RATIONALE = 1200
@@ -37,11 +39,12 @@ class Proposal(BaseModel):
     tests: list[str] = Field(default_factory=list, max_length=50)
     suite: str | None = None
     delay_hours: int | None = None
+    finding: str | None = None
     why: str = ""
 
     def key(self) -> tuple[Any, ...]:
         """What two samples must share to agree (the wording of `why` may differ)."""
-        return (self.kind, self.gate, tuple(sorted(self.tests)), self.suite, self.delay_hours)
+        return (self.kind, self.gate, tuple(sorted(self.tests)), self.suite, self.delay_hours, self.finding)
 
 
 class Answer(BaseModel):
@@ -103,6 +106,10 @@ def prompt_for(decision: Decision, context: ChangeContext, policy: Policy) -> st
         if decision.rollout_plan.deploy_at is None
         else decision.rollout_plan.deploy_at.isoformat(),
         "gates_loosest_to_tightest": list(GATES),
+        "new_security_findings": sum(f.status == "new" for f in decision.findings),
+        "security_findings_gating": [
+            f"{f.severity} {f.rule_id} → {f.gate}" for f in decision.findings if f.gate
+        ],
     }
     messages = "\n".join(m[:500] for m in context.messages[:10])
     return (
@@ -131,6 +138,8 @@ def verify(
     rejected: list[dict[str, Any]] = []
     fired: list[str] = []
     gate: Gate = decision.gate
+    without_findings = decision.gate_without_findings
+    floor = findings_floor(f.gate for f in decision.findings)
     tests = list(decision.test_plan.tests)
     suites = list(decision.test_plan.suites)
     planned_s = decision.test_plan.planned_s
@@ -143,13 +152,21 @@ def verify(
         fired.append(guardrail)
 
     for p in proposals[:MAX_PROPOSALS]:
-        if p.kind == "tighten_gate":
+        if p.kind == "waive_finding":
+            refuse(
+                p,
+                "no_security_waiver",
+                f"only a person may waive security finding {p.finding or '?'} (`awo override --waive`)",
+            )
+        elif p.kind == "tighten_gate":
             if p.gate not in GATES:
                 refuse(p, "unknown_gate", f"unknown gate {p.gate!r}")
             elif gate_level(p.gate) <= gate_level(gate):
                 refuse(p, "no_loosening", f"{p.gate} is not tighter than {gate}")
             else:
                 gate = p.gate
+                if without_findings is not None:  # a waiver later must not undo what the LLM tightened
+                    without_findings = tighter(without_findings, p.gate)
                 accepted.append(p.model_dump(exclude_defaults=True))
                 reasons.append(Reason(kind="llm", code="tighten_gate", message=f"LLM: {p.why[:300]}"))
         elif p.kind == "add_tests":
@@ -218,9 +235,14 @@ def verify(
         else:
             refuse(p, "unknown_proposal", f"unknown proposal kind {p.kind!r}")
 
+    if floor is not None and gate_level(gate) < gate_level(floor):  # the invariant, whatever the code above
+        gate = floor
+        fired.append("security_floor")
+
     reviewed = decision.model_copy(
         update={
             "gate": gate,
+            "gate_without_findings": without_findings,
             "reasons": reasons,
             "test_plan": decision.test_plan.model_copy(
                 update={"tests": tests, "suites": suites, "planned_s": planned_s}

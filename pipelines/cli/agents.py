@@ -1,5 +1,6 @@
 """`awo decide`, `awo explain`, `awo override`, `awo audit verify`, `awo policy`: the decision engine's
-commands. `awo decide` exits 0 (proceed), 3 (senior review) or 4 (block) so a CI step can act on it."""
+commands, and the security-findings ingest behind `awo ingest security`. `awo decide` exits 0 (proceed),
+3 (senior review) or 4 (block) so a CI step can act on it."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pipelines.cli.root import app, console, err_console, load_settings, styled
 
 if TYPE_CHECKING:
     from agents.engine import Recorded
+    from agents.security import StoredFindings
 
 audit_app = typer.Typer(help="The tamper-evident decision audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
@@ -93,10 +95,28 @@ def decide(
             dir_okay=False,
         ),
     ] = None,
+    sarif: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--sarif",
+            help="security findings of the change's head as SARIF 2.1.0 (repeatable; default: those stored "
+            "with `awo ingest security` for the head commit)",
+            dir_okay=False,
+        ),
+    ] = None,
+    sarif_base: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--sarif-base",
+            help="the base's findings, to tell new ones (repeatable; default: those stored for the base)",
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Decide how a change is gated, tested and shipped. Exit 0: proceed; 3: senior review; 4: block."""
     from agents.assemble import ChangeRef
     from agents.engine import decide_change, policy_of
+    from agents.security import read_sarif
     from agents.terraform import read_plan
 
     settings = load_settings()
@@ -104,6 +124,8 @@ def decide(
     ref = ChangeRef(repo_path=repo, repo="", sha=sha, base=base, head=head)  # checks the options first
     if terraform_plan is not None:
         read_plan(terraform_plan)  # a bad plan file fails before any mining
+    for scan in [*(sarif or []), *(sarif_base or [])]:
+        read_sarif(scan)  # a malformed SARIF file fails before any mining, and nothing is recorded
     repo_name = _ensure_mined(repo, name, settings)
     ref = ChangeRef(repo_path=repo, repo=repo_name, sha=sha, base=base, head=head)
     recorded = decide_change(
@@ -115,6 +137,8 @@ def decide(
         now=now,
         reviewer=_reviewer(settings),
         terraform_plan=terraform_plan,
+        sarif=sarif,
+        sarif_base=sarif_base,
     )
     if as_json:
         body = recorded.decision.model_dump(mode="json")
@@ -198,22 +222,62 @@ def explain(decision_id: Annotated[str, typer.Argument(help="the decision's id (
 @app.command()
 def override(
     decision_id: Annotated[str, typer.Argument(help="the decision's id")],
-    gate: Annotated[GateChoice, typer.Option(help="the gate to set")],
     reason: Annotated[str, typer.Option(help="why (recorded)")],
+    gate: Annotated[
+        GateChoice | None, typer.Option(help="the gate to set (default with --waive: what the waivers leave)")
+    ] = None,
+    waive: Annotated[
+        list[str] | None,
+        typer.Option("--waive", help="a security finding's id to waive (repeatable; see `awo explain`)"),
+    ] = None,
     policy: PolicyOption = None,
 ) -> None:
-    """Record a human override of a decision's gate; only identities the policy names may."""
+    """Record a human override of a decision's gate, or waivers of its security findings; only identities
+    the policy names may, and a gate below an unwaived finding's is refused."""
     from agents.engine import audit_log, policy_of
     from agents.engine import override as record_override
 
     settings = load_settings()
     who = getpass.getuser()  # who runs the command: not a name typed on it
     done = record_override(
-        audit_log(settings), policy_of(settings, policy), decision_id, gate.value, reason, who
+        audit_log(settings),
+        policy_of(settings, policy),
+        decision_id,
+        None if gate is None else gate.value,
+        reason,
+        who,
+        waive=waive,
     )
+    waived = f" waiving {', '.join(done['waived'])}" if done["waived"] else ""
     console.print(
-        f"decision {decision_id}: {done['from_gate']} → {done['to_gate']} by {who}; "
+        f"decision {decision_id}: {done['from_gate']} → {done['to_gate']} by {who}{waived}; "
         f"audit head {done['audit_head']}",
+        highlight=False,
+    )
+
+
+def ingest_security(file: Path, sha: str, data: Path) -> tuple[StoredFindings, dict[str, int]]:
+    """`awo ingest security FILE --sha S --data DIR`: validate a SARIF 2.1.0 file (a malformed one stores
+    nothing) and keep its findings for commit S in the repository's data directory, replacing S's findings
+    from the same tools. Returns what was stored and the count per severity under the policy in force."""
+    from agents.engine import policy_of
+    from agents.policy import SEVERITIES
+    from agents.security import checked_sha, read_sarif, severity_of, store_findings
+
+    checked_sha(sha)
+    report = read_sarif(file)
+    security = policy_of(load_settings()).security
+    severities = [severity_of(f, security) for f in report.findings]
+    counts: dict[str, int] = {s: severities.count(s) for s in reversed(SEVERITIES)}
+    return store_findings(data, sha, report), counts
+
+
+def print_security_ingest_summary(stored: StoredFindings, counts: dict[str, int]) -> None:
+    by_severity = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "none"
+    console.print(
+        f"security findings {stored.source} for {stored.sha[:12]}: {stored.stored} stored "
+        f"({', '.join(stored.tools) or 'no tool'}; {by_severity}), {stored.replaced} replaced "
+        f"→ {stored.table}",
         highlight=False,
     )
 
