@@ -113,12 +113,16 @@ def connect(settings: Settings) -> str:
 
 
 def experiment(settings: Settings, name: str) -> str:
-    """The id of experiment `name`, created with its artifacts under the data root."""
+    """The id of experiment `name`, created with its artifacts under the data root when the registry is a
+    local database; a tracking server (http, https, databricks) keeps artifacts where it was told to
+    (`--artifacts-destination`), so clients on other machines can read them."""
     import mlflow
 
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
+    if mlflow.get_tracking_uri().split(":", 1)[0] in ("http", "https", "databricks"):
+        return mlflow.create_experiment(name)
     location = (settings.data_dir / "mlartifacts" / name).resolve().as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
 
