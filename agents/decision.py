@@ -280,7 +280,7 @@ def _finding_text(a: AssessedFinding) -> str:
     where = "on a changed line" if a.on_changed_line else "outside the changed lines"
     return (
         f"{a.severity} {f.tool} {f.rule_id} at {f.where()} ({a.status}, {where}; finding {f.finding_id}): "
-        f"{' '.join(f.message.split())[:200]}"
+        f"{' '.join(f.message.split())[:200].rstrip('.')}"
     )
 
 
@@ -316,10 +316,10 @@ def _weigh_findings(
         if a.status == "new" and shown < MAX_FINDING_REASONS:
             shown += 1
             if rule is not None:
-                text = f"{_finding_text(a)}. {rule.reason}: at least {rule.gate}"
+                text = f"{_finding_text(a)}; {rule.reason}: at least {rule.gate}"
                 reasons.append(Reason(kind="security", code=rule.name, message=text))
             else:
-                text = f"{_finding_text(a)}. Reported, not gating"
+                text = f"{_finding_text(a)}; reported, not gating"
                 reasons.append(Reason(kind="security", code="finding-reported", message=text))
     counts = {s: sum(a.status == s for a in scan.findings) for s in ("new", "pre-existing", "unknown")}
     on_lines = sum(a.status == "new" and a.on_changed_line for a in scan.findings)

@@ -340,7 +340,7 @@ def test_findings_already_in_the_base_or_off_the_changed_lines_are_reported_not_
     [summary] = [r.message for r in off.reasons if r.code == "security-scan"]
     assert "3 findings, 3 new (0 on changed lines), 0 pre-existing" in summary
     reported = [r.message for r in off.reasons if r.code == "finding-reported"]
-    assert len(reported) == 3 and all("Reported, not gating" in m for m in reported)
+    assert len(reported) == 3 and all("reported, not gating" in m for m in reported)
 
 
 def test_an_llm_proposal_can_neither_waive_a_finding_nor_lower_the_gate_it_set(bandit_doc):
