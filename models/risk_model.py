@@ -14,7 +14,7 @@ with the `bias` column they sum to the booster's raw margin (log-odds before cal
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -73,6 +73,50 @@ class TooFewLabels(ValueError):
     """Not enough rows or positive labels to train and calibrate on."""
 
 
+class BoosterTrainer(Protocol):
+    """Fits one LightGBM classifier from estimator parameters: in this process, or across workers."""
+
+    def fit(
+        self,
+        params: dict[str, Any],
+        X: pd.DataFrame,
+        y: np.ndarray,
+        weight: np.ndarray,
+        validation: tuple[pd.DataFrame, np.ndarray] | None = None,
+        early_stopping_rounds: int | None = None,
+    ) -> Any: ...
+
+
+class LocalTrainer:
+    """LightGBM's scikit-learn estimator in this process; with a validation set, early stopping on its AUC."""
+
+    def fit(
+        self,
+        params: dict[str, Any],
+        X: pd.DataFrame,
+        y: np.ndarray,
+        weight: np.ndarray,
+        validation: tuple[pd.DataFrame, np.ndarray] | None = None,
+        early_stopping_rounds: int | None = None,
+    ) -> Any:
+        import lightgbm as lgb
+
+        model = lgb.LGBMClassifier(**params)
+        if validation is None:
+            return model.fit(X, y, sample_weight=weight)
+        return model.fit(
+            X,
+            y,
+            sample_weight=weight,
+            eval_X=validation[0],
+            eval_y=validation[1],
+            eval_metric="auc",
+            callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)]
+            if early_stopping_rounds
+            else None,
+        )
+
+
 class RiskModel:
     def __init__(self, features: list[str], config: ModelConfig | None = None, name: str = "risk") -> None:
         self.features = list(features)
@@ -96,9 +140,31 @@ class RiskModel:
         return X
 
     # --- learning ---
-    def fit(self, frame: pd.DataFrame, y: pd.Series | np.ndarray, times: pd.Series) -> RiskModel:
-        import lightgbm as lgb
+    def booster_params(self) -> dict[str, Any]:
+        """The LightGBM estimator's parameters (scikit-learn names) for this config."""
+        cfg = self.config
+        return {
+            "n_estimators": cfg.n_estimators,
+            "learning_rate": cfg.learning_rate,
+            "num_leaves": cfg.num_leaves,
+            "min_child_samples": cfg.min_child_samples,
+            "subsample": cfg.subsample,
+            "subsample_freq": 1,
+            "colsample_bytree": cfg.colsample_bytree,
+            "reg_lambda": cfg.reg_lambda,
+            "random_state": cfg.seed,
+            "verbose": -1,
+        }
 
+    def fit(
+        self,
+        frame: pd.DataFrame,
+        y: pd.Series | np.ndarray,
+        times: pd.Series,
+        trainer: BoosterTrainer | None = None,
+    ) -> RiskModel:
+        """Learn from time-ordered rows. `trainer` fits the boosters (the early-stopped one and the refit):
+        LocalTrainer in this process by default, models.distributed.RayTrainer across a Ray cluster."""
         from models.evaluation import risk_reference, time_split
 
         y = np.asarray(y, dtype=int)
@@ -118,26 +184,15 @@ class RiskModel:
         train, validation, calibration = split.train, split.validation, split.test
         X = self.design(frame.reset_index(drop=True))
         weights = self._weights(y[train], len(train))
-        self.booster_ = lgb.LGBMClassifier(
-            n_estimators=cfg.n_estimators,
-            learning_rate=cfg.learning_rate,
-            num_leaves=cfg.num_leaves,
-            min_child_samples=cfg.min_child_samples,
-            subsample=cfg.subsample,
-            subsample_freq=1,
-            colsample_bytree=cfg.colsample_bytree,
-            reg_lambda=cfg.reg_lambda,
-            random_state=cfg.seed,
-            verbose=-1,
-        )
-        self.booster_.fit(
+        trainer = trainer or LocalTrainer()
+        params = self.booster_params()
+        self.booster_ = trainer.fit(
+            params,
             X.iloc[train],
             y[train],
-            sample_weight=weights,
-            eval_X=X.iloc[validation],
-            eval_y=y[validation],
-            eval_metric="auc",
-            callbacks=[lgb.early_stopping(cfg.early_stopping_rounds, verbose=False)],
+            weights,
+            (X.iloc[validation], y[validation]),
+            cfg.early_stopping_rounds,
         )
         self.columns_ = list(X.columns)
         raw = np.asarray(self.booster_.predict(X.iloc[calibration], raw_score=True), dtype=float)
@@ -150,9 +205,9 @@ class RiskModel:
             # the same number of passes per row as early stopping chose on the smaller training slice
             best = self.booster_.best_iteration_ or cfg.n_estimators
             iterations = max(1, round(best * len(y) / len(train)))
-            refit = lgb.LGBMClassifier(**{**self.booster_.get_params(), "n_estimators": iterations})
-            refit.fit(X, y, sample_weight=self._weights(y, len(y)))
-            self.booster_ = refit
+            self.booster_ = trainer.fit(
+                {**params, "n_estimators": iterations}, X, y, self._weights(y, len(y))
+            )
         self.trained_rows_ = {
             "train": len(train),
             "validation": len(validation),

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,9 +22,9 @@ import pandas as pd
 from features.errors import AwoError
 from features.history import ADDED_WHERE
 from features.settings import Settings
-from features.tables import CODE_COLUMNS, DEPLOYMENTS_FILE, read_table
+from features.tables import CODE_COLUMNS, COMMITS_FILE, DEPLOYMENTS_FILE, read_table
 from models.evaluation import classification_metrics, reference
-from models.risk_model import ModelConfig, TooFewLabels
+from models.risk_model import BoosterTrainer, ModelConfig, RiskModel, TooFewLabels
 from models.training import (
     TrainingData,
     cross_project_model,
@@ -33,6 +34,9 @@ from models.training import (
     risk_model,
     rolling_evaluation,
 )
+
+if TYPE_CHECKING:
+    from models.distributed import WorkerPlace
 
 
 @dataclass
@@ -58,8 +62,6 @@ def change_risk_data(
     """Mature, labelled commits with their point-in-time features from `service` (default: the
     `change_risk_features` setting). `maturity_days`: the label maturity window `awo label` used; by default
     read off the labels themselves (see models.training.mature_labels)."""
-    from features.store import feature_names, training_set
-
     commits = read_table(data_dir / "commits.parquet")
     if commits is None:
         raise AwoError(f"no mined commits in {data_dir}: run `awo mine` and `awo label` first")
@@ -68,7 +70,22 @@ def change_risk_data(
             f"{data_dir / 'commits.parquet'} has no labels: run `awo label REPO --data {data_dir}`"
         )
     service = service or settings.change_risk_features
-    mature = mature_labels(commits, maturity_days)
+    return _change_risk_training_data(
+        store,
+        mature_labels(commits, maturity_days),
+        service,
+        "mined, SZZ-labelled commits",
+        immature_from(commits, maturity_days),
+    )
+
+
+def _change_risk_training_data(
+    store, mature: pd.DataFrame, service: str, source: str, mature_before: pd.Timestamp | None
+) -> TrainingData:
+    """Point-in-time features of the `mature` labelled commits (of one repository or many: the Feast
+    sources hold every built repository's rows) from `service`, with label, time and effort."""
+    from features.store import feature_names, training_set
+
     entities = mature[["repo", "sha", "committed_at"]].rename(columns={"committed_at": "event_timestamp"})
     frame = training_set(store, entities, service)
     frame = frame.merge(mature[["repo", "sha", "bug_inducing", "committed_at"]], on=["repo", "sha"])
@@ -79,9 +96,55 @@ def change_risk_data(
         service,
         [f for f in feature_names(store, service) if f != ADDED_WHERE],  # where lines are: not an input
         frame.sort_values("at", kind="stable").reset_index(drop=True),
-        "mined, SZZ-labelled commits",
-        immature_from(commits, maturity_days),
+        source,
+        mature_before,
     )
+
+
+def labelled_repositories(data_root: Path) -> list[Path]:
+    """The data directories under `data_root` that hold labelled commits (`<repo>/commits.parquet` with a
+    `bug_inducing` column), by name."""
+    import pyarrow.parquet as pq
+
+    found = []
+    for table in sorted(Path(data_root).glob(f"*/{COMMITS_FILE}")):
+        if "bug_inducing" in pq.read_schema(table).names:
+            found.append(table.parent)
+    return found
+
+
+def org_change_risk_data(
+    settings: Settings, store, maturity_days: float | None = None, service: str | None = None
+) -> tuple[TrainingData, list[str]]:
+    """The organisation's training data: the mature labels of every labelled repository under the data
+    root, each repository's maturity window its own, in one time-ordered frame; and the repository names."""
+    directories = labelled_repositories(settings.data_dir)
+    if not directories:
+        raise AwoError(
+            f"no labelled repositories under {settings.data_dir}: run `awo mine` and `awo label` on the "
+            "organisation's repositories first"
+        )
+    mature, names, windows = [], [], []
+    for directory in directories:
+        commits = read_table(directory / COMMITS_FILE)
+        assert commits is not None  # found by labelled_repositories
+        repo = str(commits["repo"].iloc[0])
+        if repo in names:
+            raise AwoError(
+                f"{directory / COMMITS_FILE}: repository name {repo!r} is mined twice under the data root"
+            )
+        names.append(repo)
+        mature.append(mature_labels(commits, maturity_days))
+        windows.append(immature_from(commits, maturity_days))
+    starts = [w for w in windows if w is not None]
+    data = _change_risk_training_data(
+        store,
+        pd.concat(mature, ignore_index=True),
+        service or settings.change_risk_features,
+        f"mined, SZZ-labelled commits of {len(names)} repositories",
+        min(starts) if starts else None,
+    )
+    return data, names
 
 
 def deploy_failure_data(settings: Settings, data_dir: Path, store) -> TrainingData:
@@ -134,14 +197,77 @@ def train(
     gap_days: float = 30.0,
     maturity_days: float | None = None,
 ) -> TrainResult:
-    import mlflow
-
     from features.store import open_store
-    from models.plots import save_evaluation_plots
-    from models.registry import connect, experiment, log_model
 
     started = time.perf_counter()
     data = training_data(kind, settings, data_dir, open_store(settings), maturity_days)
+    return _train_and_register(kind, settings, data, config, gap_days, started)
+
+
+def train_org(
+    settings: Settings,
+    config: ModelConfig | None = None,
+    gap_days: float = 30.0,
+    maturity_days: float | None = None,
+    *,
+    ray: bool = False,
+    ray_address: str | None = None,
+    workers: int | None = None,
+    on_start: Callable[[list[WorkerPlace]], None] | None = None,
+) -> TrainResult:
+    """The organisation-wide change-risk model: trained on the mature labels of every repository under the
+    data root, evaluated on their newest period (models.training.held_out on the merged, time-ordered rows).
+
+    With `ray`, LightGBM fits data-parallel across `workers` (default: the `train_workers` setting) Ray
+    actors on the cluster at `ray_address` (default: the `ray_address` setting, else a single-machine
+    cluster started here); `on_start` hears where the workers run. The rolling evaluation stays local."""
+    from features.store import open_store
+
+    started = time.perf_counter()
+    data, repositories = org_change_risk_data(settings, open_store(settings), maturity_days)
+    params: dict[str, Any] = {"trainer": "ray" if ray else "local", "repositories": len(repositories)}
+    if not ray:
+        return _train_and_register("change-risk", settings, data, config, gap_days, started, None, params)
+    from features.cluster import LOCAL, connect, ray_module
+    from models.distributed import RayTrainer
+
+    count = workers or settings.train_workers
+    connected_before = ray_module().is_initialized()
+    cluster = connect(ray_address or settings.ray_address or LOCAL)
+    try:
+        with RayTrainer(count, on_start=on_start) as trainer:
+            return _train_and_register(
+                "change-risk",
+                settings,
+                data,
+                config,
+                gap_days,
+                started,
+                trainer,
+                {**params, "workers": count},
+            )
+    finally:
+        if not connected_before:  # a driver this call connected; a caller's connection stays
+            cluster.shutdown()
+
+
+def _train_and_register(
+    kind: str,
+    settings: Settings,
+    data: TrainingData,
+    config: ModelConfig | None,
+    gap_days: float,
+    started: float,
+    trainer: BoosterTrainer | None = None,
+    params: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Fit on all but the held-out period, evaluate on it, log the run to MLflow, register the model as
+    challenger. `trainer` fits the within-project boosters; `params` are logged beside the model's."""
+    import mlflow
+
+    from models.plots import save_evaluation_plots
+    from models.registry import connect, experiment, log_model
+
     fit_rows, test = held_out(data, gap_days)
     notes: list[str] = []
     service = data.service
@@ -150,7 +276,7 @@ def train(
     try:
         if kind == "change-risk" and positives < settings.min_positive_labels:
             raise TooFewLabels(f"{positives} mature positive labels (< {settings.min_positive_labels})")
-        model, service = _within_project(data, fit_rows, config, notes)
+        model, service = _within_project(data, fit_rows, config, notes, trainer)
     except TooFewLabels as exc:
         if kind != "change-risk":
             raise AwoError(f"cannot train {kind}: {exc}") from None
@@ -188,6 +314,7 @@ def train(
                 "rows_test": len(test),
                 "test_from": str(test["at"].min()),
                 "labels_mature_before": str(data.mature_before),
+                **(params or {}),
             }
         )
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if np.isfinite(v)})
@@ -230,16 +357,30 @@ def train(
 
 
 def _within_project(
-    data: TrainingData, fit_rows: pd.DataFrame, config: ModelConfig | None, notes: list[str]
+    data: TrainingData,
+    fit_rows: pd.DataFrame,
+    config: ModelConfig | None,
+    notes: list[str],
+    trainer: BoosterTrainer | None = None,
 ) -> tuple[Any, str]:
     """The within-project model and the feature service it reads: the code-reading model when the data
     has the code, falling back to the metrics alone (change_risk_v1) when it has too few labels for the
-    code model's slices. Raises TooFewLabels when even the metrics model cannot be trained."""
+    code model's slices. Raises TooFewLabels when even the metrics model cannot be trained.
+
+    With a `trainer` (a distributed one), the metrics model alone: the code model's text half fits in one
+    process and is not distributed."""
 
     def fit(features: list[str]):
         return risk_model(features, config, name=data.kind).fit(fit_rows, fit_rows["label"], fit_rows["at"])
 
     metrics = [f for f in data.features if f not in CODE_COLUMNS]
+    if trainer is not None:
+        if metrics != data.features:
+            notes.append(
+                f"{data.service} reads the code, which the distributed trainer does not: change_risk_v1"
+            )
+        model = RiskModel(metrics, config, name=data.kind)
+        return model.fit(fit_rows, fit_rows["label"], fit_rows["at"], trainer), "change_risk_v1"
     try:
         return fit(data.features), data.service
     except TooFewLabels as exc:

@@ -9,13 +9,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from features.errors import AwoError
-from pipelines.cli.mining import MiningProgress, failed_fixes_note, print_ingest_summary, print_mine_summary
+from pipelines.cli.mining import (
+    MiningProgress,
+    RayAddress,
+    failed_fixes_note,
+    print_ingest_summary,
+    print_mine_summary,
+)
 from pipelines.cli.root import app, console, err_console, load_settings, styled
 from pipelines.flow import StageListener
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from models.distributed import WorkerPlace
     from models.risk_model import ModelConfig
     from pipelines.features_job import BuildResult
     from pipelines.ingest import IngestResult
@@ -31,14 +38,51 @@ class ModelKind(StrEnum):
 @app.command()
 def train(
     model: Annotated[ModelKind, typer.Argument(help="which model to train")],
-    data: Annotated[Path, typer.Option("--data", help="the repository's data directory")],
+    ray_address: RayAddress = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="the repository's data directory (one repository)")
+    ] = None,
     gap_days: Annotated[float, typer.Option(min=0, help="label-maturity gap before the test period")] = 30.0,
     config: Annotated[Path | None, typer.Option(help="YAML of model hyperparameters (ModelConfig)")] = None,
+    org: Annotated[
+        bool,
+        typer.Option(
+            "--org", help="change-risk across every labelled repository under the data root (not --data)"
+        ),
+    ] = False,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="with --org: LightGBM data-parallel across Ray workers on the cluster at ADDRESS (given "
+            "after --ray), else at AWO_RAY_ADDRESS, else a single-machine cluster started for the run",
+        ),
+    ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=256, help="with --ray: training workers, one CPU each (AWO_TRAIN_WORKERS)"),
+    ] = None,
 ) -> None:
     """Train a model on the Feast training set, evaluate it time-ordered, register it as challenger."""
-    from pipelines.train import train as run_training
+    settings = load_settings()
+    _check_train_scope(model, data, org, ray, ray_address, workers)
+    if org:
+        from pipelines.train import train_org
 
-    result = run_training(model.value, load_settings(), data, _model_config(config), gap_days)
+        result = train_org(
+            settings,
+            _model_config(config),
+            gap_days,
+            ray=ray,
+            ray_address=ray_address,
+            workers=workers,
+            on_start=_print_training_workers,
+        )
+    else:
+        from pipelines.train import train as run_training
+
+        assert data is not None  # checked above
+        result = run_training(model.value, settings, data, _model_config(config), gap_days)
     for note in result.notes:
         err_console.print(styled("note:", "yellow", f" {note}"), highlight=False)
     m = result.metrics
@@ -54,6 +98,36 @@ def train(
     if len(result.rolling):
         aucs = ", ".join(f"{r.test_from:%Y-%m}: {r.auc:.2f}" for r in result.rolling.itertuples())
         console.print(f"  rolling AUC by test window: {aucs}", highlight=False)
+
+
+def _check_train_scope(
+    model: ModelKind,
+    data: Path | None,
+    org: bool,
+    ray: bool,
+    ray_address: str | None,
+    workers: int | None,
+) -> None:
+    """One repository (--data) or the organisation (--org); Ray and its options only with --org."""
+    if org and data is not None:
+        raise AwoError("--org trains on every repository under the data root: leave out --data")
+    if not org and data is None:
+        raise AwoError("which data? --data DIR for one repository, or --org for every repository")
+    if org and model is not ModelKind.change_risk:
+        raise AwoError(f"--org trains change-risk only; {model.value} is trained per repository (--data)")
+    if ray_address is not None and not ray:
+        raise AwoError(f"unexpected argument {ray_address!r}: a cluster address follows --ray")
+    if ray and not org:
+        raise AwoError(
+            "--ray trains the organisation-wide model: add --org (per-repository models stay local)"
+        )
+    if workers is not None and not ray:
+        raise AwoError("--workers is the number of Ray training workers: add --ray")
+
+
+def _print_training_workers(places: list[WorkerPlace]) -> None:
+    where = ", ".join(f"{p.ip}:{p.port}" for p in places)
+    err_console.print(f"training on {len(places)} Ray workers: {where}", highlight=False)
 
 
 def _model_config(path: Path | None) -> ModelConfig | None:
