@@ -72,6 +72,23 @@ def online_store_config(url: str | None) -> dict[str, Any] | None:
     raise BadConfig(f"AWO_ONLINE_STORE={url!r}: use redis://HOST:PORT or sqlite:///PATH")
 
 
+# A cluster Feast starts inside the driver (no ray_address) stays small: other jobs share the machine.
+LOCAL_RAY_CONF = {"num_cpus": 1, "object_store_memory": 100 * 1024 * 1024}
+
+
+def ray_store_config(ray_address: str | None, root: Path) -> dict[str, dict[str, Any]]:
+    """The offline store and compute engine blocks of Feast's Ray store (`AWO_OFFLINE_STORE=ray`): the
+    same FileSource parquet files, joined point-in-time and materialized by Ray Data tasks on the cluster
+    at `ray_address` (None: a one-CPU cluster inside this process). Ray-only settings (CPUs, object
+    store) apply to a local cluster only: `ray.init(address=...)` refuses them."""
+    cluster: dict[str, Any] = {"ray_address": ray_address} if ray_address else {"ray_conf": LOCAL_RAY_CONF}
+    return {
+        "offline_store": {"type": "ray", "storage_path": str(root / "ray_storage"), **cluster},
+        # one writer: the SQLite online store takes one at a time; Redis gains little on 2 cores
+        "batch_engine": {"type": "ray.engine", "max_workers": 1, "write_concurrency": 1, **cluster},
+    }
+
+
 def open_store(settings: Settings) -> FeatureStore:
     import yaml
     from feast import FeatureStore, RepoConfig
@@ -81,6 +98,11 @@ def open_store(settings: Settings) -> FeatureStore:
     if online is not None:
         raw["online_store"] = online
     root = store_dir(settings)
+    if settings.offline_store == "ray":
+        from features.cluster import ray_module
+
+        ray_module()  # a one-line error where Ray is not installed, before Feast imports it
+        raw.update(ray_store_config(settings.ray_address, root))
     root.mkdir(parents=True, exist_ok=True)
     config = RepoConfig(**raw)
     config.repo_path = root
@@ -601,6 +623,8 @@ def training_set(store: FeatureStore, entities: pd.DataFrame, service_name: str)
             f"({', '.join(str(p) for p in missing)}): run `awo features build --data DIR` first"
         )
     frame = store.get_historical_features(entity_df=entities, features=service).to_df()
+    frame = _as_file_store_gives(frame, list(entities.columns), feature_names(store, service_name),
+                                 _array_features(service))  # fmt: skip
     # Feast's offline store gives array features as numpy arrays and a missing string as NaN: the code
     # features come out as online reads give them (lists of str, str, None where the commit has none).
     # Numeric services (v1) have no such fields and skip this.
@@ -610,6 +634,32 @@ def training_set(store: FeatureStore, entities: pd.DataFrame, service_name: str)
             for v in frame[name]
         ]
     return frame
+
+
+def _as_file_store_gives(
+    frame: pd.DataFrame, entity_columns: list[str], names: list[str], arrays: list[str]
+) -> pd.DataFrame:
+    """A training set as Feast's file offline store gives it, whichever store computed it. Feast 0.67's
+    Ray offline store differs in two ways (tests/test_feast_ray.py): it adds the sources' timestamp
+    column (`committed_at`, `started_at`) to the result, and an array feature of exactly one element comes
+    back as that element (Ray Data stores the column as pickled Python objects, and a one-element array
+    loses its dimension on the way), while longer and empty arrays keep theirs. The file store's frames
+    pass unchanged."""
+    extra = [c for c in frame.columns if c not in entity_columns and c not in names]
+    if extra:
+        frame = frame.drop(columns=extra)
+    for name in arrays:
+        if any(isinstance(v, str) for v in frame[name]):
+            frame[name] = [[v] if isinstance(v, str) else v for v in frame[name]]
+    return frame
+
+
+def _array_features(service) -> list[str]:
+    from feast.types import Array
+
+    return [
+        f.name for p in service.feature_view_projections for f in p.features if isinstance(f.dtype, Array)
+    ]
 
 
 def _non_numeric_features(service) -> list[str]:
