@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agents.assemble import changed_lines
 from agents.context import ChangeContext, ChangedFile, Risk
@@ -32,6 +34,7 @@ from agents.security import (
     store_findings,
     stored_findings,
 )
+from agents.vocabulary import gate_level
 from features.topology import Topology
 from tests.conftest import TinyRepo, git
 
@@ -375,3 +378,30 @@ def test_stored_findings_replace_the_same_tools_findings_of_that_commit_only(ban
         == next(f for f in report.findings if f.finding_id == kept[0].finding_id).model_dump()
     )
     assert stored_findings(tmp_path, "c" * 40) is None
+
+
+_PROPOSALS = st.builds(
+    Proposal,
+    kind=st.sampled_from(["tighten_gate", "waive_finding", "add_suite", "delay_deploy", "lower_gate"]),
+    gate=st.sampled_from([None, "fast_track", "standard", "senior_review", "block"]),
+    suite=st.sampled_from([None, "unit", "performance"]),
+    delay_hours=st.sampled_from([None, 1, 24]),
+    finding=st.sampled_from([None, "F0000000000"]),
+)
+
+
+@given(proposals=st.lists(_PROPOSALS, max_size=8), medium_only=st.booleans())
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_no_llm_proposal_ever_lowers_a_gate_a_finding_set(bandit_doc, proposals, medium_only):
+    doc = copy.deepcopy(bandit_doc)
+    if medium_only:
+        doc["runs"][0]["results"] = [r for r in doc["runs"][0]["results"] if r["ruleId"] == "B506"]
+    context = gate_context(doc, "payments", {"payments/handler.py": [(1, 8)]}, [])
+    decision = decide(context, POLICY)
+    floor = max((f.gate for f in decision.findings if f.gate), key=gate_level)
+    reviewed, _, _, _ = verify(proposals, decision, context, POLICY)
+    assert gate_level(reviewed.gate) >= gate_level(floor)
+    assert reviewed.gate_without_findings is not None
+    assert gate_level(reviewed.gate_without_findings) >= gate_level(
+        decision.gate_without_findings or "fast_track"
+    )
