@@ -93,10 +93,13 @@ def run_ray(org: Path, data: Path, worker_cpus: int, large_repo: str) -> dict[st
     binary = _ray_binary()
     if binary is None:
         raise SystemExit("the ray command is missing (uv sync --extra scale)")
-    cluster = RayCluster(binary, head_cpus=1)
+    cluster = _start_cluster(lambda: RayCluster(binary, head_cpus=1))
     try:
         for _ in range(worker_cpus - 1):
-            cluster.add_worker(num_cpus=1)
+            try:
+                cluster.add_worker(num_cpus=1)
+            except TimeoutError:  # joins slowly on a loaded machine
+                cluster.wait_for_nodes(2, timeout_s=300)
         t0 = time.perf_counter()
         connect(cluster.address)
         connect_s = time.perf_counter() - t0
@@ -138,6 +141,18 @@ def run_ray(org: Path, data: Path, worker_cpus: int, large_repo: str) -> dict[st
     finally:
         ray.shutdown()
         cluster.stop()
+
+
+def _start_cluster(start: Any, attempts: int = 3) -> Any:
+    """Ray gives a node 30 s to register with its head; on a loaded machine the head may miss that."""
+    for attempt in range(attempts):
+        try:
+            return start()
+        except (RuntimeError, TimeoutError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(5)
+    raise AssertionError("unreachable")
 
 
 def main() -> int:

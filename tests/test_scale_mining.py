@@ -100,10 +100,18 @@ def local_root(org) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster(ray_cluster):
-    try:
-        ray_cluster.add_worker(num_cpus=1)
-    except TimeoutError:  # a node joins slowly on a loaded machine (2 cores shared by several test runs)
-        ray_cluster.wait_for_nodes(2, timeout_s=300)
+    # Ray gives a starting node 30 s to register; on a loaded machine (2 cores shared by several test runs)
+    # a worker node may miss that and exit, or join late.
+    for attempt in range(3):
+        try:
+            ray_cluster.add_worker(num_cpus=1)
+            return ray_cluster
+        except TimeoutError:
+            if ray_cluster.nodes[-1].poll() is None:
+                ray_cluster.wait_for_nodes(2, timeout_s=300)
+                return ray_cluster
+            if attempt == 2:
+                raise
     return ray_cluster
 
 

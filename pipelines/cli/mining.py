@@ -83,7 +83,7 @@ RayFlag = Annotated[
 ]
 RayAddress = Annotated[
     str | None,
-    typer.Argument(metavar="[ADDRESS]", help="with --ray: the cluster ('auto', HOST:PORT, ray://HOST:PORT)"),
+    typer.Argument(metavar="ADDRESS", help="with --ray: the cluster ('auto', HOST:PORT, ray://HOST:PORT)"),
 ]
 
 
