@@ -13,6 +13,9 @@ Commits are written with `git fast-import` (2,000 commits in a few seconds). The
 `truth.parquet` beside the repository: `sha, bug_inducing, fixed_by, is_fix, fixes`; the services'
 dependency topology to `services.yaml` (a service map, features/topology.py) and the cause of every
 incident to `incident-truth.csv` (`incident_id, culprit_deploy_id`; empty for noise incidents).
+One more commit, on the branch `operator-tools` off main's newest commit, is a pull request that adds insecure
+calls to the gateway (a shell on request data, `yaml.load` without a safe loader) for the security gate; main's
+history is as the seed draws it.
 """
 
 from __future__ import annotations
@@ -99,6 +102,40 @@ class Defect:
     fixed_by: int | None = None
 
 
+@dataclass(frozen=True)
+class PlantedChange:
+    """The insecure pull request: its branch, head commit, the main commit it starts from, the file it adds."""
+
+    branch: str
+    sha: str
+    base: str
+    service: str
+    path: str
+
+
+# The security gate's example (issue 17): bandit reports B602 (subprocess with shell=True, high) and B506
+# (yaml.load, medium). A new file of valid Python: the generated modules are not parseable, so a scanner
+# sees only what this change adds.
+SECURITY_BRANCH = "operator-tools"
+SECURITY_SERVICE = "gateway"
+SECURITY_PATH = f"{SECURITY_SERVICE}/src/{SECURITY_SERVICE}/operator_tools.py"
+SECURITY_SOURCE = '''"""Operator tools of the gateway: run a maintenance command, load a routing table."""
+
+import subprocess
+
+import yaml
+
+
+def run_maintenance(request):
+    return subprocess.call(request.args["command"], shell=True)
+
+
+def load_routes(request):
+    return yaml.load(request.data)
+'''
+SECURITY_MESSAGE = "Let operators run maintenance commands and load routing tables through the gateway"
+
+
 @dataclass
 class WorldSummary:
     repo: Path
@@ -114,6 +151,7 @@ class WorldSummary:
     test_runs: int = 0
     topology_path: Path | None = None
     incident_truth_path: Path | None = None
+    security_change: PlantedChange | None = None
 
 
 @dataclass
@@ -433,12 +471,22 @@ def _render(lines: list[Line]) -> str:
     return "".join(line.text + "\n" for line in lines)
 
 
-def _fast_import_stream(commits: list[_Commit]) -> bytes:
+def _security_commit(main: list[_Commit]) -> _Commit:
+    """The insecure pull request, an hour after main's newest commit, by the newest author to join."""
+    name, email = AUTHORS[-1][:2]
+    change = _Commit((name, email), main[-1].at + 3600, SECURITY_MESSAGE, kind="feature")
+    change.writes[SECURITY_PATH] = SECURITY_SOURCE
+    return change
+
+
+def _fast_import_stream(commits: list[_Commit], branch: tuple[str, _Commit] | None = None) -> bytes:
+    """main's commits in order, then (optionally) one commit on `branch` whose parent is main's newest."""
     out: list[bytes] = []
-    for n, c in enumerate(commits, start=1):
+    heads = [("main", c) for c in commits] + ([branch] if branch else [])
+    for n, (ref, c) in enumerate(heads, start=1):
         ident = f"{c.author[0]} <{c.author[1]}> {c.at} +0000"
         msg = c.message.encode() + b"\n"
-        out.append(f"commit refs/heads/main\nmark :{n}\nauthor {ident}\ncommitter {ident}\n".encode())
+        out.append(f"commit refs/heads/{ref}\nmark :{n}\nauthor {ident}\ncommitter {ident}\n".encode())
         out.append(b"data %d\n" % len(msg) + msg)
         if n > 1:
             out.append(f"from :{n - 1}\n".encode())
@@ -466,14 +514,20 @@ def generate_world(out: Path, seed: int = 7, n_commits: int = 2000, overwrite: b
     env = {"GIT_CONFIG_NOSYSTEM": "1", "HOME": str(out), "PATH": "/usr/bin:/bin:/usr/local/bin"}
     git = ["git", "-c", "init.defaultBranch=main", "-c", "core.autocrlf=false"]
     subprocess.run([*git, "init", "-q", str(repo)], check=True, env=env)
-    subprocess.run([*git, "fast-import", "--quiet"], cwd=repo, input=_fast_import_stream(world.commits),
-                   check=True, env=env)  # fmt: skip
+    planted = _security_commit(world.commits)
+    stream = _fast_import_stream(world.commits, (SECURITY_BRANCH, planted))
+    subprocess.run([*git, "fast-import", "--quiet"], cwd=repo, input=stream, check=True, env=env)
     subprocess.run([*git, "checkout", "-q", "main"], cwd=repo, check=True, env=env)
     shas = subprocess.run(
         ["git", "rev-list", "--reverse", "main"], cwd=repo, check=True, capture_output=True, text=True
     ).stdout.split()
     if len(shas) != len(world.commits):
         raise AwoError(f"demo world: git holds {len(shas)} commits, expected {len(world.commits)}")
+    branch_head = subprocess.run(
+        ["git", "rev-parse", f"refs/heads/{SECURITY_BRANCH}"], cwd=repo, check=True, capture_output=True,
+        text=True,
+    ).stdout.strip()  # fmt: skip
+    security_change = PlantedChange(SECURITY_BRANCH, branch_head, shas[-1], SECURITY_SERVICE, SECURITY_PATH)
     truth = _truth(world, shas)
     truth_path = out / "truth.parquet"
     truth.to_parquet(truth_path, index=False)
@@ -493,6 +547,7 @@ def generate_world(out: Path, seed: int = 7, n_commits: int = 2000, overwrite: b
         test_runs=delivery["test_runs"],
         topology_path=topology_path,
         incident_truth_path=out / INCIDENT_TRUTH_FILE,
+        security_change=security_change,
     )
 
 
