@@ -13,9 +13,9 @@ Commits are written with `git fast-import` (2,000 commits in a few seconds). The
 `truth.parquet` beside the repository: `sha, bug_inducing, fixed_by, is_fix, fixes`; the services'
 dependency topology to `services.yaml` (a service map, features/topology.py) and the cause of every
 incident to `incident-truth.csv` (`incident_id, culprit_deploy_id`; empty for noise incidents).
-One more commit, on the branch `operator-tools` off main's newest commit, is a pull request that adds insecure
-calls to the gateway (a shell on request data, `yaml.load` without a safe loader) for the security gate; main's
-history is as the seed draws it.
+One more commit, on the branch `operator-tools` off main's newest commit, is a pull request that adds
+insecure calls to the gateway (a shell on request data, `yaml.load` without a safe loader) for the security
+gate; main's history is as the seed draws it.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class Defect:
 
 @dataclass(frozen=True)
 class PlantedChange:
-    """The insecure pull request: its branch, head commit, the main commit it starts from, the file it adds."""
+    """The insecure pull request: its branch, head commit, the main commit it starts from, the file added."""
 
     branch: str
     sha: str
