@@ -116,7 +116,10 @@ EOF
 }
 
 start_postgres() {
-  if pg_running; then return 0; fi
+  if pg_running; then  # left running by a half-finished start: MLflow must use its port
+    PG_PORT="$(sed -n 4p "$PGDATA/postmaster.pid")"
+    return 0
+  fi
   [ -f "$PGPASS" ] || die "$PGPASS is missing: the password of $PGDATA is lost (remove $PGDATA to start afresh)"
   : >>"$PG_LOG"
   if [ "$AS_ROOT" = 1 ]; then chown "$PG_USER": "$PG_LOG"; fi
