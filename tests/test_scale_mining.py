@@ -210,21 +210,37 @@ class _Run:
         for line in self.process.stdout:
             self.lines.append(line)
 
-    def finished(self) -> set[str]:
-        return {line.split(":", 1)[0] for line in list(self.lines) if " mined " in line}
-
     def wait_until_running_with_checkpoints(
         self, data_root: Path, running: int, timeout_s: float = 180
     ) -> None:
-        """Until `running` repositories have a partial table (a checkpoint) and have not finished."""
+        """Until `running` repositories have a partial table (a checkpoint) while a task holds their job lock
+        (it is still mining them: a finished repository's lock is free even before the driver reports it)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            started = {r for r in REPOS if (data_root / r / "commits.parquet").exists()}
-            if len(started - self.finished()) >= running:
+            held = _locked_inodes()
+            mining = [
+                r
+                for r in REPOS
+                if (data_root / r / "commits.parquet").exists()
+                and (data_root / r / ".lock").exists()
+                and (data_root / r / ".lock").stat().st_ino in held
+            ]
+            if len(mining) >= running:
                 return
             assert self.process.poll() is None, "the run ended before the kill"
             time.sleep(0.02)
         raise TimeoutError("no checkpoint to kill after")
+
+
+def _locked_inodes() -> set[int]:
+    """Inodes of the files some process holds a flock on, read from /proc/locks (without taking a lock that
+    a starting task would then find held)."""
+    inodes = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[-3].count(":") == 2:
+            inodes.add(int(fields[-3].rsplit(":", 1)[1]))
+    return inodes
 
 
 def _wait_for_locks(data_root: Path, timeout_s: float = 90) -> None:
