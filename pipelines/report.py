@@ -106,6 +106,35 @@ class RetrainSummary:
 
 
 @dataclass(frozen=True)
+class FindingRow:
+    """A security finding as the decision weighed it."""
+
+    finding_id: str
+    rule_id: str
+    severity: str
+    status: str
+    where: str
+    gate: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class SecurityGateSummary:
+    """The demo's insecure pull request: the scans of its base and head and the decision they led to."""
+
+    branch: str
+    sha: str
+    base: str
+    scanner: str  # the tool and its version
+    scanned: str  # what was scanned in each checkout
+    scan_s: float  # both checkouts and both scans
+    decision_id: str
+    gate: str
+    reasons: list[str]  # every reason of the decision, the findings' first
+    findings: list[FindingRow]
+
+
+@dataclass(frozen=True)
 class DemoReport:
     """Everything the demo's report shows; `plots` maps a caption to a `data:` URI or an inline `<svg>`."""
 
@@ -121,6 +150,8 @@ class DemoReport:
     rollout: RolloutSummary | None
     retrain: RetrainSummary | None
     plots: dict[str, str] = field(default_factory=dict)
+    security: SecurityGateSummary | None = None
+    security_skipped: str | None = None  # why the security step did not run
 
 
 # --- building the report's data (pure) ------------------------------------------------------------------
@@ -141,6 +172,37 @@ def decision_rows(decisions: Iterable[Decision], top: int) -> list[DecisionRow]:
         )
         for d in ranked[:top]
     ]
+
+
+def security_gate_summary(
+    decision: Decision, branch: str, base: str, scanner: str, scanned: str, scan_s: float
+) -> SecurityGateSummary:
+    """The security step's decision as the report shows it: the security reasons first, the new findings
+    first (as the decision orders them)."""
+    reasons = sorted(decision.reasons, key=lambda r: r.kind != "security")
+    return SecurityGateSummary(
+        branch=branch,
+        sha=decision.shas[-1] if decision.shas else "",
+        base=base,
+        scanner=scanner,
+        scanned=scanned,
+        scan_s=scan_s,
+        decision_id=decision.decision_id or "",  # set once recorded
+        gate=decision.gate,
+        reasons=[r.message for r in reasons],
+        findings=[
+            FindingRow(
+                finding_id=f.finding_id,
+                rule_id=f.rule_id,
+                severity=f.severity,
+                status=f.status,
+                where=f"{f.path}:{f.line}" if f.line else f.path,
+                gate=f.gate,
+                message=f.message,
+            )
+            for f in decision.findings
+        ],
+    )
 
 
 def gate_counts(decisions: Iterable[Decision]) -> dict[str, int]:
@@ -242,6 +304,12 @@ def summary(report: DemoReport) -> str:
             f"retraining saw {t.failed_after - t.failed_before:+d} failed deployments and registered "
             f"{t.model.kind} v{t.model.version}"
         )
+    if report.security is not None:
+        s = report.security
+        new = sum(f.status == "new" for f in s.findings)
+        parts.append(
+            f"the insecure pull request {s.branch} gated {s.gate} on {new} new findings ({s.scanner})"
+        )
     return "; ".join(parts) + "."
 
 
@@ -278,6 +346,15 @@ def terminal_lines(report: DemoReport) -> list[str]:
             f"(of {r.deployments_before} → {r.deployments_after}); "
             f"{r.model.kind} v{r.model.version}; {r.promotion}"
         )
+    if report.security is not None:
+        s = report.security
+        lines.append(
+            f"security gate: {s.branch} ({s.sha[:12]} on {s.base[:12]}) {s.gate} by {s.scanner} on "
+            f"{s.scanned} of both checkouts ({s.scan_s:.1f}s); decision {s.decision_id}"
+        )
+        lines += [f"  {f.finding_id} {f.severity} {f.rule_id} at {f.where}: {f.status}" for f in s.findings]
+    elif report.security_skipped:
+        lines.append(f"security gate: skipped: {report.security_skipped}")
     return lines
 
 
@@ -492,8 +569,40 @@ def render_html(report: DemoReport) -> str:
             f"{r.deployments_before} → {r.deployments_after}; {_e(r.model.kind)} v{_e(r.model.version)} "
             f"AUC {_num(r.model.metrics.get('auc'))}; {_e(r.promotion)}</p>",
         ]
+    parts += _security_html(report)
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _security_html(report: DemoReport) -> list[str]:
+    if report.security is None:
+        skipped = report.security_skipped
+        return ["<h2>Security gate</h2>", f"<p>skipped: {_e(skipped)}</p>"] if skipped else []
+    s = report.security
+    return [
+        "<h2>Security gate</h2>",
+        f"<p>pull request <code>{_e(s.branch)}</code> (<code>{_e(s.sha[:12])}</code> on "
+        f"<code>{_e(s.base[:12])}</code>), {_e(s.scanner)} on {_e(s.scanned)} of the base and the head "
+        f"({s.scan_s:.1f} s): "
+        f'<b class="gate-{_e(s.gate)}">{_e(s.gate)}</b>, decision <code>{_e(s.decision_id)}</code></p>',
+        '<ul id="security-reasons">' + "".join(f"<li>{_e(r)}</li>" for r in s.reasons) + "</ul>",
+        _table(
+            ["finding", "rule", "severity", "status", "where", "gate", "message"],
+            [
+                [
+                    f"<code>{_e(f.finding_id)}</code>",
+                    _e(f.rule_id),
+                    _e(f.severity),
+                    _e(f.status),
+                    _e(f.where),
+                    _e(f.gate or "reported"),
+                    _e(f.message),
+                ]
+                for f in s.findings
+            ],
+            ["fail" if f.gate == "block" else "" for f in s.findings],
+        ),
+    ]
 
 
 def write_report(path: Path, page: str) -> Path:

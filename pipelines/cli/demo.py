@@ -1,6 +1,7 @@
 """`awo demo-world` (a repository with planted defects and known truth) and `awo demo`: the whole loop on it,
 step by step, with numbers: mine, label, train, promote, decide through the risk API, a canary judged on
-metrics with an error spike, its automatic rollback, retraining on the outcome, and an HTML report."""
+metrics with an error spike, its automatic rollback, retraining on the outcome, the security gate blocking an
+insecure pull request on a real bandit scan, and an HTML report."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from pipelines.ingest import IngestResult
     from pipelines.label import LabelResult
     from pipelines.mine import MineResult
-    from pipelines.report import ModelRow, RetrainSummary, StepTime
+    from pipelines.report import ModelRow, RetrainSummary, SecurityGateSummary, StepTime
     from pipelines.train import TrainResult
 
 
@@ -142,8 +143,8 @@ def demo(
 ) -> None:
     """The whole loop on the embedded demo world: generate, mine, label, ingest, train, promote, decide
     through the risk API, roll the riskiest shippable change out as a canary with an error spike, roll it
-    back, retrain both models on the outcome; then a report in the terminal and in
-    `<data root>/demo/report.html`."""
+    back, retrain both models on the outcome, scan the insecure pull request's base and head with bandit and
+    decide on it with the findings; then a report in the terminal and in `<data root>/demo/report.html`."""
     from agents.assemble import HttpScorer
     from agents.engine import policy_of
     from models.risk_model import ModelConfig
@@ -200,9 +201,13 @@ def demo(
         clock.mark("rollback recorded")
         retrained, retrained_change_risk = _demo_retrain(settings, world.repo, tables, config)
         clock.mark("retrain")
+        security = _demo_security(
+            settings, world, tables, HttpScorer(api.url, api.token), root / "security", bandit_command()
+        )
+        clock.mark("security gate")
     models.append(retrained_change_risk)  # the report adds retrained deploy-failure's row after it
     _demo_report(settings, root, world, seed, top, clock, models, promotion, api.url, decisions,
-                 canary, records, feedback, retrained)  # fmt: skip
+                 canary, records, feedback, retrained, security)  # fmt: skip
 
 
 def _demo_report(
@@ -220,8 +225,10 @@ def _demo_report(
     records: list[dict[str, Any]],
     feedback: list[str],
     retrained: RetrainSummary,
+    security: SecurityGateSummary | str,
 ) -> None:
-    """The terminal report and `<root>/report.html`, from what the steps returned."""
+    """The terminal report and `<root>/report.html`, from what the steps returned (`security`: the security
+    step's summary, or why it was skipped)."""
     from datetime import UTC, datetime
 
     from pipelines.report import (
@@ -262,6 +269,8 @@ def _demo_report(
         rollout=rollout,
         retrain=retrained,
         plots=plots,
+        security=None if isinstance(security, str) else security,
+        security_skipped=security if isinstance(security, str) else None,
     )
     path = write_report(root / "report.html", render_html(report))
     console.print(styled("report", "bold", ":"))
@@ -740,6 +749,115 @@ def _demo_retrain(
         promotion,
     )
     return summary, _model_row(results["change-risk"], "retrained")
+
+
+def bandit_command(python: str | None = None) -> list[str] | None:
+    """How to run bandit with the interpreter `python` (default: this one): the script beside it, else
+    `python -m bandit`; None when that interpreter has no bandit."""
+    import subprocess
+    import sys
+
+    python = python or sys.executable
+    beside = Path(python).parent / "bandit"
+    if beside.is_file():
+        return [str(beside)]
+    probe = subprocess.run([python, "-c", "import bandit"], capture_output=True, check=False)
+    return [python, "-m", "bandit"] if probe.returncode == 0 else None
+
+
+def _scan_checkout(repo: Path, sha: str, folder: str, checkout: Path, sarif: Path, bandit: list[str]) -> Path:
+    """bandit on `folder` of a clean export of commit `sha` (git archive: the world's repository is left as it
+    is), as a CI job scans a pull request's base and head; its SARIF to `sarif`."""
+    import io
+    import subprocess
+    import tarfile
+
+    from features.errors import AwoError
+
+    shutil.rmtree(checkout, ignore_errors=True)
+    checkout.mkdir(parents=True)
+    tar = subprocess.run(
+        ["git", "archive", "--format=tar", sha, "--", folder], cwd=repo, capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(checkout, filter="data")
+    proc = subprocess.run(
+        [*bandit, "-q", "-r", folder, "-f", "sarif", "-o", str(sarif)],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode not in (0, 1):  # 1: bandit found something
+        raise AwoError(
+            f"bandit on {folder} of {sha[:12]} exited {proc.returncode}: {proc.stderr.strip()[-300:]}"
+        )
+    return sarif
+
+
+def _demo_security(
+    settings: Settings,
+    world: WorldSummary,
+    tables: Path,
+    scorer: RiskScorer,
+    folder: Path,
+    bandit: list[str] | None,
+) -> SecurityGateSummary | str:
+    """The insecure pull request of the demo world: bandit on its service's folder in the base and the head,
+    then the decision through `awo decide --sarif FILE --sarif-base FILE`'s own path (agents.engine), printed
+    in full. Without bandit, or without the pull request, why the step was skipped."""
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    from agents.assemble import ChangeRef
+    from agents.engine import decide_change, policy_of
+    from pipelines.cli.agents import print_decision
+    from pipelines.report import security_gate_summary
+
+    change = world.security_change
+    if change is None or bandit is None:
+        why = (
+            "the demo world has no insecure pull request"
+            if change is None
+            else f"bandit is not installed for {sys.executable} (the dev dependency group)"
+        )
+        console.print(styled("13. security gate", "bold", f": skipped: {why}"), highlight=False)
+        return why
+    try:
+        scanner = f"bandit {version('bandit')}"
+    except PackageNotFoundError:
+        scanner = "bandit"
+    started = time.perf_counter()
+    base = _scan_checkout(
+        world.repo, change.base, change.service, folder / "base", folder / "base.sarif", bandit
+    )
+    head = _scan_checkout(
+        world.repo, change.sha, change.service, folder / "head", folder / "head.sarif", bandit
+    )
+    scan_s = time.perf_counter() - started
+    recorded = decide_change(
+        ChangeRef(repo_path=world.repo, repo="demo", sha=change.sha, tables=tables),
+        settings,
+        policy_of(settings),
+        scorer=scorer,
+        sarif=[head],
+        sarif_base=[base],
+    )
+    decision = recorded.decision
+    new = [f for f in decision.findings if f.status == "new"]
+    console.print(
+        styled(
+            "13. security gate",
+            "bold",
+            f": pull request {change.branch} ({change.sha[:12]}, adds {change.path}) scanned by {scanner} on "
+            f"{change.service}/ of the base and the head checkouts in {scan_s:.1f} s ({head}): "
+            f"{len(decision.findings)} findings, {len(new)} new; "
+            f"`awo decide --sarif {head.name} --sarif-base {base.name}` says:",
+        ),
+        highlight=False,
+    )
+    print_decision(recorded)
+    return security_gate_summary(decision, change.branch, change.base, scanner, f"{change.service}/", scan_s)
 
 
 def _champion_plots(settings: Settings) -> dict[str, str]:
