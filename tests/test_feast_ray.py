@@ -112,29 +112,34 @@ def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return frame.sort_values([*keys, "event_timestamp"], kind="stable").reset_index(drop=True)
 
 
-@pytest.mark.slow
-def test_training_sets_on_a_ray_cluster_equal_the_file_store_row_for_row(built, ray_cluster, tmp_path):
+def _compare_training_sets(built, folder: Path, **env: str) -> None:
     settings, store, tables = built
     entities = _entities(tables)
     for service, rows in entities.items():
-        rows.to_parquet(tmp_path / f"{service}.entities.parquet")
+        rows.to_parquet(folder / f"{service}.entities.parquet")
     start = time.perf_counter()
     expected = {service: training_set(store, rows, service) for service, rows in entities.items()}
     file_seconds = time.perf_counter() - start
     ray_times = _run_driver(
-        "training",
-        tmp_path,
-        AWO_DATA_DIR=str(settings.data_dir),
-        AWO_OFFLINE_STORE="ray",
-        AWO_RAY_ADDRESS=ray_cluster.address,
+        "training", folder, AWO_DATA_DIR=str(settings.data_dir), AWO_OFFLINE_STORE="ray", **env
     )
-    print(f"training sets: file store {file_seconds:.2f} s, Ray cluster {ray_times}")
+    print(f"training sets: file store {file_seconds:.2f} s, Ray {ray_times}")
     for service, keys in SERVICES.items():
         want = _sorted(expected[service], keys)
-        got = _sorted(pd.read_pickle(tmp_path / f"{service}.result.pkl"), keys)
+        got = _sorted(pd.read_pickle(folder / f"{service}.result.pkl"), keys)
         assert len(want) == len(entities[service]) - EARLY, service  # the early rows are dropped ...
         assert list(got.columns) == list(want.columns), service
         pd.testing.assert_frame_equal(got, want, check_exact=True, obj=service)  # ... by both stores
+
+
+@pytest.mark.slow
+def test_training_sets_on_feasts_own_ray_equal_the_file_store_row_for_row(built, tmp_path):
+    _compare_training_sets(built, tmp_path)  # no AWO_RAY_ADDRESS: Feast starts a one-CPU Ray in the driver
+
+
+@pytest.mark.slow
+def test_training_sets_on_a_ray_cluster_equal_the_file_store_row_for_row(built, ray_cluster, tmp_path):
+    _compare_training_sets(built, tmp_path, AWO_RAY_ADDRESS=ray_cluster.address)
 
 
 def test_one_element_arrays_and_leaked_timestamps_are_restored_as_the_file_store_gives_them():
@@ -204,5 +209,5 @@ def test_materializing_through_the_ray_engine_into_redis_serves_the_file_stores_
         assert from_redis.rows == online_features(store, service, rows).rows, service
     deployments = pd.read_parquet(tables / "deployments.parquet")["deploy_id"].sample(30, random_state=2)
     deploy_rows = [{"deploy_id": d} for d in deployments]
-    from_redis = online_features(redis_store, "deploy_failure_v1", deploy_rows).rows
-    assert from_redis == online_features(store, "deploy_failure_v1", deploy_rows).rows
+    deploy_vectors = online_features(redis_store, "deploy_failure_v1", deploy_rows).rows
+    assert deploy_vectors == online_features(store, "deploy_failure_v1", deploy_rows).rows
