@@ -96,10 +96,7 @@ def run_ray(org: Path, data: Path, worker_cpus: int, large_repo: str) -> dict[st
     cluster = _start_cluster(lambda: RayCluster(binary, head_cpus=1))
     try:
         for _ in range(worker_cpus - 1):
-            try:
-                cluster.add_worker(num_cpus=1)
-            except TimeoutError:  # joins slowly on a loaded machine
-                cluster.wait_for_nodes(2, timeout_s=300)
+            _start_cluster(lambda: _add_worker(cluster))
         t0 = time.perf_counter()
         connect(cluster.address)
         connect_s = time.perf_counter() - t0
@@ -141,6 +138,15 @@ def run_ray(org: Path, data: Path, worker_cpus: int, large_repo: str) -> dict[st
     finally:
         ray.shutdown()
         cluster.stop()
+
+
+def _add_worker(cluster: Any) -> None:
+    try:
+        cluster.add_worker(num_cpus=1)
+    except TimeoutError:
+        if cluster.nodes[-1].poll() is not None:  # it exited: started again by _start_cluster
+            raise
+        cluster.wait_for_nodes(sum(p.poll() is None for p in cluster.nodes), timeout_s=300)  # joining slowly
 
 
 def _start_cluster(start: Any, attempts: int = 3) -> Any:
