@@ -105,6 +105,9 @@ def connect(settings: Settings) -> str:
     import mlflow
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # MLflow prints "View run ..." links to stdout at the end of a run on a tracking server: the CLI's stdout
+    # carries its own summary (or JSON).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     uri = tracking_uri(settings)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

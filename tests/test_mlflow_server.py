@@ -118,11 +118,6 @@ def test_artifacts_of_a_server_default_experiment_are_files_in_the_servers_folde
     assert [path.read_text() for path in stored] == ["served"] and run_id in str(stored[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="models.registry.experiment() creates each experiment with artifact_location under the client's "
-    "data root (file://.../mlartifacts), so a tracking server never receives the model files",
-)
 def test_model_artifacts_are_files_in_the_servers_artifact_folder(server, trained):
     settings, _, _ = trained
     served = sorted(path.name for path in server.artifacts.rglob("risk_model.joblib"))
