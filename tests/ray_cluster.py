@@ -27,6 +27,9 @@ import pytest
 from tests.conftest import free_port
 
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
+# Ray 2.60 turns token authentication on once ~/.ray/auth_token exists (any local `ray.init()` writes it),
+# and nodes and drivers then disagree on the token: these clusters are private to the test, so none.
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def _ray_binary() -> str | None:
@@ -44,8 +47,17 @@ class RayCluster:
         self.nodes: list[subprocess.Popen[bytes]] = []
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self._start(["--head", f"--port={self.port}", "--include-dashboard=false"], head_cpus)
-        self.wait_for_nodes(1)
+        self.head_cpus = head_cpus
+        for attempt in range(3):  # a node can time out during start-up on a loaded machine: start it again
+            self._start(["--head", f"--port={self.port}", "--include-dashboard=false"], head_cpus)
+            try:
+                self.wait_for_nodes(1)
+                return
+            except (RuntimeError, TimeoutError):
+                self.kill_node(len(self.nodes) - 1)
+                if attempt == 2:
+                    raise
+                self.nodes.pop()
 
     def _start(self, role: list[str], num_cpus: int) -> subprocess.Popen[bytes]:
         n = len(self.nodes)
@@ -79,16 +91,24 @@ class RayCluster:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: raylet, GCS and workers die with it
-            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+            env={**os.environ, **RAY_ENV},
         )
         self.nodes.append(process)
         return process
 
     def add_worker(self, num_cpus: int = 1) -> int:
-        """Start a worker node joined to the head; its index for `kill_node`."""
-        self._start([f"--address={self.address}"], num_cpus)
-        self.wait_for_nodes(sum(1 for p in self.nodes if p.poll() is None))
-        return len(self.nodes) - 1
+        """Start a worker node joined to the head; its index for `kill_node`. A node that exits during
+        start-up (Ray's "timed out during startup" on a loaded machine) is started again, twice at most."""
+        for attempt in range(3):
+            process = self._start([f"--address={self.address}"], num_cpus)
+            try:
+                self.wait_for_nodes(sum(1 for p in self.nodes if p.poll() is None), timeout_s=300.0)
+            except (RuntimeError, TimeoutError):
+                if process.poll() is None or self.nodes[0].poll() is not None or attempt == 2:
+                    raise
+            if process.poll() is None:
+                return len(self.nodes) - 1
+        raise RuntimeError(f"a Ray worker node did not stay up; logs in {self.temp_root}")
 
     def alive_nodes(self) -> int:
         """Nodes the cluster itself reports alive (asked from a separate Python: no driver here)."""
@@ -102,15 +122,18 @@ class RayCluster:
             capture_output=True,
             text=True,
             timeout=120,
-            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+            env={**os.environ, **RAY_ENV},
         )
-        return int(probe.stdout.strip().splitlines()[-1]) if probe.returncode == 0 and probe.stdout else 0
+        counts = [line for line in probe.stdout.splitlines() if line.strip().isdigit()]
+        return int(counts[-1]) if probe.returncode == 0 and counts else 0
 
     def wait_for_nodes(self, n: int, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if any(p.poll() is not None for p in self.nodes[:1]):
                 raise RuntimeError(f"the Ray head exited; see {self.temp_root / 'node-0.log'}")
+            if self.nodes[-1].poll() is not None:
+                raise RuntimeError(f"a Ray node exited during start-up; see {self.temp_root}")
             if self.alive_nodes() >= n:
                 return
             time.sleep(1.0)
@@ -139,8 +162,11 @@ def ray_cluster() -> Iterator[RayCluster]:
     binary = _ray_binary()
     if binary is None:
         pytest.skip("the `ray` command is not on PATH beside this Python")
-    cluster = RayCluster(binary)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    with pytest.MonkeyPatch.context() as patch:  # the test's drivers (awo subprocesses) inherit it
+        for name, value in RAY_ENV.items():
+            patch.setenv(name, value)
+        cluster = RayCluster(binary)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
