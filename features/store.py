@@ -79,9 +79,12 @@ LOCAL_RAY_CONF = {"num_cpus": 1, "object_store_memory": 100 * 1024 * 1024}
 def ray_store_config(ray_address: str | None, root: Path) -> dict[str, dict[str, Any]]:
     """The offline store and compute engine blocks of Feast's Ray store (`AWO_OFFLINE_STORE=ray`): the
     same FileSource parquet files, joined point-in-time and materialized by Ray Data tasks on the cluster
-    at `ray_address` (None: a one-CPU cluster inside this process). Ray-only settings (CPUs, object
+    at `ray_address` (None or `local`: a one-CPU cluster inside this process). Ray-only settings (CPUs, object
     store) apply to a local cluster only: `ray.init(address=...)` refuses them."""
-    cluster: dict[str, Any] = {"ray_address": ray_address} if ray_address else {"ray_conf": LOCAL_RAY_CONF}
+    from features.cluster import LOCAL
+
+    remote = ray_address not in (None, LOCAL)
+    cluster: dict[str, Any] = {"ray_address": ray_address} if remote else {"ray_conf": LOCAL_RAY_CONF}
     return {
         "offline_store": {"type": "ray", "storage_path": str(root / "ray_storage"), **cluster},
         # one writer: the SQLite online store takes one at a time; Redis gains little on 2 cores
@@ -623,8 +626,12 @@ def training_set(store: FeatureStore, entities: pd.DataFrame, service_name: str)
             f"({', '.join(str(p) for p in missing)}): run `awo features build --data DIR` first"
         )
     frame = store.get_historical_features(entity_df=entities, features=service).to_df()
-    frame = _as_file_store_gives(frame, list(entities.columns), feature_names(store, service_name),
-                                 _array_features(service))  # fmt: skip
+    on_ray = store.config.offline_store.type == "ray"
+    names = feature_names(store, service_name)
+    numeric = [n for n in names if n not in set(_non_numeric_features(service))]
+    frame = _as_file_store_gives(
+        frame, list(entities.columns), names, _array_features(service), on_ray, numeric
+    )
     # Feast's offline store gives array features as numpy arrays and a missing string as NaN: the code
     # features come out as online reads give them (lists of str, str, None where the commit has none).
     # Numeric services (v1) have no such fields and skip this.
@@ -637,14 +644,24 @@ def training_set(store: FeatureStore, entities: pd.DataFrame, service_name: str)
 
 
 def _as_file_store_gives(
-    frame: pd.DataFrame, entity_columns: list[str], names: list[str], arrays: list[str]
+    frame: pd.DataFrame,
+    entity_columns: list[str],
+    names: list[str],
+    arrays: list[str],
+    ray: bool = False,
+    numeric: list[str] | None = None,
 ) -> pd.DataFrame:
     """A training set as Feast's file offline store gives it, whichever store computed it. Feast 0.67's
     Ray offline store differs in two ways (tests/test_feast_ray.py): it adds the sources' timestamp
     column (`committed_at`, `started_at`) to the result, and an array feature of exactly one element comes
     back as that element (Ray Data stores the column as pickled Python objects, and a one-element array
-    loses its dimension on the way), while longer and empty arrays keep theirs. The file store's frames
-    pass unchanged."""
+    loses its dimension on the way), while longer and empty arrays keep theirs. And it keeps an entity row
+    that has no feature row at or before its timestamp, all features null, where the file store drops it:
+    from the Ray store (`ray`) a row whose every numeric feature (`numeric`, default all) is null is
+    dropped (its array features are not null there). The file store's frames pass unchanged."""
+    checked = names if numeric is None else numeric
+    if ray and checked:
+        frame = frame[frame[checked].notna().any(axis=1)].reset_index(drop=True)
     extra = [c for c in frame.columns if c not in entity_columns and c not in names]
     if extra:
         frame = frame.drop(columns=extra)

@@ -152,9 +152,14 @@ def test_one_element_arrays_and_leaked_timestamps_are_restored_as_the_file_store
             "la": [1.0, 2.0, float("nan")],
         }
     )
-    got = _as_file_store_gives(ray_like, ["sha", "event_timestamp"], ["added_lines", "la"], ["added_lines"])
+    names = ["added_lines", "la"]
+    got = _as_file_store_gives(ray_like, ["sha", "event_timestamp"], names, ["added_lines"])
     assert list(got.columns) == ["sha", "event_timestamp", "added_lines", "la"]
     assert got["added_lines"].tolist() == [["only line"], ["x", "y"], []]
+    early = pd.concat([ray_like, ray_like.head(1).assign(sha="d", added_lines=None, la=float("nan"))])
+    assert _as_file_store_gives(early, ["sha", "event_timestamp"], names, ["added_lines"], ray=True)[
+        "sha"
+    ].tolist() == ["a", "b", "c"]  # no feature row at or before its time: the file store drops it too
 
 
 def test_the_ray_store_is_configured_from_settings_and_the_definitions_stay_on_files(tmp_path):
@@ -162,6 +167,7 @@ def test_the_ray_store_is_configured_from_settings_and_the_definitions_stay_on_f
     assert remote["offline_store"]["ray_address"] == "127.0.0.1:6379"
     assert "ray_conf" not in remote["offline_store"]  # ray.init(address=...) refuses resource options
     assert remote["batch_engine"]["type"] == "ray.engine"
+    assert ray_store_config("local", tmp_path)["batch_engine"]["ray_conf"]["num_cpus"] == 1
     local = open_store(load_settings(data_dir=tmp_path, offline_store="ray"))
     assert local.config.offline_store.type == "ray" and local.config.offline_store.ray_address is None
     assert local.config.offline_store.ray_conf["num_cpus"] == 1
