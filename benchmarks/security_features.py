@@ -243,16 +243,25 @@ def markdown(report: dict) -> str:
             f"| with new findings by severity | {model['with']['auc']:.4f} ± {model['with']['auc_sd']:.4f} | "
             f"{model['with']['pr_auc']:.4f} ± {model['with']['pr_auc_sd']:.4f} |",
             "",
-            f"Difference: AUC {delta_auc:+.4f}, PR-AUC {delta_pr:+.4f}. "
-            + (
-                "Recommendation: keep the counts as features."
-                if helps
-                else "Recommendation: keep them out of the product's feature service: on this world they do "
-                "not change the model beyond seed noise."
-            ),
+            f"Difference: AUC {delta_auc:+.4f}, PR-AUC {delta_pr:+.4f}. " + recommendation(report, helps),
             "",
         ]
     )
+
+
+def recommendation(report: dict, helps: bool) -> str:
+    if report["commits_with_any_new_finding"] == 0:
+        scan = report["scan"]
+        return (
+            "No commit of main adds a finding: the counts are zero on every row, so the model cannot use "
+            f"them and the demo world cannot tell whether they help ({scan['files_bandit_could_not_parse']} "
+            f"of {scan['files_scanned']} scanned files are generated lines that are not parseable Python, "
+            "which bandit skips). Recommendation: keep them out of the product's feature service until a "
+            "history with findings (a real repository) shows a gain."
+        )
+    if helps:
+        return "Recommendation: keep the counts as features (the gain exceeds twice the seed spread)."
+    return "Recommendation: keep them out: the difference is within twice the seed spread."
 
 
 if __name__ == "__main__":

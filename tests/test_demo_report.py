@@ -1,6 +1,7 @@
 """`awo demo` end to end on a small world: decisions through the risk API equal in-process ones, the canary
-with an error spike is judged, rolled back and recorded, retraining learns the failed deployment, and the
-HTML report is self-contained, escaped and renders in headless Chromium."""
+with an error spike is judged, rolled back and recorded, retraining learns the failed deployment, the insecure
+pull request is blocked by its new bandit finding, and the HTML report is self-contained, escaped and renders
+in headless Chromium."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import csv
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
@@ -18,7 +20,23 @@ from agents.assemble import InProcessScorer
 from agents.judge import judge_files, load_template
 from features.settings import Settings
 from pipelines.cli.demo import canary_metric_files
-from tests.conftest import DEMO_SEED, DemoRun
+from tests.conftest import DEMO_SEED, DemoRun, git
+
+
+def _pull_request(demo_run: DemoRun) -> tuple[str, str]:
+    """The demo world's insecure pull request: (its head commit, the file it adds), read from git."""
+    from pipelines.demo_world import SECURITY_BRANCH
+
+    repo = demo_run.root / "world" / "repo"
+    sha = git(repo, "rev-parse", f"refs/heads/{SECURITY_BRANCH}").strip()
+    [added] = git(repo, "diff", "--name-only", "--diff-filter=A", "main", sha).split()
+    return sha, added
+
+
+def _gate_decisions(demo_run: DemoRun) -> list[dict]:
+    """The decisions of step 9 (the newest commits of main), without the security step's one."""
+    sha, _ = _pull_request(demo_run)
+    return [r for r in demo_run.audit() if r["kind"] == "decision" and r["decision"]["shas"] != [sha]]
 
 
 def test_decisions_made_through_the_risk_api_equal_in_process_ones(demo_run: DemoRun) -> None:
@@ -28,7 +46,7 @@ def test_decisions_made_through_the_risk_api_equal_in_process_ones(demo_run: Dem
 
     settings = demo_run.settings
     policy = policy_of(settings)
-    recorded = [r for r in demo_run.audit() if r["kind"] == "decision"]
+    recorded = _gate_decisions(demo_run)
     assert len(recorded) == 100
     [served] = {r["decision"]["model"]["version"] for r in recorded}
     scorer = _PinnedScorer(settings, served)  # the demo's retrain promoted a newer change-risk since
@@ -42,10 +60,12 @@ def test_decisions_made_through_the_risk_api_equal_in_process_ones(demo_run: Dem
         )
         at = datetime.fromisoformat(over_http["decided_at"])
         in_process = decide(assemble(ref, settings, policy, now=at, scorer=scorer), policy)
-        # the digest hashes the risk as each scorer delivers it (the API sends the drivers' features only)
-        skip = {"decision_id", "inputs_digest", "llm"}
+        # the digest hashes the risk as each scorer delivers it (the API sends the drivers' features only);
+        # the audit record keeps the security findings beside the decision (agents.engine.record)
+        skip = {"decision_id", "inputs_digest", "llm", "findings"}
         expected = {k: v for k, v in in_process.model_dump(mode="json").items() if k not in skip}
         assert {k: v for k, v in over_http.items() if k not in skip} == expected
+        assert record["findings"] == in_process.model_dump(mode="json")["findings"]
     assert sum(r["decision"]["probability"] is not None for r in recorded) == 100
 
 
@@ -216,16 +236,89 @@ def test_the_report_is_one_valid_page_with_inline_plots_and_the_decisions_reason
     assert parser.svgs >= 1 and "decisions" in parser.tables
     assert not re.search(r"\b(?:src|href)=\"(?:https?:)?//", page)  # nothing loaded from elsewhere
     text = "".join(parser.text)
-    decisions = [r["decision"] for r in demo_run.audit() if r["kind"] == "decision"]
+    decisions = [r["decision"] for r in _gate_decisions(demo_run)]
     riskiest = max(decisions, key=lambda d: d["probability"])
     assert all(reason["message"] in text for reason in riskiest["reasons"])
     assert "rolled back: canary:" in text and "error_rate" in text
 
 
+def test_the_insecure_pull_request_is_blocked_by_its_new_bandit_finding_in_the_audit_log_and_report(
+    demo_run: DemoRun,
+) -> None:
+    from agents.security import read_sarif
+
+    sha, added = _pull_request(demo_run)
+    [record] = [r for r in demo_run.audit() if r["kind"] == "decision" and r["decision"]["shas"] == [sha]]
+    decision = record["decision"]
+    assert decision["gate"] == "block"
+    source = git(demo_run.root / "world" / "repo", "show", f"{sha}:{added}").splitlines()
+    shell_line = next(n for n, line in enumerate(source, start=1) if "shell=True" in line)
+    [blocking] = [f for f in record["findings"] if f["gate"] == "block"]
+    assert (blocking["rule_id"], blocking["status"], blocking["path"]) == ("B602", "new", added)
+    assert blocking["line"] == shell_line and blocking["on_changed_line"]
+    [reason] = [r for r in decision["reasons"] if r["code"] == blocking["gating_rule"]]
+    assert reason["kind"] == "security" and "B602" in reason["message"]
+    assert f"{added}:{shell_line}" in reason["message"]
+    # the scans behind it: the head's finding is absent from the base's scan
+    scans = demo_run.root / "security"
+    head_rules = {f.rule_id for f in read_sarif(scans / "head.sarif").findings}
+    base_rules = {f.rule_id for f in read_sarif(scans / "base.sarif").findings}
+    assert "B602" in head_rules and "B602" not in base_rules
+    # printed as the blocked decision, and in the report with its reasons and findings
+    step = demo_run.output[demo_run.output.index("13. security gate") :]
+    assert f"BLOCK  demo {sha[:12]}" in step and decision["decision_id"] in step
+    parser = _Page()
+    parser.feed((demo_run.root / "report.html").read_text())
+    text = "".join(parser.text)
+    section = text[text.index("Security gate") :]
+    assert decision["decision_id"] in section and blocking["finding_id"] in section
+    assert all(r["message"] in section for r in decision["reasons"])
+
+
+def test_the_security_step_is_skipped_and_reported_when_bandit_is_missing(
+    demo_run: DemoRun, tmp_path: Path
+) -> None:
+    from pipelines.cli.demo import _demo_security, bandit_command
+    from pipelines.demo_world import PlantedChange, WorldSummary
+    from pipelines.report import DemoReport, render_html, terminal_lines
+
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None or subprocess.run([python, "-c", "import bandit"], capture_output=True).returncode == 0:
+        pytest.skip("no system Python without bandit to look for it with")
+    assert bandit_command(python) is None
+    assert bandit_command() is not None  # the project's own interpreter has it (dev group)
+    sha, added = _pull_request(demo_run)
+    repo = demo_run.root / "world" / "repo"
+    change = PlantedChange("operator-tools", sha, git(repo, "rev-parse", "main").strip(), "gateway", added)
+    world = WorldSummary(
+        repo, demo_run.root / "world" / "truth.parquet", 0, 0, 0, 0, 0, 0, security_change=change
+    )
+    tables = demo_run.root / "tables"
+    why = _demo_security(demo_run.settings, world, tables, None, tmp_path, None)  # type: ignore[arg-type]
+    assert isinstance(why, str) and "bandit is not installed" in why
+    assert list(tmp_path.iterdir()) == []  # nothing scanned, nothing decided
+    report = DemoReport(
+        generated_at=datetime(2026, 1, 1),
+        world={},
+        steps=[],
+        models=[],
+        promotion=[],
+        api="",
+        gates={},
+        decisions=[],
+        decisions_total=0,
+        rollout=None,
+        retrain=None,
+        security_skipped=why,
+    )
+    assert f"security gate: skipped: {why}" in terminal_lines(report)
+    assert "<h2>Security gate</h2>" in render_html(report)
+
+
 def test_every_value_in_the_report_is_escaped() -> None:
     from datetime import UTC
 
-    from pipelines.report import DecisionRow, DemoReport, render_html
+    from pipelines.report import DecisionRow, DemoReport, FindingRow, SecurityGateSummary, render_html
 
     hostile = '<script>alert("x")</script>'
     report = DemoReport(
@@ -244,6 +337,13 @@ def test_every_value_in_the_report_is_escaped() -> None:
     page = render_html(report)
     assert "<script" not in page
     assert page.count("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;") == 5
+    finding = FindingRow(hostile, hostile, "high", "new", hostile, "block", hostile)
+    texts = (hostile,) * 5
+    security = SecurityGateSummary(*texts, 1.0, hostile, "block", [hostile], [finding])
+    page = render_html(replace(report, security=security))
+    assert "<script" not in page
+    section = page[page.index("<h2>Security gate</h2>") :]
+    assert section.count("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;") == 9  # sha and base cut to 12
 
 
 def _chromium() -> str:
