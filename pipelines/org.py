@@ -58,8 +58,10 @@ def is_git_repository(path: Path) -> bool:
 
 
 def _spec(path: Path) -> RepoSpec:
-    path = path.expanduser().resolve()
-    return RepoSpec(path.name.removesuffix(".git"), path)
+    """A repository named as the folder, list or link names it (a link `org/payments -> /srv/git/repo`
+    is `payments`), read at its resolved path."""
+    path = path.expanduser()
+    return RepoSpec(path.name.removesuffix(".git"), path.resolve())
 
 
 def discover(target: Path) -> Organisation:

@@ -404,19 +404,25 @@ def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def promote_model(
     kind: str,
     settings: Settings,
-    data_dir: Path,
+    data_dir: Path | None,
     gap_days: float = 30.0,
     maturity_days: float | None = None,
 ) -> dict[str, Any]:
     """The promotion gate: champion and challenger scored on the same, most recent held-out period of
-    mature labels."""
+    mature labels — of one repository (`data_dir`), or of the organisation (None: every labelled
+    repository under the data root, as `train_org` holds out)."""
     from features.store import open_store
     from models.registry import connect, promote
 
     # change_risk_v2 holds every column of v1: champion and challenger are scored on the same rows
     # whichever service each was trained on.
     service = "change_risk_v2" if kind == "change-risk" else None
-    data = training_data(kind, settings, data_dir, open_store(settings), maturity_days, service)
+    if data_dir is None:
+        if kind != "change-risk":
+            raise AwoError(f"the organisation-wide model is change-risk; {kind} is promoted per repository")
+        data, _ = org_change_risk_data(settings, open_store(settings), maturity_days, service)
+    else:
+        data = training_data(kind, settings, data_dir, open_store(settings), maturity_days, service)
     connect(settings)
     _, test = held_out(data, gap_days)
 

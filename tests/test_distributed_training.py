@@ -165,6 +165,32 @@ def test_registered_distributed_model_scores_and_explains_the_held_out_rows(orga
     np.testing.assert_allclose(contributions.sum(axis=1), model.raw_score(test), atol=1e-6)
 
 
+def test_retrain_of_the_organisation_on_ray_runs_every_stage_and_the_promotion_gate(
+    organisation: Path, ray_run, ray_cluster
+):
+    """`awo retrain ORG --ray ADDRESS`: mining and labelling one Ray task per repository (both up to date or
+    relabelled in place), features rebuilt, the organisation-wide model trained across the workers and
+    judged by the promotion gate on the organisation's held-out period."""
+    org = organisation / "org"
+    org.mkdir(exist_ok=True)
+    for (
+        name
+    ) in REPOSITORIES:  # links named as the data root names them: the repositories' own folders are "repo"
+        link = org / name
+        if not link.exists():
+            link.symlink_to(organisation / f"world-{name}" / "repo")
+    done = awo(organisation, "retrain", str(org), "--ray", ray_cluster.address)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "mine: 2 repositories on Ray" in out and "0 failed" in out
+    assert "label: 2 repositories on Ray" in out
+    assert "3. features: 2 repositories" in out
+    version = out.split("4. train: change-risk v", 1)[1].split()[0]
+    assert int(version) > int(ray_run[0])
+    assert "5. promote: " in out and ("promoted to champion" in out or "champion kept" in out)
+    assert "Traceback" not in done.stderr
+
+
 def test_a_worker_node_dying_mid_fit_ends_training_with_one_line_naming_it(organisation: Path, ray_cluster):
     if ray_cluster.alive_nodes() < 2:
         ray_cluster.add_worker(num_cpus=1)

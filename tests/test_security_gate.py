@@ -171,7 +171,11 @@ def test_a_malformed_sarif_file_is_a_one_line_error_and_no_decision_is_recorded(
 
 def test_findings_ingested_after_the_change_are_used_by_a_later_decision(world):
     stored, counts = ingest_security(world.scans[world.insecure], world.insecure, world.data)
-    ingest_security(world.scans[world.clean], world.clean[:12], world.data)
+    scan, data = str(world.scans[world.clean]), str(world.data)
+    cli = runner.invoke(app, ["ingest", "security", scan, "--sha", world.clean[:12], "--data", data])
+    assert cli.exit_code == 0 and f"for {world.clean[:12]}: " in cli.output and "stored" in cli.output
+    no_sha = runner.invoke(app, ["ingest", "security", scan, "--data", data])
+    assert no_sha.exit_code == 2 and "needs --sha" in no_sha.output
     assert stored.stored == len(read_sarif(world.scans[world.insecure]).findings) == sum(counts.values())
     assert counts["high"] == 1 and counts["medium"] == 1 and stored.replaced == 0
     code, body = decide_json(world, world.insecure)

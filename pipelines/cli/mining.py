@@ -106,7 +106,7 @@ def mine(
 
     settings = load_settings(service_map=service_map)
     if ray or is_organisation(repo):
-        _run_organisation("mine", repo, settings, ray, ray_address, data, name, workers, branch)
+        run_organisation_command("mine", repo, settings, ray, ray_address, data, name, workers, branch)
         return
     if ray_address is not None:
         raise AwoError(f"unexpected argument {ray_address!r}: a cluster address follows --ray")
@@ -117,7 +117,7 @@ def mine(
     print_mine_summary(result)
 
 
-def _run_organisation(
+def run_organisation_command(
     kind: str,
     target: Path,
     settings: Settings,
@@ -286,7 +286,9 @@ def label(
         for given, option in ((fix, "--fix"), (truth, "--truth"), (issues, "--issues")):
             if given is not None:
                 raise AwoError(f"{option} is for one repository without --ray: label {repo} alone")
-        _run_organisation("label", repo, settings, ray, ray_address, data, None, workers, maturity_days)
+        run_organisation_command(
+            "label", repo, settings, ray, ray_address, data, None, workers, maturity_days
+        )
         return
     if ray_address is not None:
         raise AwoError(f"unexpected argument {ray_address!r}: a cluster address follows --ray")
@@ -351,16 +353,32 @@ class DeliveryKind(StrEnum):
     deployments = "deployments"
     incidents = "incidents"
     test_runs = "test-runs"
+    security = "security"
 
 
 @app.command()
 def ingest(
     kind: Annotated[DeliveryKind, typer.Argument(help="what the file holds")],
-    file: Annotated[Path, typer.Argument(help="CSV (with header) or JSON lines")],
+    file: Annotated[
+        Path, typer.Argument(help="CSV (with header) or JSON lines; for security, a SARIF 2.1.0 file")
+    ],
     data: Annotated[Path, typer.Option("--data", help="the repository's data directory (as for awo mine)")],
     strict: Annotated[bool, typer.Option(help="reject the whole file if any row is bad")] = False,
+    sha: Annotated[
+        str | None, typer.Option(help="security: the commit the scan is of (findings that arrive later)")
+    ] = None,
 ) -> None:
-    """Ingest deployments, incidents or test runs; link them to commits and each other."""
+    """Ingest deployments, incidents or test runs (linked to commits and each other), or a security scan
+    (SARIF) of one commit, which `awo decide` then weighs."""
+    if kind is DeliveryKind.security:
+        from pipelines.cli.agents import ingest_security, print_security_ingest_summary
+
+        if sha is None:
+            raise AwoError("awo ingest security needs --sha: the commit the scan is of")
+        print_security_ingest_summary(*ingest_security(file, sha, data))
+        return
+    if sha is not None:
+        raise AwoError(f"--sha is for security scans, not {kind.value}")
     from pipelines.ingest import ingest_file
 
     print_ingest_summary(ingest_file(kind.value, file, load_settings(), data, strict))

@@ -22,12 +22,14 @@ from pipelines.flow import StageListener
 if TYPE_CHECKING:
     import pandas as pd
 
+    from features.settings import Settings
     from models.distributed import WorkerPlace
     from models.risk_model import ModelConfig
     from pipelines.features_job import BuildResult
     from pipelines.ingest import IngestResult
     from pipelines.label import LabelResult
     from pipelines.mine import MineResult
+    from pipelines.train import TrainResult
 
 
 class ModelKind(StrEnum):
@@ -152,12 +154,19 @@ def _model_config(path: Path | None) -> ModelConfig | None:
 @app.command()
 def promote(
     model: Annotated[ModelKind, typer.Argument(help="which model")],
-    data: Annotated[Path, typer.Option("--data", help="the repository's data directory")],
+    data: Annotated[
+        Path | None, typer.Option("--data", help="the repository's data directory (one repository)")
+    ] = None,
     gap_days: Annotated[float, typer.Option(min=0)] = 30.0,
+    org: Annotated[
+        bool, typer.Option("--org", help="the organisation-wide model, on every labelled repository's rows")
+    ] = False,
 ) -> None:
     """Promote the challenger to champion if it is at least as good on the same held-out period."""
     from pipelines.train import promote_model
 
+    if org == (data is not None):
+        raise AwoError("give either --data DIR (one repository's model) or --org (the organisation's)")
     result = promote_model(model.value, load_settings(), data, gap_days)
     for role in ("champion", "challenger"):
         m = result["metrics"].get(role)
@@ -200,27 +209,110 @@ class _RetrainSteps(StageListener):
 
 @app.command()
 def retrain(
-    repo: Annotated[Path, typer.Argument(help="path of the git repository")],
-    data: Annotated[Path, typer.Option("--data", help="the repository's data directory")],
+    repo: Annotated[
+        Path,
+        typer.Argument(
+            help="the git repository, or an organisation: a folder of repositories or a list file"
+        ),
+    ],
+    ray_address: RayAddress = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="the repository's data directory (one repository)")
+    ] = None,
     model: Annotated[ModelKind, typer.Option(help="which model to retrain")] = ModelKind.change_risk,
     gap_days: Annotated[float, typer.Option(min=0)] = 30.0,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="an organisation on Ray: one mining and labelling task per repository and the model trained "
+            "across Ray workers, on the cluster at ADDRESS (given after --ray), else AWO_RAY_ADDRESS, else a "
+            "single-machine cluster started for the run",
+        ),
+    ] = False,
 ) -> None:
     """The feedback loop: re-mine incrementally, relabel, rebuild features, train a challenger, run the
-    promotion gate."""
-    from pipelines.flow import prepare
+    promotion gate. For an organisation (or with --ray): every repository under the data root, and the
+    organisation-wide change-risk model."""
+    from pipelines.org import is_organisation
     from pipelines.train import promote_model
     from pipelines.train import train as run_training
 
     settings = load_settings()
+    if ray or is_organisation(repo):
+        _retrain_organisation(repo, settings, model, gap_days, data, ray, ray_address)
+        return
+    if ray_address is not None:
+        raise AwoError(f"unexpected argument {ray_address!r}: a cluster address follows --ray")
+    if data is None:
+        raise AwoError(f"--data is required for one repository: the data directory of {repo}")
+    from pipelines.flow import prepare
+
     with MiningProgress() as progress:
         prepare(repo, settings, data, on_progress=progress, listener=_RetrainSteps(progress))
     trained = run_training(model.value, settings, data, None, gap_days)
+    _print_trained(trained)
+    _print_gate(promote_model(model.value, settings, data, gap_days))
+
+
+def _retrain_organisation(
+    target: Path,
+    settings: Settings,
+    model: ModelKind,
+    gap_days: float,
+    data: Path | None,
+    use_ray: bool,
+    ray_address: str | None,
+) -> None:
+    """`awo retrain ORG [--ray]`: mine and label every repository (one Ray task each with --ray), build
+    and materialize their features, train the organisation-wide change-risk model (data-parallel across
+    Ray workers with --ray) and run its promotion gate on the organisation's newest held-out period."""
+    from features.store import apply, materialize, open_store
+    from pipelines.cli.mining import run_organisation_command
+    from pipelines.features_job import build_features
+    from pipelines.train import labelled_repositories, promote_model, train_org
+
+    if model is not ModelKind.change_risk:
+        raise AwoError(f"an organisation retrains the change-risk model; {model.value} is per repository")
+    if data is not None:
+        raise AwoError("--data names one repository's tables; an organisation's live under the data root")
+    console.print("1. mine:")
+    run_organisation_command("mine", target, settings, use_ray, ray_address, None, None, 1, None)
+    console.print("2. label:")
+    run_organisation_command("label", target, settings, use_ray, ray_address, None, None, 2, None)
+    rows = 0
+    directories = labelled_repositories(settings.data_dir)
+    for directory in directories:
+        rows += sum(build_features(settings, directory).rows.values())
+    store = open_store(settings)
+    apply(store)
+    materialize(store)
     console.print(
-        f"4. train: {trained.kind} v{trained.version}, test AUC {trained.metrics['auc']:.3f}, "
-        f"Brier {trained.metrics['brier']:.3f}",
+        f"3. features: {len(directories)} repositories, {rows} rows built and materialized "
+        f"({settings.offline_store} offline store)",
         highlight=False,
     )
-    gate = promote_model(model.value, settings, data, gap_days)
+    trained = train_org(
+        settings,
+        None,
+        gap_days,
+        ray=use_ray,
+        ray_address=ray_address,
+        on_start=_print_training_workers if use_ray else None,
+    )
+    _print_trained(trained)
+    _print_gate(promote_model(model.value, settings, None, gap_days))
+
+
+def _print_trained(trained: TrainResult) -> None:
+    console.print(
+        f"4. train: {trained.kind} v{trained.version} ({trained.model_kind}), test AUC "
+        f"{trained.metrics['auc']:.3f}, Brier {trained.metrics['brier']:.3f}",
+        highlight=False,
+    )
+
+
+def _print_gate(gate: dict[str, Any]) -> None:
     verdict = "promoted to champion" if gate["promoted"] else "champion kept"
     console.print(f"5. promote: {verdict} — {gate['reason']}", highlight=False)
 
