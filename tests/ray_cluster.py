@@ -32,6 +32,19 @@ OBJECT_STORE_BYTES = 100 * 1024 * 1024
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+def _session_members(sid: int) -> list[int]:
+    """Processes of session `sid` (from /proc: the sixth field of /proc/PID/stat, after the command)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while being read
+        if int(fields[3]) == sid:
+            members.append(int(stat.parent.name))
+    return members
+
+
 def _ray_binary() -> str | None:
     beside = Path(sys.executable).with_name("ray")
     return str(beside) if beside.exists() else shutil.which("ray")
@@ -143,8 +156,11 @@ class RayCluster:
         """Kill a node's whole process group at once (raylet, its workers and the tasks they run), as a
         machine that dies would."""
         process = self.nodes[index]
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        # The node is its session's leader; Ray's workers put themselves in process groups of their own
+        # but stay in the session, so the session is what dies with the machine.
+        for pid in [process.pid, *_session_members(process.pid)]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         process.wait(timeout=30)
 
     def stop(self) -> None:
