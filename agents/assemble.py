@@ -394,6 +394,15 @@ def changed_lines(repo_path: Path, base: str, head: str) -> ChangedLines:
     return added_line_ranges(proc.stdout)
 
 
+def _findings(files: list[Path] | None, tables: Path, sha: str) -> tuple[list[Finding] | None, list[str]]:
+    """Findings of one side of a change and where they came from: the SARIF files given, else those stored
+    for `sha` (None: none stored)."""
+    if files:
+        reports = [read_sarif(p) for p in files]
+        return [f for r in reports for f in r.findings], [r.source for r in reports]
+    return stored_findings(tables, sha), [f"stored for {sha[:12]}"]
+
+
 def security_scan_of(
     ref: ChangeRef,
     change: MeasuredChange,
@@ -409,20 +418,10 @@ def security_scan_of(
     tables = ref.tables_dir(settings)
     head_sha = change.shas[0]
     base_sha = change_base(ref, change)
-    head: list[Finding] | None
-    if sarif:
-        reports = [read_sarif(p) for p in sarif]
-        head, sources = [f for r in reports for f in r.findings], [r.source for r in reports]
-    else:
-        head, sources = stored_findings(tables, head_sha), [f"stored for {head_sha[:12]}"]
+    head, sources = _findings(sarif, tables, head_sha)
     if head is None:
         return None
-    base: list[Finding] | None
-    if sarif_base:
-        base_reports = [read_sarif(p) for p in sarif_base]
-        base, base_sources = [f for r in base_reports for f in r.findings], [r.source for r in base_reports]
-    else:
-        base, base_sources = stored_findings(tables, base_sha), [f"stored for {base_sha[:12]}"]
+    base, base_sources = _findings(sarif_base, tables, base_sha)
     lines = changed_lines(ref.repo_path, base_sha, head_sha)
     return SecurityScan(
         sources=sources,
