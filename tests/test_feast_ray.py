@@ -133,11 +133,6 @@ def _compare_training_sets(built, folder: Path, **env: str) -> None:
 
 
 @pytest.mark.slow
-def test_training_sets_on_feasts_own_ray_equal_the_file_store_row_for_row(built, tmp_path):
-    _compare_training_sets(built, tmp_path)  # no AWO_RAY_ADDRESS: Feast starts a one-CPU Ray in the driver
-
-
-@pytest.mark.slow
 def test_training_sets_on_a_ray_cluster_equal_the_file_store_row_for_row(built, ray_cluster, tmp_path):
     _compare_training_sets(built, tmp_path, AWO_RAY_ADDRESS=ray_cluster.address)
 
