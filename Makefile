@@ -67,6 +67,8 @@ bench: install
 	$(PY) benchmarks/nab.py
 	$(PY) benchmarks/diagnosis.py
 	$(PY) benchmarks/demo_agents.py
+	$(PY) benchmarks/scale.py
+	$(PY) benchmarks/security_features.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
